@@ -1,0 +1,170 @@
+"""Planar point-mass reaching: the fast task family (the CPU default curriculum and test fixture).
+
+Each task asks the same body to reach a different region of the table. The goal is a constructor
+argument and is *not* in the observation, so a single policy trained on several goals in sequence
+has to infer the active one from the reward: the tasks conflict, and naive fine-tuning forgets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from gymnasium import utils
+from gymnasium.envs.mujoco import MujocoEnv
+from gymnasium.spaces import Box
+from numpy.typing import NDArray
+
+_XML = Path(__file__).resolve().parent / "assets" / "point.xml"
+
+# Half-width of the reachable table: the slide joints are limited to [-1, 1].
+_TABLE_HALF_WIDTH = 1.0
+
+DEFAULT_CAMERA_CONFIG: dict[str, float] = {"distance": 3.2, "elevation": -90.0, "azimuth": 90.0}
+
+
+class PointReachEnv(MujocoEnv, utils.EzPickle):
+    r"""A point mass on a table must reach a goal that it cannot see.
+
+    ## Description
+    A 0.5 kg sphere slides on a 2 m x 2 m table (two damped slide joints, limits at +-1 m) pushed
+    by two motors. Each task fixes one `goal`; several goals form a curriculum whose tasks the
+    agent can only tell apart by their rewards. Episodes are 100 steps of 0.02 s (time limit set
+    at registration); a small PPO policy solves one goal in a few ten thousand steps.
+
+    ## Action Space
+    `Box(-1, 1, (2,), float32)`: the force along x and along y, in newtons.
+
+    ## Observation Space
+    `Box(-inf, inf, (4,), float64)`:
+
+    | Num | Observation        | Unit |
+    |-----|--------------------|------|
+    | 0   | x position         | m    |
+    | 1   | y position         | m    |
+    | 2   | x velocity         | m/s  |
+    | 3   | y velocity         | m/s  |
+
+    The goal is not observed.
+
+    ## Rewards
+    `reward = reward_distance + reward_ctrl`, each term also in `info`:
+    - `reward_distance = -distance_weight * ||p - goal||` (dense shaping toward the goal),
+    - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
+
+    ## Success
+    `info["success"]` is true at a step where the distance to the goal is below `success_radius`
+    (curricula count an episode as solved if this holds at any step).
+
+    ## Starting State
+    Position uniform in `[-reset_noise_scale, reset_noise_scale]^2`, velocity zero; randomness
+    only from `self.np_random`.
+
+    ## Episode End
+    Never terminates; truncated by the registered time limit (100 steps).
+
+    ## Arguments
+    | Parameter           | Type              | Default    | Description                          |
+    |---------------------|-------------------|------------|--------------------------------------|
+    | `goal`              | sequence of 2     | (0.6, 0.0) | goal position (m), inside the table  |
+    | `distance_weight`   | float             | 1.0        | weight of the distance penalty       |
+    | `ctrl_cost_weight`  | float             | 0.05       | weight of the control penalty        |
+    | `success_radius`    | float             | 0.1        | success distance (m)                 |
+    | `reset_noise_scale` | float             | 0.05       | half-width of the start square (m)   |
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
+        "render_fps": 50,
+    }
+    defines_success: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        goal: Sequence[float] = (0.6, 0.0),
+        distance_weight: float = 1.0,
+        ctrl_cost_weight: float = 0.05,
+        success_radius: float = 0.1,
+        reset_noise_scale: float = 0.05,
+        default_camera_config: dict[str, float] = DEFAULT_CAMERA_CONFIG,
+        **kwargs: Any,
+    ) -> None:
+        goal_array = np.asarray(goal, dtype=np.float64)
+        if goal_array.shape != (2,) or not np.all(np.abs(goal_array) < _TABLE_HALF_WIDTH):
+            raise ValueError(
+                f"PointReach goal must be 2 numbers inside the table (-1, 1), got {goal!r}; "
+                "pass e.g. goal=[0.6, 0.0]."
+            )
+        if success_radius <= 0 or reset_noise_scale < 0:
+            raise ValueError(
+                f"PointReach needs success_radius > 0 and reset_noise_scale >= 0, got "
+                f"{success_radius} and {reset_noise_scale}."
+            )
+        utils.EzPickle.__init__(
+            self,
+            goal,
+            distance_weight,
+            ctrl_cost_weight,
+            success_radius,
+            reset_noise_scale,
+            default_camera_config,
+            **kwargs,
+        )
+        self._goal = goal_array
+        self._distance_weight = distance_weight
+        self._ctrl_cost_weight = ctrl_cost_weight
+        self._success_radius = success_radius
+        self._reset_noise_scale = reset_noise_scale
+
+        MujocoEnv.__init__(
+            self,
+            str(_XML),
+            frame_skip=1,
+            observation_space=Box(-np.inf, np.inf, shape=(4,), dtype=np.float64),
+            default_camera_config=default_camera_config,
+            **kwargs,
+        )
+        # Only drawn: lets rendered rollouts show where the hidden goal is.
+        self.model.site_pos[self.model.site("goal").id, :2] = self._goal
+        self.model.site_size[self.model.site("goal").id, 0] = success_radius
+
+    @property
+    def goal(self) -> NDArray[np.float64]:
+        """The goal position (m); a copy, not observed by the agent."""
+        return self._goal.copy()
+
+    def _distance(self) -> float:
+        return float(np.linalg.norm(self.data.qpos[:2] - self._goal))
+
+    def step(
+        self, action: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
+        """Apply the force `action` for one 0.02 s step; see the class docstring for the reward."""
+        self.do_simulation(action, self.frame_skip)
+        reward, reward_info = self._get_rew(action)
+        info = {"distance": self._distance(), "success": self._distance() < self._success_radius}
+        if self.render_mode == "human":
+            self.render()
+        # Truncation comes from the TimeLimit wrapper added by `gymnasium.make`.
+        return self._get_obs(), reward, False, False, {**info, **reward_info}
+
+    def _get_rew(self, action: NDArray[np.float32]) -> tuple[float, dict[str, float]]:
+        reward_distance = -self._distance_weight * self._distance()
+        reward_ctrl = -self._ctrl_cost_weight * float(np.sum(np.square(action)))
+        reward_info = {"reward_distance": reward_distance, "reward_ctrl": reward_ctrl}
+        return reward_distance + reward_ctrl, reward_info
+
+    def _get_obs(self) -> NDArray[np.float64]:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def reset_model(self) -> NDArray[np.float64]:
+        """Start near the table centre, at rest."""
+        noise = self._reset_noise_scale
+        qpos = self.init_qpos + self.np_random.uniform(-noise, noise, size=self.model.nq)
+        self.set_state(qpos, np.zeros(self.model.nv))
+        return self._get_obs()
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"distance": self._distance(), "success": self._distance() < self._success_radius}

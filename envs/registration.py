@@ -1,0 +1,35 @@
+"""Gymnasium registration of every task this package provides, under the `hope/` namespace.
+
+Importing `hope_envs` runs `register_envs()`. Time limits live here, at `register(...)`, so every
+consumer of an id (the curriculum, SB3, `gymnasium.make`) sees the same episode length.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+NAMESPACE = "hope"
+
+# (id, entry point, episode length in steps)
+_TASKS: tuple[tuple[str, str, int], ...] = (
+    ("hope/PointReach-v0", "hope_envs.point:PointReachEnv", 100),
+    ("hope/CheetahRun-v0", "hope_envs.cheetah:CheetahRunEnv", 1000),
+    ("hope/CheetahRunBackward-v0", "hope_envs.cheetah:CheetahRunBackwardEnv", 1000),
+    ("hope/CheetahJump-v0", "hope_envs.cheetah:CheetahJumpEnv", 1000),
+    ("hope/CheetahFrontStand-v0", "hope_envs.cheetah:CheetahFrontStandEnv", 1000),
+    ("hope/CheetahTargetSpeed-v0", "hope_envs.cheetah:CheetahTargetSpeedEnv", 1000),
+    # Continual World: 200-step episodes, as CW used.
+    ("hope/MetaWorld-v0", "hope_envs.metaworld_tasks:MetaWorldTaskEnv", 200),
+)
+
+
+def register_envs() -> None:
+    """Register every task id of this package with Gymnasium (idempotent)."""
+    for env_id, entry_point, max_episode_steps in _TASKS:
+        if env_id not in registry:
+            register(id=env_id, entry_point=entry_point, max_episode_steps=max_episode_steps)
+
+
+def registered_ids() -> list[str]:
+    """Every Gymnasium id this package registers, in a stable order."""
+    return [env_id for env_id, _, _ in _TASKS]

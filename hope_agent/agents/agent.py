@@ -1,0 +1,360 @@
+"""Actor-critic with a world-model head over any sequence backbone (HOPE.md section 5).
+
+Each env step is one token ``[obs_t, a_{t-1}, r_{t-1}, is_first_t]`` (plus a one-hot task id for
+the oracle baseline only), linearly embedded to ``d_model`` and fed to the backbone. Heads on the
+backbone output ``y_t``:
+
+- policy: a diagonal Gaussian with a state-independent learned log-std. Samples are unbounded;
+  the environment receives them clipped to [-1, 1] and the log-probability is that of the
+  unclipped sample (as in SB3 and cleanrl). Clipping, not tanh, keeps the log-prob exact without
+  a change-of-variables correction and keeps the mean a direct action;
+- value: ``V(y_t)``;
+- world model: ``(Δobs, r) = WM([y_t, a_t])``, the normalised next-observation delta and the
+  scaled reward, given the action actually applied. Its loss is an auxiliary training loss and
+  the signal for online CMS updates at deployment.
+
+Inputs to :meth:`Agent.forward` / :meth:`Agent.act` are already normalised (the trainer owns the
+running statistics updates); :meth:`Agent.predict` takes raw numpy observations and applies the
+agent's frozen normalisers, in Stable-Baselines3's calling convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hope_agent.algos.normalize import ObsNormalizer, RewardScaler
+from hope_agent.models.base import Backbone
+from hope_agent.models.state import State
+
+
+@dataclass
+class AgentConfig:
+    """Sizes and options of the agent's embedding and heads.
+
+    Attributes:
+        obs_dim: observation width (the curriculum's common, padded width).
+        act_dim: action width (actions lie in [-1, 1]^act_dim).
+        num_tasks: number of tasks; used only when ``task_id`` is true.
+        task_id: oracle baseline: append a one-hot task id to every token.
+        log_std_init: initial log standard deviation of the Gaussian policy.
+        wm_hidden: hidden width of the world-model MLP.
+        obs_clip: clip of the normalised observations.
+        reward_clip: clip of the scaled rewards.
+    """
+
+    obs_dim: int
+    act_dim: int
+    num_tasks: int = 1
+    task_id: bool = False
+    log_std_init: float = -0.5
+    wm_hidden: int = 128
+    obs_clip: float = 10.0
+    reward_clip: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.obs_dim < 1 or self.act_dim < 1:
+            raise ValueError(
+                f"AgentConfig: obs_dim and act_dim must be >= 1, got {self.obs_dim}, {self.act_dim}"
+            )
+        if self.num_tasks < 1:
+            raise ValueError(f"AgentConfig: num_tasks must be >= 1, got {self.num_tasks}")
+        if self.wm_hidden < 1:
+            raise ValueError(f"AgentConfig: wm_hidden must be >= 1, got {self.wm_hidden}")
+
+
+@dataclass
+class AgentState(State):
+    """What the agent carries between env steps: backbone memory, last action and reward.
+
+    ``prev_action`` is the action the env applied (clipped), ``prev_reward`` the scaled reward it
+    returned; both are zeroed in the token at an episode start.
+    """
+
+    memory: State
+    prev_action: Tensor  # (B, act_dim)
+    prev_reward: Tensor  # (B,)
+
+
+@dataclass
+class AgentOutput:
+    """Head outputs for a batch of steps: every tensor has leading dims ``(B,)`` or ``(B, T)``."""
+
+    mean: Tensor  # (..., act_dim) policy mean
+    log_std: Tensor  # (..., act_dim)
+    value: Tensor  # (...)
+    features: Tensor  # (..., d_model) backbone output y
+
+
+@dataclass
+class ActResult:
+    """One control step: the sampled action and what the trainer stores about it."""
+
+    action: Tensor  # (B, act_dim) unclipped sample (log-prob refers to it)
+    env_action: Tensor  # (B, act_dim) clipped to [-1, 1], what the env receives
+    log_prob: Tensor  # (B,)
+    value: Tensor  # (B,)
+    output: AgentOutput
+    state: AgentState
+
+
+def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """Log-density of a diagonal Gaussian, summed over the last dim."""
+    z = (action - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last dim."""
+    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+class Agent(nn.Module):
+    """Actor-critic + world model over a :class:`~hope_agent.models.base.Backbone`.
+
+    Args:
+        backbone: any backbone; its ``d_model`` sets the embedding width.
+        config: sizes and options (:class:`AgentConfig`).
+    """
+
+    def __init__(self, backbone: Backbone, config: AgentConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        d = backbone.d_model
+        self.obs_dim, self.act_dim = config.obs_dim, config.act_dim
+        self.token_dim = (
+            self.obs_dim + self.act_dim + 2 + (config.num_tasks if config.task_id else 0)
+        )
+        self.embed = nn.Linear(self.token_dim, d)
+        self.policy_mean = nn.Linear(d, self.act_dim)
+        self.log_std = nn.Parameter(torch.full((self.act_dim,), float(config.log_std_init)))
+        self.value_head = nn.Linear(d, 1)
+        self.world_model = nn.Sequential(
+            nn.Linear(d + self.act_dim, config.wm_hidden),
+            nn.SiLU(),
+            nn.Linear(config.wm_hidden, self.obs_dim + 1),
+        )
+        self.obs_norm = ObsNormalizer(self.obs_dim, clip=config.obs_clip)
+        self.reward_scale = RewardScaler(clip=config.reward_clip)
+        # Small policy-mean init: start near a zero-mean policy (cleanrl / SB3 practice).
+        nn.init.orthogonal_(self.policy_mean.weight, gain=0.01)
+        nn.init.zeros_(self.policy_mean.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    # ----------------------------------------------------------------- parameters
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups: the backbone's own groups (with their periods) plus the heads.
+
+        The embedding and every head are ordinary slow weights (period 1), added to the
+        backbone's ``slow`` group when it has one.
+        """
+        groups = [dict(g) for g in self.backbone.param_groups()]
+        backbone_ids = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
+        for g in groups:
+            if g.get("name") == "slow" and int(g.get("period", 1)) == 1:
+                g["params"] = list(g["params"]) + rest
+                return groups
+        return [*groups, {"params": rest, "period": 1, "name": "heads"}]
+
+    # ----------------------------------------------------------------- state
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> AgentState:
+        """A fresh carry for ``batch_size`` rows."""
+        dev = torch.device(device) if device is not None else self.log_std.device
+        return AgentState(
+            memory=self.backbone.init_state(batch_size, dev),
+            prev_action=torch.zeros(batch_size, self.act_dim, device=dev),
+            prev_reward=torch.zeros(batch_size, device=dev),
+        )
+
+    @staticmethod
+    def observe_reward(state: AgentState, reward: Tensor) -> AgentState:
+        """``state`` with the scaled reward of the last action recorded for the next token."""
+        return dataclasses.replace(state, prev_reward=reward.to(state.prev_reward))
+
+    # ----------------------------------------------------------------- model
+    def tokens(
+        self,
+        obs: Tensor,
+        prev_action: Tensor,
+        prev_reward: Tensor,
+        is_first: Tensor,
+        task: Tensor | None = None,
+    ) -> Tensor:
+        """Embed ``[obs, a_prev, r_prev, is_first (, one-hot task)]`` to ``(..., d_model)``.
+
+        ``obs`` is normalised ``(..., obs_dim)``, ``prev_action`` ``(..., act_dim)``,
+        ``prev_reward`` and ``is_first`` ``(...)``; ``task`` ``(...)`` long, required iff the
+        config's ``task_id``.
+        """
+        if obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"Agent expects observations of width {self.obs_dim}, got {obs.shape}")
+        if prev_action.shape[-1] != self.act_dim:
+            raise ValueError(
+                f"Agent expects actions of width {self.act_dim}, got {prev_action.shape}"
+            )
+        first = is_first.to(obs.dtype).unsqueeze(-1)
+        keep = 1.0 - first
+        parts = [obs, prev_action * keep, prev_reward.unsqueeze(-1) * keep, first]
+        if self.config.task_id:
+            if task is None:
+                raise ValueError("Agent built with task_id=true needs the task index of every step")
+            parts.append(nn.functional.one_hot(task, self.config.num_tasks).to(obs.dtype))
+        return self.embed(torch.cat(parts, dim=-1))
+
+    def heads(self, y: Tensor) -> AgentOutput:
+        """Policy and value heads on backbone outputs ``y: (..., d_model)``."""
+        return AgentOutput(
+            mean=self.policy_mean(y),
+            log_std=self.log_std.expand(*y.shape[:-1], self.act_dim),
+            value=self.value_head(y).squeeze(-1),
+            features=y,
+        )
+
+    def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
+        """World model: ``(Δobs (..., obs_dim), reward (...))`` predicted from ``[y_t, a_t]``."""
+        out = self.world_model(torch.cat([features, env_action], dim=-1))
+        return out[..., : self.obs_dim], out[..., self.obs_dim]
+
+    def forward(
+        self,
+        obs: Tensor,
+        prev_action: Tensor,
+        prev_reward: Tensor,
+        is_first: Tensor,
+        memory: State,
+        reset: Tensor | None = None,
+        task: Tensor | None = None,
+    ) -> tuple[AgentOutput, State]:
+        """Sequence pass: inputs ``(B, T, ...)`` from ``memory``; returns outputs ``(B, T, ...)``.
+
+        ``reset`` (default ``is_first``) says where the backbone memory restarts; the token's
+        is_first feature always follows ``is_first``.
+        """
+        x = self.tokens(obs, prev_action, prev_reward, is_first, task)
+        y, memory = self.backbone(x, memory, is_first if reset is None else reset)
+        return self.heads(y), memory
+
+    def step(
+        self,
+        obs: Tensor,
+        prev_action: Tensor,
+        prev_reward: Tensor,
+        is_first: Tensor,
+        memory: State,
+        reset: Tensor | None = None,
+        task: Tensor | None = None,
+    ) -> tuple[AgentOutput, State]:
+        """One-step pass with ``backbone.step``: inputs ``(B, ...)``; same result as ``forward``."""
+        x = self.tokens(obs, prev_action, prev_reward, is_first, task)
+        y, memory = self.backbone.step(x, memory, is_first if reset is None else reset)
+        return self.heads(y), memory
+
+    def act(
+        self,
+        obs: Tensor,
+        state: AgentState,
+        is_first: Tensor,
+        *,
+        deterministic: bool | Tensor = False,
+        generator: torch.Generator | None = None,
+        reset: Tensor | None = None,
+        task: Tensor | None = None,
+    ) -> ActResult:
+        """Choose actions for one step of ``B`` envs.
+
+        Args:
+            obs: ``(B, obs_dim)`` normalised observations.
+            state: the carry from :meth:`init_state` or the previous ``act``.
+            is_first: ``(B,)`` bool, true at an episode's first step.
+            deterministic: act with the mean; a ``(B,)`` bool tensor selects rows.
+            generator: a CPU ``torch.Generator`` for the action noise (reproducible rollouts).
+            reset: ``(B,)`` bool, where to restart the backbone memory (default ``is_first``).
+            task: ``(B,)`` long task indices (oracle ``task_id`` agents only).
+
+        Returns:
+            An :class:`ActResult`; its ``state`` has ``prev_action`` set to the applied action.
+        """
+        out, memory = self.step(
+            obs, state.prev_action, state.prev_reward, is_first, state.memory, reset, task
+        )
+        noise = torch.randn(out.mean.shape, generator=generator, dtype=out.mean.dtype)
+        sample = out.mean + torch.exp(out.log_std) * noise.to(out.mean.device)
+        if isinstance(deterministic, Tensor):
+            action = torch.where(deterministic.to(out.mean.device).unsqueeze(-1), out.mean, sample)
+        else:
+            action = out.mean if deterministic else sample
+        env_action = action.clamp(-1.0, 1.0)
+        new_state = AgentState(memory=memory, prev_action=env_action, prev_reward=state.prev_reward)
+        return ActResult(
+            action=action,
+            env_action=env_action,
+            log_prob=gaussian_log_prob(action, out.mean, out.log_std),
+            value=out.value,
+            output=out,
+            state=new_state,
+        )
+
+    # ----------------------------------------------------------------- user-facing
+    @torch.no_grad()
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: AgentState | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        *,
+        reward: np.ndarray | float | None = None,
+        task: np.ndarray | int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, AgentState]:
+        """Stable-Baselines3-style inference: raw numpy in, numpy actions in [-1, 1] out.
+
+        Args:
+            observation: ``(obs_dim,)`` or ``(n_envs, obs_dim)`` raw observations.
+            state: the returned state of the previous call; ``None`` starts fresh episodes.
+            episode_start: ``(n_envs,)`` bool, true where an episode starts (resets the memory).
+                ``None`` means true on the first call (``state is None``) and false afterwards.
+            deterministic: use the policy mean.
+            reward: the raw reward the previous action earned (scalar or ``(n_envs,)``); the
+                agent infers the task in context from rewards, so pass it when you have it.
+            task: task index, only for agents trained with the oracle ``task_id``.
+            generator: optional CPU generator for the action noise.
+
+        Returns:
+            ``(action, state)``: action ``(act_dim,)`` or ``(n_envs, act_dim)``.
+        """
+        obs = np.asarray(observation, dtype=np.float32)
+        single = obs.ndim == 1
+        obs = obs.reshape(1, -1) if single else obs
+        if obs.ndim != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"Agent.predict expects observations of shape ({self.obs_dim},) or "
+                f"(n_envs, {self.obs_dim}), got {np.shape(observation)}"
+            )
+        n, device = obs.shape[0], self.log_std.device
+        if state is None:
+            state = self.init_state(n, device)
+            first = np.ones(n, dtype=bool) if episode_start is None else episode_start
+        else:
+            first = np.zeros(n, dtype=bool) if episode_start is None else episode_start
+        first_t = torch.as_tensor(np.asarray(first, dtype=bool).reshape(n), device=device)
+        if reward is not None:
+            r = torch.as_tensor(np.broadcast_to(np.asarray(reward, np.float32), (n,)).copy())
+            state = self.observe_reward(state, self.reward_scale(r.to(device)))
+        task_t = None
+        if task is not None:
+            task_t = torch.as_tensor(np.broadcast_to(np.asarray(task), (n,)).copy(), device=device)
+        obs_t = self.obs_norm(torch.as_tensor(obs, device=device))
+        res = self.act(
+            obs_t, state, first_t, deterministic=deterministic, generator=generator, task=task_t
+        )
+        action = res.env_action.cpu().numpy()
+        return (action[0] if single else action), res.state

@@ -1,0 +1,28 @@
+"""RL algorithms: GAE, sequence rollout storage, recurrent PPO, running normalisation."""
+
+from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.algos.gae import compute_gae
+from hope_agent.algos.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
+from hope_agent.algos.ppo import (
+    PPO,
+    PPOConfig,
+    clipped_policy_loss,
+    masked_mean,
+    value_loss,
+    world_model_loss,
+)
+
+__all__ = [
+    "PPO",
+    "ObsNormalizer",
+    "PPOConfig",
+    "RewardScaler",
+    "RolloutBuffer",
+    "RunningMeanStd",
+    "SequenceBatch",
+    "clipped_policy_loss",
+    "compute_gae",
+    "masked_mean",
+    "value_loss",
+    "world_model_loss",
+]

@@ -1,0 +1,242 @@
+"""Proximal policy optimisation for sequence backbones (Schulman et al. 2017).
+
+The loss pieces are pure functions over masked ``(B, L)`` tensors; :class:`PPO` runs the epochs of
+truncated-BPTT updates over a :class:`~hope_agent.algos.buffer.RolloutBuffer`:
+each chunk is replayed from its stored (detached) backbone memory with ``is_first`` resets, and
+autoreset steps (``valid == False``) are masked out of every loss.
+
+    L = -L_clip + vf_coef * L_value - ent_coef * H + wm_coef * L_world_model (+ method extra loss)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hope_agent.agents.agent import Agent, AgentOutput, gaussian_entropy, gaussian_log_prob
+from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+
+ExtraLoss = Callable[[Agent, SequenceBatch, AgentOutput], Tensor | None]
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of the PPO update (rollout sizes live with the trainer).
+
+    Attributes:
+        gamma: discount factor.
+        gae_lambda: GAE lambda.
+        clip_coef: policy ratio clip epsilon.
+        clip_value: clip the value update around the old values with ``clip_coef`` too.
+        vf_coef: value loss weight.
+        ent_coef: entropy bonus weight.
+        wm_coef: world-model auxiliary loss weight (0 disables it).
+        max_grad_norm: global gradient-norm clip (0 disables it).
+        epochs: passes over each rollout.
+        num_minibatches: minibatches per epoch (of the rollout's chunks).
+        norm_adv: normalise advantages per minibatch.
+        target_kl: stop the epochs early once the approximate KL exceeds it (0 disables it).
+    """
+
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_coef: float = 0.2
+    clip_value: bool = False
+    vf_coef: float = 0.5
+    ent_coef: float = 0.0
+    wm_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    epochs: int = 4
+    num_minibatches: int = 4
+    norm_adv: bool = True
+    target_kl: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "gamma in [0, 1]": 0.0 <= self.gamma <= 1.0,
+            "gae_lambda in [0, 1]": 0.0 <= self.gae_lambda <= 1.0,
+            "clip_coef > 0": self.clip_coef > 0,
+            "vf_coef >= 0": self.vf_coef >= 0,
+            "ent_coef >= 0": self.ent_coef >= 0,
+            "wm_coef >= 0": self.wm_coef >= 0,
+            "max_grad_norm >= 0": self.max_grad_norm >= 0,
+            "epochs >= 1": self.epochs >= 1,
+            "num_minibatches >= 1": self.num_minibatches >= 1,
+            "target_kl >= 0": self.target_kl >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"PPO config: need {', '.join(bad)} (got {self})")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over entries where ``mask`` is true (0 when none is)."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp_min(1.0)
+
+
+def normalize_advantages(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """Zero-mean, unit-std advantages over the masked entries (others set to 0)."""
+    mean = masked_mean(adv, mask)
+    std = masked_mean((adv - mean).square(), mask).sqrt()
+    return torch.where(mask, (adv - mean) / (std + eps), torch.zeros_like(adv))
+
+
+def clipped_policy_loss(
+    log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_coef: float, mask: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate, as a loss to minimise: ``mean(max(-A r, -A clip(r)))``.
+
+    Returns the loss and detached diagnostics ``approx_kl`` (the low-variance estimator
+    ``(r - 1) - log r``) and ``clipfrac``.
+    """
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    surrogate = torch.max(
+        -advantages * ratio, -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    )
+    with torch.no_grad():
+        stats = {
+            "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
+            "clipfrac": masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask),
+        }
+    return masked_mean(surrogate, mask), stats
+
+
+def value_loss(
+    value: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    old_value: Tensor | None = None,
+    clip_coef: float | None = None,
+) -> Tensor:
+    """``0.5 * mean((V - R)^2)``; with ``old_value`` and ``clip_coef``, the clipped variant
+    ``0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old) - R)^2))``."""
+    err = (value - returns).square()
+    if old_value is not None and clip_coef is not None:
+        clipped = old_value + (value - old_value).clamp(-clip_coef, clip_coef)
+        err = torch.max(err, (clipped - returns).square())
+    return 0.5 * masked_mean(err, mask)
+
+
+def world_model_loss(
+    pred_delta: Tensor,
+    pred_reward: Tensor,
+    target_delta: Tensor,
+    target_reward: Tensor,
+    mask: Tensor,
+) -> Tensor:
+    """Mean squared error of the next-observation delta (averaged over dims) plus the reward's."""
+    obs_err = (pred_delta - target_delta).square().mean(-1)
+    return masked_mean(obs_err + (pred_reward - target_reward).square(), mask)
+
+
+def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
+    """``1 - Var(target - pred) / Var(target)`` over masked entries (nan if Var(target) = 0)."""
+    t, p = target[mask], pred[mask]
+    var = t.var(unbiased=False) if t.numel() else torch.tensor(0.0)
+    if var.item() == 0:
+        return float("nan")
+    return float(1.0 - (t - p).var(unbiased=False) / var)
+
+
+class PPO:
+    """The PPO update of a recurrent actor-critic (parts injected).
+
+    Args:
+        agent: the :class:`~hope_agent.agents.agent.Agent` being trained.
+        optimizer: any optimizer over its parameters (a ``MultiTimescaleOptimizer`` in practice).
+        config: :class:`PPOConfig`.
+        rng: numpy generator for the minibatch shuffles (seeded by the caller).
+        extra_loss: optional ``(agent, batch, outputs) -> loss`` added to the PPO loss, the hook
+            continual-learning methods (regularisers, replay) plug into.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        optimizer: torch.optim.Optimizer,
+        config: PPOConfig,
+        rng: np.random.Generator,
+        extra_loss: ExtraLoss | None = None,
+    ) -> None:
+        self.agent, self.optimizer, self.config, self.rng = agent, optimizer, config, rng
+        self.extra_loss = extra_loss
+
+    def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss of one minibatch of chunks and its detached diagnostics."""
+        cfg, agent = self.config, self.agent
+        out, _ = agent(
+            batch.obs,
+            batch.prev_action,
+            batch.prev_reward,
+            batch.is_first,
+            batch.memory,
+            task=batch.task if agent.config.task_id else None,
+        )
+        mask = batch.valid
+        log_prob = gaussian_log_prob(batch.action, out.mean, out.log_std)
+        adv = normalize_advantages(batch.advantages, mask) if cfg.norm_adv else batch.advantages
+        pg, stats = clipped_policy_loss(log_prob, batch.log_prob, adv, cfg.clip_coef, mask)
+        v_loss = value_loss(
+            out.value,
+            batch.returns,
+            mask,
+            batch.value if cfg.clip_value else None,
+            cfg.clip_coef if cfg.clip_value else None,
+        )
+        entropy = masked_mean(gaussian_entropy(out.log_std), mask)
+        loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+        wm = torch.zeros((), device=loss.device)
+        if cfg.wm_coef > 0:
+            pred_delta, pred_reward = agent.predict_world(out.features, batch.env_action)
+            wm = world_model_loss(
+                pred_delta, pred_reward, batch.next_obs - batch.obs, batch.reward, mask
+            )
+            loss = loss + cfg.wm_coef * wm
+        if self.extra_loss is not None:
+            extra = self.extra_loss(agent, batch, out)
+            if extra is not None:
+                loss = loss + extra
+                stats["extra"] = extra.detach()
+        stats.update(
+            policy=pg.detach(),
+            value=v_loss.detach(),
+            entropy=entropy.detach(),
+            world_model=wm.detach(),
+        )
+        return loss, stats
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """Run the epochs over a filled buffer (advantages computed); return mean diagnostics."""
+        cfg = self.config
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        totals: dict[str, float] = {}
+        n = 0
+        stop = False
+        for _ in range(cfg.epochs):
+            for batch in buffer.minibatches(cfg.num_minibatches, self.rng):
+                loss, stats = self.loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    stats["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                n += 1
+                if cfg.target_kl > 0 and float(stats["approx_kl"]) > cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        result = {k: v / n for k, v in totals.items()}
+        result["explained_variance"] = explained_variance(
+            buffer.value, buffer.returns, buffer.valid
+        )
+        result["updates"] = float(n)
+        return result

@@ -1,0 +1,210 @@
+"""Hydra entry points: ``hope-train``, ``hope-evaluate``, ``hope-record`` (and the scripts/ files).
+
+Each ``*_main`` is a thin Hydra wrapper around a plain function (:func:`train`, :func:`evaluate`,
+:func:`record`) that tests and notebooks call directly with a composed config. User errors (bad
+config values, unknown task ids or models, missing or mismatched checkpoints) end the program
+with one line on stderr and exit status 1, before any work starts where possible.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Headless MuJoCo rendering must be chosen before mujoco is first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from hope_envs.curriculum import CurriculumError  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
+from hope_agent.train.build import (  # noqa: E402
+    ConfigError,
+    build_evaluator,
+    build_runner,
+    load_trained_agent,
+    resolve_device,
+)
+from hope_agent.train.config import register_configs  # noqa: E402
+from hope_agent.train.evaluator import record_episodes  # noqa: E402
+from hope_agent.train.report import EvalEvent, RunRecord, write_results  # noqa: E402
+from hope_agent.train.runner import RunSummary, safe_name  # noqa: E402
+from hope_agent.video import tile_videos, write_video  # noqa: E402
+
+register_configs()
+
+T = TypeVar("T")
+USER_ERRORS = (ConfigError, CurriculumError, CheckpointError, FileNotFoundError)
+
+
+def _set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
+    """Train over ``cfg``'s curriculum, writing every output into ``run_dir``."""
+    run_dir = Path(run_dir)
+    _set_threads(int(cfg.torch_threads))
+    runner = build_runner(cfg, run_dir)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return runner.run()
+
+
+def _stage_checkpoints(run_dir: Path, stage: int | None) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    if stage is not None:
+        path = folder / f"stage_{stage:02d}"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no checkpoint for stage={stage} at {path}; existing: "
+                f"{sorted(p.name for p in folder.glob('stage_*')) or 'none'}"
+            )
+        return [path]
+    found = sorted(folder.glob("stage_*"))
+    if not found:
+        raise FileNotFoundError(
+            f"no stage checkpoints under {folder}; is {run_dir} a run directory?"
+        )
+    return found
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate saved checkpoints on every task without training; write matrix, metrics, plots.
+
+    Returns the metrics (also written to ``<out_dir>/metrics.json``).
+    """
+    _set_threads(int(cfg.torch_threads))
+    if (cfg.run_dir is None) == (cfg.checkpoint is None):
+        raise ConfigError("give run_dir=PATH (optionally stage=K) or checkpoint=PATH, not both")
+    device = resolve_device(cfg.device)
+    run_cfg: DictConfig | None = None
+    if cfg.run_dir is not None:
+        run_dir = Path(cfg.run_dir)
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found; is {run_dir} a run directory?")
+        run_cfg = OmegaConf.load(config_file)  # type: ignore[assignment]
+        checkpoints = _stage_checkpoints(run_dir, cfg.stage)
+        out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "evaluation"
+    else:
+        checkpoints = [Path(cfg.checkpoint)]
+        out_dir = (
+            Path(cfg.out_dir)
+            if cfg.out_dir
+            else Path(cfg.checkpoint).parent.parent / (f"evaluation_{Path(cfg.checkpoint).name}")
+        )
+    record: RunRecord | None = None
+    evaluator = None
+    run_settings: DictConfig | None = None
+    for path in checkpoints:
+        agent, loaded, specs, obs_dim, act_dim, tree = load_trained_agent(path, run_cfg, device)
+        if cfg.episodes is not None:
+            loaded.eval.episodes = int(cfg.episodes)
+        if cfg.online_cms is not None:
+            loaded.eval.online_cms.enabled = bool(cfg.online_cms)
+        reset_too = (
+            loaded.eval.in_context_gain if cfg.in_context_gain is None else cfg.in_context_gain
+        )
+        if record is None:
+            record = RunRecord(task_names=[s.name for s in specs])
+            run_settings = loaded
+            record.stage_starts = [int(s) for s in tree["progress"]["stage_starts"]]
+            evaluator = build_evaluator(loaded, specs, obs_dim, act_dim, device, agent)
+        assert evaluator is not None
+        progress = tree["progress"]
+        results = evaluator.evaluate(agent)
+        reset = evaluator.evaluate(agent, reset_every_step=True) if reset_too else None
+        record.events.append(
+            EvalEvent(
+                int(progress["global_step"]),
+                int(progress["stage"]),
+                bool(progress["stage_done"]),
+                results,
+                reset,
+            )
+        )
+    assert record is not None and evaluator is not None and run_settings is not None
+    evaluator.close()
+    record.stage_starts = record.stage_starts or [0]
+    ref = run_settings.eval.reference_auc
+    return write_results(
+        out_dir,
+        record,
+        reference_auc=None if ref is None else list(ref),
+        extra={"checkpoints": [str(p) for p in checkpoints]},
+    )
+
+
+def record(cfg: DictConfig) -> list[Path]:
+    """Record an mp4 (or gif) per task and one grid video of all tasks from a checkpoint."""
+    _set_threads(int(cfg.torch_threads))
+    device = resolve_device(cfg.device)
+    checkpoint = Path(cfg.checkpoint)
+    agent, run_cfg, specs, obs_dim, act_dim, _ = load_trained_agent(checkpoint, None, device)
+    if cfg.episodes < 1 or cfg.frame_skip < 1 or cfg.fps < 1 or min(cfg.height, cfg.width) < 16:
+        raise ConfigError(
+            "record: episodes, frame_skip and fps must be >= 1 and height/width >= 16, got "
+            f"{cfg.episodes}, {cfg.frame_skip}, {cfg.fps}, {cfg.height}x{cfg.width}"
+        )
+    out_dir = (
+        Path(cfg.out_dir) if cfg.out_dir else checkpoint.parent.parent / "videos" / checkpoint.name
+    )
+    suffix = ".gif" if cfg.gif else ".mp4"
+    written, clips = [], []
+    for j, spec in enumerate(specs):
+        frames = record_episodes(
+            agent,
+            spec,
+            obs_dim,
+            act_dim,
+            task_index=j,
+            seed=int(run_cfg.eval.seed) + 1000 * j,
+            episodes=int(cfg.episodes),
+            deterministic=bool(cfg.deterministic),
+            size=(int(cfg.height), int(cfg.width)),
+            frame_skip=int(cfg.frame_skip),
+        )
+        written.append(write_video(out_dir / f"{safe_name(spec.name)}{suffix}", frames, cfg.fps))
+        clips.append(frames)
+    grid = tile_videos(clips, labels=[s.name for s in specs])
+    written.append(write_video(out_dir / f"all_tasks{suffix}", grid, cfg.fps))
+    return written
+
+
+def _report_user_errors(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except USER_ERRORS as e:
+        # One line, no traceback: these are input mistakes, not bugs.
+        raise SystemExit(f"error: {e}") from None
+
+
+@hydra.main(config_path="pkg://hope_configs", config_name="config", version_base="1.3")
+def train_main(cfg: DictConfig) -> None:
+    """``hope-train`` / ``scripts/train_curriculum.py``."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = _report_user_errors(lambda: train(cfg, run_dir))
+    print(f"run directory: {summary.run_dir}")
+
+
+@hydra.main(config_path="pkg://hope_configs", config_name="eval", version_base="1.3")
+def evaluate_main(cfg: DictConfig) -> None:
+    """``hope-evaluate`` / ``scripts/evaluate_forgetting.py``."""
+    metrics = _report_user_errors(lambda: evaluate(cfg))
+    keys = ("average_performance", "forgetting", "backward_transfer", "world_model_error")
+    print(", ".join(f"{k}={metrics[k]}" for k in keys), file=sys.stdout)
+
+
+@hydra.main(config_path="pkg://hope_configs", config_name="record", version_base="1.3")
+def record_main(cfg: DictConfig) -> None:
+    """``hope-record`` / ``scripts/record_rollouts.py``."""
+    for path in _report_user_errors(lambda: record(cfg)):
+        print(path)

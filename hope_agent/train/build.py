@@ -1,0 +1,341 @@
+"""Builders: the only code that reads the Hydra config and turns it into typed parts.
+
+Every check of user input happens here, before any work starts, and fails with one
+:class:`ConfigError` naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
+from omegaconf import DictConfig, OmegaConf
+
+from hope_agent.agents.agent import Agent, AgentConfig
+from hope_agent.algos.ppo import PPO, PPOConfig
+from hope_agent.io import CheckpointError, load_checkpoint
+from hope_agent.models.factory import BACKBONES, make_backbone
+from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
+from hope_agent.train.config import Device, OptimizerName, TrainConfig
+from hope_agent.train.evaluator import Evaluator, OnlineCMS
+from hope_agent.train.logger import Logger
+from hope_agent.train.methods import METHODS, make_method
+from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VideoSettings
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and the fix."""
+
+
+class OptimizerChain:
+    """Several optimizers stepped as one (M3 on matrices + AdamW on the rest)."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Every group of every optimizer."""
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every gradient."""
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        """Step every optimizer."""
+        for opt in self.optimizers:
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"chain": [state_dict of each optimizer]}``."""
+        return {"chain": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        chain = state["chain"]
+        if len(chain) != len(self.optimizers):
+            raise ValueError(
+                f"optimizer state holds {len(chain)} optimizers, expected {len(self.optimizers)}"
+            )
+        for opt, sd in zip(self.optimizers, chain, strict=True):
+            opt.load_state_dict(sd)
+
+
+# ----------------------------------------------------------------------------- config checks
+def resolve_device(device: Device | str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without CUDA is an error."""
+    name = device.value if isinstance(device, Device) else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but CUDA is not available here; use device=cpu or device=auto"
+        )
+    return torch.device(name)
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Check every value the schema's types cannot; raise one :class:`ConfigError` listing all
+    problems."""
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{key} {rule} (got {OmegaConf.select(cfg, key)!r})")
+
+    ppo = cfg.ppo
+    need(cfg.steps_per_task >= 1, "steps_per_task", "must be >= 1")
+    need(cfg.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = torch's default)")
+    need(cfg.model.name in BACKBONES, "model.name", f"must be one of {', '.join(BACKBONES)}")
+    need(cfg.model.d_model >= 1, "model.d_model", "must be >= 1")
+    need(cfg.method in METHODS, "method", f"must be one of {', '.join(sorted(METHODS))}")
+    need(ppo.num_envs >= 1, "ppo.num_envs", "must be >= 1")
+    need(ppo.seq_len >= 1, "ppo.seq_len", "must be >= 1")
+    need(
+        ppo.rollout_len >= 1 and ppo.seq_len >= 1 and ppo.rollout_len % ppo.seq_len == 0,
+        "ppo.rollout_len",
+        f"must be a positive multiple of ppo.seq_len ({ppo.seq_len})",
+    )
+    n_chunks = (ppo.rollout_len // max(ppo.seq_len, 1)) * ppo.num_envs
+    need(
+        1 <= ppo.num_minibatches <= max(n_chunks, 1),
+        "ppo.num_minibatches",
+        f"must lie in [1, {n_chunks}] (rollout_len / seq_len x num_envs chunks)",
+    )
+    need(ppo.lr > 0, "ppo.lr", "must be > 0")
+    need(cfg.eval.every >= 0, "eval.every", "must be >= 0 (0 = at task ends only)")
+    need(cfg.eval.episodes >= 0, "eval.episodes", "must be >= 0")
+    need(
+        cfg.eval.smooth_last is None or cfg.eval.smooth_last >= 1,
+        "eval.smooth_last",
+        "must be null or >= 1",
+    )
+    need(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0 (0 = at task ends only)")
+    need(cfg.video.episodes >= 1, "video.episodes", "must be >= 1")
+    need(cfg.video.frame_skip >= 1, "video.frame_skip", "must be >= 1")
+    need(cfg.video.fps >= 1, "video.fps", "must be >= 1")
+    need(min(cfg.video.height, cfg.video.width) >= 16, "video.height/width", "must be >= 16")
+    need(cfg.eval.online_cms.lr > 0, "eval.online_cms.lr", "must be > 0")
+    try:
+        PPOConfig(**{f.name: ppo[f.name] for f in fields(PPOConfig)})
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def as_train_config(raw: DictConfig | dict[str, Any] | str) -> DictConfig:
+    """A saved config (yaml text, dict or DictConfig) validated against :class:`TrainConfig`."""
+    loaded = OmegaConf.create(raw) if isinstance(raw, str) else raw
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), loaded)
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+# ----------------------------------------------------------------------------- parts
+def build_specs(cfg: DictConfig) -> tuple[list[TaskSpec], int, int]:
+    """Resolve the curriculum: ``(specs, obs_dim, act_dim)``."""
+    tasks = OmegaConf.to_container(cfg.curriculum.tasks, resolve=True)
+    assert isinstance(tasks, list)
+    specs = resolve_tasks(tasks, int(cfg.steps_per_task))
+    obs_dim, act_dim = common_spaces(specs)
+    ref = cfg.eval.reference_auc
+    if ref is not None and len(ref) != len(specs):
+        raise ConfigError(
+            f"eval.reference_auc needs one AUC per task ({len(specs)}), got {len(ref)}"
+        )
+    return specs, obs_dim, act_dim
+
+
+def build_agent(cfg: DictConfig, obs_dim: int, act_dim: int, num_tasks: int) -> Agent:
+    """The backbone of ``cfg.model`` with the agent heads of ``cfg.agent``."""
+    raw = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+    assert isinstance(raw, dict)
+    # Config dataclasses take tuples for sequences (e.g. cms_periods); yaml gives lists.
+    kwargs = {str(k): tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    try:
+        backbone = make_backbone(str(cfg.model.name), int(cfg.model.d_model), **kwargs)
+        a = cfg.agent
+        return Agent(
+            backbone,
+            AgentConfig(
+                obs_dim=obs_dim,
+                act_dim=act_dim,
+                num_tasks=num_tasks,
+                task_id=bool(a.task_id),
+                log_std_init=float(a.log_std_init),
+                wm_hidden=int(a.wm_hidden),
+                obs_clip=float(a.obs_clip),
+                reward_clip=float(a.reward_clip),
+            ),
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model={cfg.model.name}: {e}") from e
+
+
+def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | OptimizerChain:
+    """The outer optimizer over the agent's groups; each group updates on its own period."""
+    ppo = cfg.ppo
+    groups = agent.param_groups()
+    adamw = {"lr": float(ppo.lr), "weight_decay": float(ppo.weight_decay), "eps": 1e-5}
+    if ppo.optimizer == OptimizerName.adamw:
+        return MultiTimescaleOptimizer(groups, base=torch.optim.AdamW, **adamw)
+    matrix_groups, other_groups = [], []
+    for g in groups:
+        matrices, others = split_matrix_params(g["params"])
+        if matrices:
+            matrix_groups.append({**g, "params": matrices})
+        if others:
+            other_groups.append({**g, "params": others})
+    m3 = ppo.m3
+    chain: list[torch.optim.Optimizer] = [
+        MultiTimescaleOptimizer(
+            matrix_groups,
+            base=M3,
+            lr=float(m3.lr),
+            betas=tuple(float(b) for b in m3.betas),
+            alpha=float(m3.alpha),
+            slow_every=int(m3.slow_every),
+            ns_steps=int(m3.ns_steps),
+            eps=float(m3.eps),
+        )
+    ]
+    if other_groups:
+        chain.append(MultiTimescaleOptimizer(other_groups, base=torch.optim.AdamW, **adamw))
+    return OptimizerChain(chain)
+
+
+def build_evaluator(
+    cfg: DictConfig,
+    specs: Sequence[TaskSpec],
+    obs_dim: int,
+    act_dim: int,
+    device: torch.device,
+    agent: Agent,
+) -> Evaluator:
+    """The evaluator of ``cfg.eval`` (checks online-CMS levels against the agent)."""
+    online = None
+    if cfg.eval.online_cms.enabled:
+        online = OnlineCMS(list(cfg.eval.online_cms.levels), float(cfg.eval.online_cms.lr))
+        try:
+            online.chosen(agent)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    return Evaluator(
+        specs, obs_dim, act_dim, int(cfg.eval.episodes), int(cfg.eval.seed), device, online
+    )
+
+
+def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
+    """Every part of a training run, checked and wired; nothing has run yet."""
+    validate_train_config(cfg)
+    device = resolve_device(cfg.device)
+    try:
+        specs, obs_dim, act_dim = build_specs(cfg)
+    except CurriculumError as e:
+        raise ConfigError(str(e)) from e
+    torch.manual_seed(int(cfg.seed))
+    agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
+    method = make_method(str(cfg.method))
+    ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
+    ppo = PPO(
+        agent,
+        build_optimizer(agent, cfg),
+        ppo_cfg,
+        np.random.default_rng(int(cfg.seed)),
+        extra_loss=method.extra_loss,
+    )
+    evaluator = build_evaluator(cfg, specs, obs_dim, act_dim, device, agent)
+    v = cfg.video
+    settings = RunnerSettings(
+        num_envs=int(cfg.ppo.num_envs),
+        rollout_len=int(cfg.ppo.rollout_len),
+        seq_len=int(cfg.ppo.seq_len),
+        seed=int(cfg.seed),
+        async_envs=bool(cfg.ppo.async_envs),
+        eval_every=int(cfg.eval.every),
+        checkpoint_every=int(cfg.checkpoint.every),
+        carry_state_across_tasks=bool(cfg.agent.carry_state_across_tasks),
+        in_context_gain=bool(cfg.eval.in_context_gain),
+        smooth_last=cfg.eval.smooth_last,
+        reference_auc=None if cfg.eval.reference_auc is None else list(cfg.eval.reference_auc),
+        eval_seed=int(cfg.eval.seed),
+        video=VideoSettings(
+            episodes=int(v.episodes),
+            size=(int(v.height), int(v.width)),
+            fps=int(v.fps),
+            frame_skip=int(v.frame_skip),
+            gif=bool(v.gif),
+        )
+        if v.enabled
+        else None,
+    )
+    total = sum(
+        -(-s.steps // (settings.rollout_len * settings.num_envs))
+        * settings.rollout_len
+        * settings.num_envs
+        for s in specs
+    )
+    logger = Logger(
+        run_dir, total, tensorboard=bool(cfg.logger.tensorboard), progress=bool(cfg.logger.progress)
+    )
+    return CurriculumRunner(
+        specs=specs,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        agent=agent,
+        ppo=ppo,
+        evaluator=evaluator,
+        logger=logger,
+        method=method,
+        settings=settings,
+        run_dir=run_dir,
+        device=device,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def load_trained_agent(
+    checkpoint: Path, cfg: DictConfig | None, device: torch.device
+) -> tuple[Agent, DictConfig, list[TaskSpec], int, int, dict[str, Any]]:
+    """Rebuild the agent of a checkpoint and load its weights and normalisers.
+
+    ``cfg`` (a run's saved config) defaults to the config stored in the checkpoint. Returns
+    ``(agent, cfg, specs, obs_dim, act_dim, tree)``; a checkpoint that does not match the config
+    raises :class:`~hope_agent.io.CheckpointError`.
+    """
+    tree = load_checkpoint(checkpoint, map_location=device)
+    if not isinstance(tree.get("agent"), dict) or "meta" not in tree:
+        raise CheckpointError(
+            f"{checkpoint} is not a training checkpoint of hope_agent (no 'agent'/'meta' entries); "
+            "pass a folder under <run_dir>/checkpoints/"
+        )
+    cfg = as_train_config(tree["config"] if cfg is None else cfg)
+    validate_train_config(cfg)
+    specs, obs_dim, act_dim = build_specs(cfg)
+    meta = tree["meta"]
+    expected = {"obs_dim": obs_dim, "act_dim": act_dim, "tasks": [s.name for s in specs]}
+    found = {k: meta.get(k) for k in expected}
+    if found != expected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not match the config: it was saved for {found}, the "
+            f"config gives {expected}; evaluate it with the run's own config (run_dir=...)"
+        )
+    agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
+    try:
+        agent.load_state_dict(tree["agent"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not match model={cfg.model.name} of the config "
+            f"({' '.join(first[:3])}); evaluate it with the run's own config (run_dir=...)"
+        ) from e
+    return agent, cfg, specs, obs_dim, act_dim, tree

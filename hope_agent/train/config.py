@@ -1,0 +1,216 @@
+"""Structured-config schemas of the three entry points, registered in Hydra's ConfigStore.
+
+The yaml files under ``configs/`` (installed as the package ``hope_configs``) extend these schemas,
+so a misspelt key or a value of the wrong type fails at composition with one line naming it.
+Only builders (:mod:`hope_agent.train.build`, :mod:`hope_agent.cli`) read these objects; leaf
+modules take typed arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from hope_agent.algos.ppo import PPOConfig
+
+
+class Device(Enum):
+    """Where the model runs; ``auto`` picks CUDA when available."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OptimizerName(Enum):
+    """Outer optimizer: AdamW, or M3 on matrix parameters (AdamW on the rest)."""
+
+    adamw = "adamw"
+    m3 = "m3"
+
+
+@dataclass
+class TaskEntry:
+    """One curriculum task: a registered Gymnasium id, its keyword arguments, its step budget
+    (``null`` = the run's ``steps_per_task``)."""
+
+    id: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+
+
+@dataclass
+class CurriculumSection:
+    """A named, ordered list of tasks (the files of ``configs/curriculum/``)."""
+
+    name: str = MISSING
+    tasks: list[TaskEntry] = MISSING
+
+
+@dataclass
+class ModelSection:
+    """The backbone: a name of ``hope_agent.models.factory.BACKBONES``, its width, and the
+    keyword arguments of its config dataclass."""
+
+    name: str = MISSING
+    d_model: int = 64
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentSection:
+    """Agent options (see :class:`hope_agent.agents.AgentConfig`)."""
+
+    task_id: bool = False
+    log_std_init: float = -0.5
+    wm_hidden: int = 128
+    obs_clip: float = 10.0
+    reward_clip: float = 10.0
+    # Keep the backbone memory of the envs across a task switch (the agent is never told of the
+    # switch; an episode start still resets what the backbone resets at episode starts).
+    carry_state_across_tasks: bool = True
+
+
+@dataclass
+class M3Section:
+    """Options of M3 (HOPE.md 3b) when ``ppo.optimizer=m3``."""
+
+    lr: float = 0.02
+    betas: tuple[float, float, float] = (0.9, 0.999, 0.9)
+    alpha: float = 0.5
+    slow_every: int = 16
+    ns_steps: int = 5
+    eps: float = 1e-8
+
+
+@dataclass
+class PPOSection(PPOConfig):
+    """PPO update options plus rollout sizes and the optimizer."""
+
+    num_envs: int = 8
+    rollout_len: int = 128
+    seq_len: int = 32
+    async_envs: bool = False
+    optimizer: OptimizerName = OptimizerName.adamw
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    m3: M3Section = field(default_factory=M3Section)
+
+
+@dataclass
+class OnlineCMSSection:
+    """Deployment clock of HOPE.md section 3: chosen CMS levels keep learning at evaluation, on a
+    copy of the model, from the world model's prediction error, each every P_l env steps."""
+
+    enabled: bool = False
+    levels: list[str] = field(default_factory=list)  # group names; empty = every "cms.*" group
+    lr: float = 1e-3
+
+
+@dataclass
+class EvalSection:
+    """Evaluation of every task during and after training (CONTINUAL_RL.md protocol)."""
+
+    every: int = 0  # env steps between evaluations during training; 0 = at task ends only
+    episodes: int = 10  # stochastic episodes per task (+1 deterministic)
+    seed: int = 100_000  # episode e of task j starts from seed + 1000 * j + e
+    in_context_gain: bool = False
+    smooth_last: int | None = None
+    reference_auc: list[float] | None = None  # per-task single-task AUC, for forward transfer
+    online_cms: OnlineCMSSection = field(default_factory=OnlineCMSSection)
+
+
+@dataclass
+class CheckpointSection:
+    """Checkpoints at every task end, and every ``every`` env steps when positive."""
+
+    every: int = 0
+
+
+@dataclass
+class VideoSection:
+    """Rollout videos of every task after each stage."""
+
+    enabled: bool = True
+    episodes: int = 1
+    height: int = 96
+    width: int = 128
+    fps: int = 30
+    frame_skip: int = 2  # keep every k-th frame: rendering is the expensive part on CPU
+    gif: bool = False
+
+
+@dataclass
+class LoggerSection:
+    """Logging sinks (CSV files and metrics are always written)."""
+
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Schema of ``configs/config.yaml`` (``hope-train`` / ``scripts/train_curriculum.py``)."""
+
+    curriculum: CurriculumSection = MISSING
+    model: ModelSection = MISSING
+    agent: AgentSection = field(default_factory=AgentSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    video: VideoSection = field(default_factory=VideoSection)
+    logger: LoggerSection = field(default_factory=LoggerSection)
+    method: str = "finetune"
+    steps_per_task: int = 30_000
+    seed: int = 0
+    device: Device = Device.auto
+    torch_threads: int = 1  # 0 = torch's default; small models run fastest on one thread
+
+
+@dataclass
+class EvaluateConfig:
+    """Schema of ``configs/eval.yaml`` (``hope-evaluate`` / ``scripts/evaluate_forgetting.py``).
+
+    Give ``run_dir`` (every stage checkpoint of a run, or only ``stage``) or ``checkpoint``.
+    ``null`` options keep the run's own settings.
+    """
+
+    run_dir: str | None = None
+    checkpoint: str | None = None
+    stage: int | None = None
+    out_dir: str | None = None  # default: <run_dir>/evaluation (or beside the checkpoint)
+    episodes: int | None = None
+    in_context_gain: bool | None = None
+    online_cms: bool | None = None
+    device: Device = Device.auto
+    torch_threads: int = 1
+
+
+@dataclass
+class RecordConfig:
+    """Schema of ``configs/record.yaml`` (``hope-record`` / ``scripts/record_rollouts.py``)."""
+
+    checkpoint: str = MISSING
+    out_dir: str | None = None  # default: <checkpoint>/../../videos/<checkpoint name>
+    episodes: int = 1
+    deterministic: bool = True
+    height: int = 240
+    width: int = 320
+    fps: int = 30
+    frame_skip: int = 1
+    gif: bool = False
+    device: Device = Device.auto
+    torch_threads: int = 1
+
+
+def register_configs() -> None:
+    """Register the schemas (``train_schema``, ``eval_schema``, ``record_schema``) and the
+    ``model`` group schema in Hydra's ConfigStore; idempotent."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvaluateConfig)
+    cs.store(name="record_schema", node=RecordConfig)

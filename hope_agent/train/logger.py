@@ -1,0 +1,173 @@
+"""Run logging: TensorBoard events, a CSV of training scalars, a rich progress bar and a summary.
+
+Metric keys are namespaced the cleanrl way (``charts/episodic_return``, ``losses/policy``,
+``eval/<task>/perf``). The CSV is kept in memory and rewritten atomically at each :meth:`flush`,
+so a crash never leaves a half-written row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from hope_agent.io import atomic_write_text
+
+
+def rows_to_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
+    """CSV text of ``rows`` (missing cells empty); columns default to first-seen key order."""
+    if columns is None:
+        seen: dict[str, None] = {}
+        for row in rows:
+            seen.update(dict.fromkeys(row))
+        columns = list(seen)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value
+
+
+class Logger:
+    """Logging sinks of one run.
+
+    Args:
+        run_dir: the run directory; writes ``train.csv`` and ``tb/`` there.
+        total_steps: env steps of the whole curriculum (progress bar total).
+        tensorboard: write TensorBoard events.
+        progress: show a progress bar (task, steps/s, ETA) on the console.
+        console: where the bar and the summary go (default: stderr-aware rich console).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        tensorboard: bool = True,
+        progress: bool = True,
+        console: Console | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.console = console or Console()
+        self.rows: list[dict[str, object]] = []
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when enabled
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self._progress: Progress | None = None
+        self._bar: TaskID | None = None
+        self._sps_window: list[tuple[float, int]] = []
+        if progress:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[sps]:>7} steps/s"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._bar = self._progress.add_task("starting", total=total_steps, sps="-")
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def set_stage(self, description: str) -> None:
+        """Show which stage (task) is training."""
+        if self._progress is not None and self._bar is not None:
+            self._progress.update(self._bar, description=description)
+
+    def advance(self, global_step: int) -> None:
+        """Move the bar to ``global_step`` and refresh the steps/s over the last ~10 s."""
+        now = time.perf_counter()
+        self._sps_window.append((now, global_step))
+        while len(self._sps_window) > 2 and now - self._sps_window[0][0] > 10.0:
+            self._sps_window.pop(0)
+        t0, s0 = self._sps_window[0]
+        sps = f"{(global_step - s0) / (now - t0):.0f}" if now > t0 else "-"
+        if self._progress is not None and self._bar is not None:
+            self._progress.update(self._bar, completed=global_step, sps=sps)
+
+    def log(self, global_step: int, values: Mapping[str, float]) -> None:
+        """Record scalars at ``global_step`` (TensorBoard and the CSV rows)."""
+        row: dict[str, object] = {"global_step": global_step}
+        for key, value in values.items():
+            v = float(value)
+            row[key] = v
+            if self._writer is not None and np.isfinite(v):
+                self._writer.add_scalar(key, v, global_step)
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        """Rewrite ``train.csv`` atomically and flush TensorBoard."""
+        if self.rows:
+            atomic_write_text(self.run_dir / "train.csv", rows_to_csv(self.rows))
+        if self._writer is not None:
+            self._writer.flush()
+
+    def print_summary(
+        self, task_names: Sequence[str], perf: np.ndarray, metrics: Mapping[str, float | None]
+    ) -> None:
+        """Print the performance matrix and the headline metrics as tables."""
+        self._stop_progress()
+        table = Table(title="performance after each stage (rows) on each task (columns)")
+        table.add_column("after")
+        for name in task_names:
+            table.add_column(name, justify="right")
+        for i, row in enumerate(perf):
+            table.add_row(task_names[i], *["-" if np.isnan(v) else f"{v:.2f}" for v in row])
+        self.console.print(table)
+        summary = Table(title="metrics")
+        summary.add_column("metric")
+        summary.add_column("value", justify="right")
+        for key, value in metrics.items():
+            summary.add_row(key, "n/a" if value is None else f"{value:.3f}")
+        self.console.print(summary)
+
+    def _stop_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def close(self) -> None:
+        """Flush everything and stop the progress bar."""
+        self.flush()
+        self._stop_progress()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,63 @@
+"""Continual-learning methods as trainer plug-ins.
+
+A method sees the curriculum only through these hooks, so regularisers (L2, EWC), replay
+(behaviour cloning) or multi-task training plug in without touching the runner:
+
+- :meth:`Method.on_task_start` / :meth:`Method.on_task_end`: called around each stage (e.g. to
+  snapshot weights or compute a Fisher matrix at a task end);
+- :meth:`Method.extra_loss`: a loss added to every PPO minibatch;
+- :meth:`Method.state_dict` / :meth:`Method.load_state_dict`: saved in every checkpoint.
+
+``finetune`` (plain sequential training) is the baseline every other method is measured against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hope_envs.curriculum import TaskSpec
+from torch import Tensor
+
+from hope_agent.agents.agent import Agent, AgentOutput
+from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+
+
+class Method:
+    """Base class of continual-learning methods; every hook defaults to doing nothing."""
+
+    name = "base"
+
+    def on_task_start(self, stage: int, spec: TaskSpec, agent: Agent) -> None:
+        """Called before the first rollout of ``stage``."""
+
+    def extra_loss(self, agent: Agent, batch: SequenceBatch, outputs: AgentOutput) -> Tensor | None:
+        """A loss added to the PPO loss of each minibatch (``None``: nothing to add)."""
+        return None
+
+    def on_task_end(
+        self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
+    ) -> None:
+        """Called after the last update of ``stage``, with the last rollout's buffer."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state for checkpoints (tensors, arrays, scalars, strings)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class Finetune(Method):
+    """Plain sequential fine-tuning: no regulariser, no replay."""
+
+    name = "finetune"
+
+
+METHODS: dict[str, type[Method]] = {"finetune": Finetune}
+
+
+def make_method(name: str) -> Method:
+    """Build a method by name (``method=...`` in the config)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()

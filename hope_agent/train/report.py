@@ -1,0 +1,242 @@
+"""Results of a curriculum run: the evaluation table, the matrices, the metrics and their files.
+
+One evaluation event evaluates every task; :class:`RunRecord` keeps one row per (event, task).
+Stage i's *window* is the events taken while training task i, the last of which is its task-end
+evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation (or the mean of
+the window's last ``smooth_last`` evaluations, Continual World's smoothing).
+
+Files (all written atomically): ``perf_matrix.csv``, ``perf_matrix_deterministic.csv``,
+``wm_error_matrix.csv``, ``return_matrix.csv``, ``in_context_perf_matrix.csv`` (when measured),
+``curves.csv``, ``metrics.json`` and the plots ``plots/perf_matrix.png``, ``plots/curves.png``,
+``plots/wm_error_matrix.png``, ``plots/wm_error_curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hope_agent import metrics as M
+from hope_agent.io import atomic_write_text
+from hope_agent.train.evaluator import TaskEvaluation
+from hope_agent.train.logger import rows_to_csv
+from hope_agent.viz import plot_curves, plot_perf_matrix
+
+
+@dataclass
+class EvalEvent:
+    """Every task's evaluation at one point of training."""
+
+    global_step: int
+    stage: int
+    task_end: bool
+    results: list[TaskEvaluation]
+    reset_every_step: list[TaskEvaluation] | None = None
+
+
+@dataclass
+class RunRecord:
+    """Everything evaluated during a run (or re-evaluated from its checkpoints)."""
+
+    task_names: list[str]
+    stage_starts: list[int] = field(default_factory=list)  # global step at each stage start
+    events: list[EvalEvent] = field(default_factory=list)
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks in the curriculum."""
+        return len(self.task_names)
+
+    def stage_ends(self) -> list[EvalEvent]:
+        """The task-end evaluation of each completed stage, in stage order."""
+        return [e for e in self.events if e.task_end]
+
+    def matrix(self, attr: str, reset_every_step: bool = False) -> np.ndarray:
+        """``(N, N)`` matrix of ``TaskEvaluation.<attr>`` at each stage end (NaN rows: not done)."""
+        out = np.full((self.n_tasks, self.n_tasks), np.nan)
+        for event in self.stage_ends():
+            results = event.reset_every_step if reset_every_step else event.results
+            if results is not None:
+                out[event.stage] = [_num(getattr(r, attr)) for r in results]
+        return out
+
+    def curves_rows(self) -> list[dict[str, Any]]:
+        """One flat row per (evaluation event, task), for ``curves.csv``."""
+        rows = []
+        for event in self.events:
+            for j, r in enumerate(event.results):
+                rows.append(
+                    {
+                        "global_step": event.global_step,
+                        "stage": event.stage,
+                        "task_end": int(event.task_end),
+                        "task_index": j,
+                        **asdict(r),
+                    }
+                )
+        return rows
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def compute_metrics(
+    record: RunRecord,
+    smooth_last: int | None = None,
+    reference_auc: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """The run's metrics over its completed stages (a k x k leading block while running).
+
+    Keys: ``stages_completed``, ``average_performance``, ``forgetting``, ``backward_transfer``,
+    ``forward_transfer`` (``None`` without a reference AUC), ``auc`` per task,
+    ``world_model_error`` (mean final error), ``world_model_forgetting`` (mean over tasks of final
+    minus just-trained error; positive = the world model forgot), ``in_context_gain`` and
+    ``notes`` explaining every metric left out.
+    """
+    ends = record.stage_ends()
+    k = len(ends)
+    out: dict[str, Any] = {"stages_completed": k, "tasks": record.task_names, "notes": []}
+    keys = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
+    out.update(dict.fromkeys(keys))
+    out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
+    if k == 0:
+        return out
+    notes: list[str] = out["notes"]
+    if [e.stage for e in ends] != list(range(k)):
+        notes.append(
+            f"metrics need the task-end evaluations of stages 0..{k - 1}; "
+            f"got stages {[e.stage for e in ends]}"
+        )
+        return out
+    # Curves restricted to the completed block: events of stages < k, tasks < k.
+    events = [e for e in record.events if e.stage < k]
+    curves = np.array([[r.perf for r in e.results[:k]] for e in events])
+    windows = []
+    for i in range(k):
+        rows = [t for t, e in enumerate(events) if e.stage == i]
+        windows.append((rows[0], rows[-1] + 1))
+    if not np.all(np.isfinite(curves)):
+        notes.append(
+            "performance unavailable (a task defines no success and stores no reference "
+            "returns): see raw returns in return_matrix.csv"
+        )
+    else:
+        perf = M.perf_matrix_from_curves(curves, windows, smooth_last)
+        out.update(M.summarize(perf))
+        auc = M.aucs_from_curves(curves, windows)
+        out["auc"] = auc.tolist()
+        if reference_auc is None:
+            notes.append(
+                "forward transfer skipped: no single-task reference AUC (set eval.reference_auc "
+                "to the per-task AUCs of single-task runs)"
+            )
+        else:
+            if len(reference_auc) != record.n_tasks:
+                raise ValueError(
+                    f"eval.reference_auc needs one value per task ({record.n_tasks}), "
+                    f"got {len(reference_auc)}"
+                )
+            out["forward_transfer"] = M.forward_transfer(auc, list(reference_auc)[:k])
+    wm = record.matrix("wm_error")[:k, :k]
+    if np.all(np.isfinite(wm)):
+        out["world_model_error"] = float(wm[-1].mean())
+        out["world_model_forgetting"] = -M.forgetting(wm)
+    else:
+        notes.append("world-model error undefined for some task (no change to predict)")
+    reset = record.matrix("perf", reset_every_step=True)[:k, :k]
+    if np.all(np.isfinite(reset)) and out["average_performance"] is not None:
+        final = record.matrix("perf")[k - 1, :k]
+        out["in_context_gain"] = M.in_context_gain(final, reset[-1])
+    elif not np.any(np.isfinite(reset)):
+        notes.append("in-context gain not measured (set eval.in_context_gain=true)")
+    return out
+
+
+def matrix_csv(matrix: np.ndarray, task_names: Sequence[str]) -> str:
+    """CSV of an ``(N, N)`` matrix: a header of task names, one row per stage (empty = NaN)."""
+    rows = [
+        {"after": name, **{t: float(v) for t, v in zip(task_names, row, strict=True)}}
+        for name, row in zip(task_names, matrix, strict=True)
+    ]
+    return rows_to_csv(rows, ["after", *task_names])
+
+
+def read_matrix_csv(path: Path) -> np.ndarray:
+    """Read a matrix written by :func:`matrix_csv` (empty cells are NaN)."""
+    lines = Path(path).read_text().strip().splitlines()
+    return np.array(
+        [[float(c) if c else np.nan for c in line.split(",")[1:]] for line in lines[1:]]
+    )
+
+
+def write_results(
+    out_dir: Path,
+    record: RunRecord,
+    smooth_last: int | None = None,
+    reference_auc: Sequence[float] | None = None,
+    extra: dict[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write every result file of ``record`` into ``out_dir``; return the metrics."""
+    out_dir = Path(out_dir)
+    names = record.task_names
+    metrics = compute_metrics(record, smooth_last, reference_auc)
+    if extra:
+        metrics.update(extra)
+    perf = record.matrix("perf")
+    matrices = {
+        "perf_matrix.csv": perf,
+        "perf_matrix_deterministic.csv": record.matrix("perf_deterministic"),
+        "wm_error_matrix.csv": record.matrix("wm_error"),
+        "return_matrix.csv": record.matrix("mean_return"),
+    }
+    reset = record.matrix("perf", reset_every_step=True)
+    if np.any(np.isfinite(reset)):
+        matrices["in_context_perf_matrix.csv"] = reset
+    for filename, matrix in matrices.items():
+        atomic_write_text(out_dir / filename, matrix_csv(matrix, names))
+    metrics["perf_matrix"] = [[_finite_or_none(float(v)) for v in row] for row in perf]
+    atomic_write_text(out_dir / "curves.csv", rows_to_csv(record.curves_rows()))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if plots and record.events:
+        _plots(out_dir / "plots", record)
+    return metrics
+
+
+def _plots(plot_dir: Path, record: RunRecord) -> None:
+    names = record.task_names
+    plot_perf_matrix(record.matrix("perf"), names, plot_dir / "perf_matrix.png")
+    plot_perf_matrix(
+        record.matrix("wm_error"),
+        names,
+        plot_dir / "wm_error_matrix.png",
+        title="World-model error after each task (lower is better)",
+    )
+    steps = np.array([e.global_step for e in record.events], dtype=np.float64)
+    stage_starts = record.stage_starts[: max(e.stage for e in record.events) + 1]
+    stage_names = [names[i] for i in range(len(stage_starts))]
+    for attr, filename, label in (
+        ("perf", "curves.png", "performance"),
+        ("wm_error", "wm_error_curves.png", "world-model error"),
+    ):
+        curves = np.array([[_num(getattr(r, attr)) for r in e.results] for e in record.events])
+        plot_curves(
+            steps,
+            curves,
+            names,
+            stage_starts,
+            plot_dir / filename,
+            ylabel=label,
+            stage_names=stage_names,
+        )
