@@ -22,20 +22,21 @@ _XML = Path(__file__).resolve().parent / "assets" / "point.xml"
 # Half-width of the reachable table: the slide joints are limited to [-1, 1].
 _TABLE_HALF_WIDTH = 1.0
 
-DEFAULT_CAMERA_CONFIG: dict[str, float] = {"distance": 3.2, "elevation": -90.0, "azimuth": 90.0}
+DEFAULT_CAMERA_CONFIG: dict[str, float] = {"distance": 2.7, "elevation": -90.0, "azimuth": 90.0}
 
 
 class PointReachEnv(MujocoEnv, utils.EzPickle):
     r"""A point mass on a table must reach a goal that it cannot see.
 
     ## Description
-    A 0.5 kg sphere slides on a 2 m x 2 m table (two damped slide joints, limits at +-1 m) pushed
-    by two motors. Each task fixes one `goal`; several goals form a curriculum whose tasks the
+    A 0.1 kg sphere slides on a 2 m x 2 m table (two slide joints, limits at +-1 m) pushed by two
+    motors of up to 2 N against heavy damping, so its speed follows the force within ~0.05 s
+    (at most 1 m/s). Each task fixes one `goal`; several goals form a curriculum whose tasks the
     agent can only tell apart by their rewards. Episodes are 100 steps of 0.02 s (time limit set
     at registration); a small PPO policy solves one goal in a few ten thousand steps.
 
     ## Action Space
-    `Box(-1, 1, (2,), float32)`: the force along x and along y, in newtons.
+    `Box(-1, 1, (2,), float32)`: the force along x and along y, in units of 2 N.
 
     ## Observation Space
     `Box(-inf, inf, (4,), float64)`:

@@ -22,8 +22,7 @@ from hope_agent.models.transformer import (
     TransformerBackbone,
     TransformerConfig,
     TransformerState,
-    apply_rope,
-    rope_tables,
+    alibi_slopes,
 )
 
 D, B, T = 16, 3, 23
@@ -146,19 +145,21 @@ def test_transformer_window_limits_what_one_layer_sees() -> None:
 def _reference_transformer(
     model: TransformerBackbone, x: torch.Tensor, is_first: torch.Tensor
 ) -> torch.Tensor:
-    """Plain full-sequence attention with an explicit (window & same-episode & causal) mask."""
+    """Plain full-sequence attention: ALiBi scores, (window & same-episode & causal) mask."""
     cfg = model.config
     batch, steps, _ = x.shape
     pos = torch.arange(steps)
     episode = is_first.long().cumsum(dim=1)  # (B, T)
     causal_window = (pos[:, None] >= pos[None, :]) & (pos[:, None] - pos[None, :] < cfg.context)
     mask = causal_window & (episode[:, :, None] == episode[:, None, :])  # (B, T, T)
-    cos, sin = rope_tables(steps, model.head_dim, cfg.rope_base, x.device)
+    distance = (pos[:, None] - pos[None, :]).float()
+    slopes = [2.0 ** (-8.0 * h / cfg.n_heads) for h in range(1, cfg.n_heads + 1)]
+    torch.testing.assert_close(alibi_slopes(cfg.n_heads), torch.tensor(slopes))
     h = x
     for block in model.blocks:
         q, k, v = block.attn.qkv(block.norm(h)).view(batch, steps, 3, cfg.n_heads, -1).unbind(2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(model.head_dim)
+        scores = scores - torch.tensor(slopes)[:, None, None] * distance
         scores = scores.masked_fill(~mask[:, None], float("-inf"))
         o = torch.einsum("bhqk,bkhd->bqhd", F.softmax(scores, dim=-1), v).reshape(batch, steps, -1)
         h = block.mlp(h + block.attn.out_proj(o))
@@ -201,6 +202,16 @@ def test_gru_matches_a_per_token_gru_cell_loop() -> None:
             h = cell(x[:, t], torch.where(is_first[:, t, None], torch.zeros_like(h), h))
             ys.append(h)
     torch.testing.assert_close(y, torch.stack(ys, dim=1), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_empty_sequence_is_a_no_op(name: str) -> None:
+    model = _model(name)
+    _, state = model(torch.randn(B, 4, D), model.init_state(B))
+    y, same = model(torch.randn(B, 0, D), state, torch.zeros(B, 0, dtype=torch.bool))
+    assert y.shape == (B, 0, D)
+    for a, b in zip(same.leaves(), state.leaves(), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -261,7 +272,7 @@ def test_bad_inputs_raise_clear_errors(name: str) -> None:
         (MLPConfig, {"d_model": 0}, "d_model"),
         (MLPConfig, {"d_model": 8, "hidden_mult": 1.5}, "hidden_mult"),
         (GRUConfig, {"d_model": 8, "n_layers": 0}, "n_layers"),
-        (TransformerConfig, {"d_model": 12, "n_heads": 4}, "even head width"),
+        (TransformerConfig, {"d_model": 12, "n_heads": 5}, "divisible by n_heads"),
         (TransformerConfig, {"d_model": 8, "context": 0}, "context"),
     ],
 )

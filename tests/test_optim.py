@@ -285,7 +285,7 @@ def test_m3_decreases_least_squares_loss() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_m3_one_step_matches_the_algorithm() -> None:
+def test_m3_matches_a_hand_written_algorithm_1() -> None:
     """Hand-written Algorithm 1 on two parameters over 2f + 1 steps."""
     f, lr, (b1, b2, b3), alpha, eps = 2, 0.05, (0.9, 0.5, 0.7), 0.5, 1e-3
     w = nn.Parameter(torch.randn(6, 4))
@@ -380,3 +380,17 @@ def test_m3_rejects_non_matrix_params_and_bad_hyperparameters() -> None:
             M3([w], **kwargs)
     with pytest.raises(ValueError, match="slow_every"):
         M3([{"params": [w], "slow_every": 2.5}])
+
+
+def test_m3_as_the_base_of_a_multitimescale_optimizer() -> None:
+    fast, slow = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4, 3))
+    opt = MultiTimescaleOptimizer(
+        [{"params": [fast]}, {"params": [slow], "period": 3}], base=M3, lr=0.01, slow_every=2
+    )
+    for call in range(1, 7):
+        fast.grad, slow.grad = torch.randn(4, 3), torch.randn(4, 3)
+        before = slow.detach().clone()
+        opt.step()
+        assert torch.equal(slow, before) == (call % 3 != 0)
+    assert opt.base.state[fast]["step"] == 6
+    assert opt.base.state[slow]["step"] == 2

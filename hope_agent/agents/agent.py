@@ -90,6 +90,14 @@ class AgentOutput:
     value: Tensor  # (...)
     features: Tensor  # (..., d_model) backbone output y
 
+    def log_prob(self, action: Tensor) -> Tensor:
+        """Log-probability of unclipped ``action (..., act_dim)`` under the policy, ``(...)``."""
+        return gaussian_log_prob(action, self.mean, self.log_std)
+
+    def entropy(self) -> Tensor:
+        """Entropy of the policy, ``(...)``."""
+        return gaussian_entropy(self.log_std)
+
 
 @dataclass
 class ActResult:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hope_agent.agents.agent import Agent, AgentOutput, gaussian_entropy, gaussian_log_prob
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 
-ExtraLoss = Callable[[Agent, SequenceBatch, AgentOutput], Tensor | None]
+if TYPE_CHECKING:  # the agent imports hope_agent.algos (normalisers): no runtime cycle
+    from hope_agent.agents.agent import Agent, AgentOutput
+
+ExtraLoss = Callable[["Agent", SequenceBatch, "AgentOutput"], "Tensor | None"]
 
 
 @dataclass
@@ -179,7 +182,7 @@ class PPO:
             task=batch.task if agent.config.task_id else None,
         )
         mask = batch.valid
-        log_prob = gaussian_log_prob(batch.action, out.mean, out.log_std)
+        log_prob = out.log_prob(batch.action)
         adv = normalize_advantages(batch.advantages, mask) if cfg.norm_adv else batch.advantages
         pg, stats = clipped_policy_loss(log_prob, batch.log_prob, adv, cfg.clip_coef, mask)
         v_loss = value_loss(
@@ -189,7 +192,7 @@ class PPO:
             batch.value if cfg.clip_value else None,
             cfg.clip_coef if cfg.clip_value else None,
         )
-        entropy = masked_mean(gaussian_entropy(out.log_std), mask)
+        entropy = masked_mean(out.entropy(), mask)
         loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
         wm = torch.zeros((), device=loss.device)
         if cfg.wm_coef > 0:

@@ -76,7 +76,8 @@ class CMS(nn.Module):
             raise ValueError(f"level must be in [0, {len(self.levels)}), got {level}")
         target = self.levels[level]
         assert isinstance(target, CMSLevel)
-        if fc1.weight.shape != target.fc1.weight.shape or fc2.weight.shape != target.fc2.weight.shape:
+        shapes = (fc1.weight.shape, fc2.weight.shape)
+        if shapes != (target.fc1.weight.shape, target.fc2.weight.shape):
             raise ValueError(
                 f"MLP shapes {tuple(fc1.weight.shape)}, {tuple(fc2.weight.shape)} do not match the "
                 f"CMS level {tuple(target.fc1.weight.shape)}, {tuple(target.fc2.weight.shape)}; "

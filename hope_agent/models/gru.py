@@ -79,6 +79,8 @@ class GRUBackbone(Backbone[GRUState]):
         check_input(x, self.d_model, is_first, type(self).__name__)
         batch, steps = x.shape[:2]
         self._check_state(state, batch)
+        if steps == 0:  # an empty stream leaves the state as it is
+            return x, state
         if is_first is None:
             is_first = torch.zeros(batch, steps, dtype=torch.bool, device=x.device)
         is_first = is_first.bool()

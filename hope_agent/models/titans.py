@@ -72,7 +72,10 @@ class TitansState(State):
 
 
 def memory_read(w_in: Tensor, w_out: Tensor, z: Tensor) -> Tensor:
-    """``M(z) = z + W_out silu(W_in z)`` for ``w_in (..., h, d)``, ``w_out (..., d, h)``, ``z (..., L, d)``."""
+    """``M(z) = z + W_out silu(W_in z)`` with ``w_in (..., h, d)``, ``w_out (..., d, h)``.
+
+    ``z (..., L, d)``; leading dims broadcast, e.g. memories ``(B, M, H)`` against ``(B, 1, H)``.
+    """
     return z + F.silu(z @ w_in.mT) @ w_out.mT
 
 
@@ -131,7 +134,10 @@ class ChunkDecays:
 
 
 def _decay_matrix(log_gate: Tensor) -> Tensor:
-    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L) -> (..., L, L)``."""
+    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L, L)``.
+
+    Differences of one cumulative sum stay finite (no division by tiny products).
+    """
     cum = log_gate.cumsum(-1)
     diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
     n = log_gate.shape[-1]
@@ -314,7 +320,8 @@ def segment_layout(pos0: Tensor, is_first: Tensor, chunk: int) -> Segments:
     offset = t - first_t.gather(1, seg_id)
     slot = torch.arange(chunk, device=dev)
     valid = slot < length.unsqueeze(-1)  # (B, n, C)
-    src = torch.where(valid, first_t.unsqueeze(-1) + slot, torch.zeros_like(valid, dtype=torch.long))
+    src = first_t.unsqueeze(-1) + slot
+    src = torch.where(valid, src, torch.zeros_like(src))
     nonempty = length > 0
     reset = is_first.gather(1, first_t) & nonempty
     done = nonempty & (phase.gather(1, first_t) + length == chunk)
@@ -433,7 +440,9 @@ class SelfModifyingTitans(nn.Module):
             pos=torch.zeros(batch, dtype=torch.long, device=w_in.device),
         )
 
-    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> TitansState:
+    def initial_state(
+        self, batch_size: int, device: torch.device | str | None = None
+    ) -> TitansState:
         """The meta-learned initial state (differentiable w.r.t. the initial weights)."""
         dev = self.proj_w_in.device if device is None else torch.device(device)
         state = TitansState(
@@ -467,7 +476,10 @@ class SelfModifyingTitans(nn.Module):
     # ------------------------------------------------------------------ blocks of tokens
 
     def _gates(self, reads: Tensor, beta_logit: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
-        """eta, log alpha, log beta ``(B, 1, H, L)`` from the reads of M_eta, M_alpha; padding no-op."""
+        """eta, log alpha, log beta ``(B, 1, H, L)`` from the reads of M_eta, M_alpha.
+
+        Padded tokens get eta = 0, alpha = beta = 1, which makes their write a no-op.
+        """
         i_eta, i_alpha = self.memories.index("eta"), self.memories.index("alpha")
         eta_logit = (reads[:, i_eta] * self.eta_readout.unsqueeze(-2)).sum(-1) + self.eta_bias[
             :, None
@@ -492,7 +504,8 @@ class SelfModifyingTitans(nn.Module):
         out = seq[:, :, :, :n] * w[..., 0]
         for j in range(1, k):
             out = out + seq[:, :, :, j : j + n] * w[..., j]
-        idx = (length.view(-1, 1) + torch.arange(k - 1, device=pre.device)).view(-1, 1, 1, k - 1, 1)
+        idx = length.view(-1, 1) + torch.arange(k - 1, device=pre.device)  # last K-1 valid
+        idx = idx.view(pre.shape[0], 1, 1, k - 1, 1)
         new_buf = seq.gather(3, idx.expand(-1, 3, self.n_heads, -1, self.head_dim))
         return out, new_buf
 
@@ -592,7 +605,7 @@ class SelfModifyingTitans(nn.Module):
     def forward(
         self, u: Tensor, state: TitansState, is_first: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        """Chunked forward over ``u (B, T, D)``; returns the mixer output ``(B, T, D)`` and state."""
+        """Chunked forward over ``u (B, T, D)``; returns the mixer output ``(B, T, D)``, state."""
         b, t_len, _ = u.shape
         first = (
             torch.zeros(b, t_len, dtype=torch.bool, device=u.device)
@@ -613,8 +626,9 @@ class SelfModifyingTitans(nn.Module):
                 rows = seg.reset[:, i]
                 proj = self._reset(proj, self.proj_w_in, self.proj_w_out, rows)
                 conv = _where_rows(rows, zero_conv, conv)
+                q_i = None if qs is None else qs[:, i]
                 q, k, v, wr, conv = self._projection_block(
-                    proj, conv, xs[:, i], None if qs is None else qs[:, i], bs[:, i], seg.valid[:, i]
+                    proj, conv, xs[:, i], q_i, bs[:, i], seg.valid[:, i]
                 )
                 proj = self._apply_chunk(proj, wr, seg.done[:, i])
                 gates = torch.stack([wr.eta[:, 0], wr.log_alpha[:, 0], wr.log_beta[:, 0]], -1)
@@ -650,7 +664,7 @@ class SelfModifyingTitans(nn.Module):
     def step(
         self, u_t: Tensor, state: TitansState, is_first: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        """One token ``u_t (B, D)``: read at W0, apply this token's write to W_run, swap at chunk end."""
+        """One token ``u_t (B, D)``: read at W0, write into W_run, swap at the chunk end."""
         b = u_t.shape[0]
         x, q_pre, beta_logit = self._inputs(u_t.unsqueeze(1))
         with _fp32(u_t.device):

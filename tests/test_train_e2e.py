@@ -1,0 +1,178 @@
+"""End to end: a tiny 2-task curriculum trains, writes every output, and its checkpoints
+reproduce its performance matrix; recorded rollouts are not blank."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
+
+from hope_agent.cli import evaluate, record, train
+from hope_agent.train.build import ConfigError, build_runner, load_trained_agent
+from hope_agent.train.evaluator import record_episodes
+from hope_agent.train.report import read_matrix_csv
+from hope_agent.video import is_blank
+
+TINY = [
+    "steps_per_task=256",
+    "ppo.num_envs=2",
+    "ppo.rollout_len=64",
+    "ppo.seq_len=16",
+    "ppo.num_minibatches=2",
+    "ppo.epochs=1",
+    "eval.episodes=2",
+    "eval.every=128",
+    "checkpoint.every=256",
+    "video.height=48",
+    "video.width=64",
+    "video.frame_skip=25",
+    "logger.progress=false",
+    "device=cpu",
+]
+
+
+def tiny_config(*overrides: str, model: str = "gru", n_tasks: int = 2) -> DictConfig:
+    """The default config shrunk to seconds: the first ``n_tasks`` tasks of ``fast``."""
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={model}", *TINY, *overrides])
+    with open_dict(cfg):
+        cfg.curriculum.tasks = list(cfg.curriculum.tasks)[:n_tasks]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(tiny_config("eval.in_context_gain=true"), out)
+    return out
+
+
+def test_run_writes_every_output(run_dir: Path) -> None:
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "perf_matrix.csv",
+        "perf_matrix_deterministic.csv",
+        "wm_error_matrix.csv",
+        "return_matrix.csv",
+        "in_context_perf_matrix.csv",
+        "curves.csv",
+        "train.csv",
+        "plots/perf_matrix.png",
+        "plots/curves.png",
+        "plots/wm_error_matrix.png",
+        "checkpoints/stage_00/meta.json",
+        "checkpoints/stage_01/meta.json",
+        "checkpoints/step_0000000256/meta.json",
+        "videos/stage_00/all_tasks.mp4",
+        "videos/stage_01/all_tasks.mp4",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert len(list((run_dir / "videos" / "stage_01").glob("*.mp4"))) == 3  # 2 tasks + grid
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    perf = read_matrix_csv(run_dir / "perf_matrix.csv")
+    assert perf.shape == (2, 2) and np.all((perf >= 0) & (perf <= 1))
+    assert metrics["stages_completed"] == 2
+    assert metrics["average_performance"] == pytest.approx(perf[-1].mean())
+    assert metrics["forgetting"] == pytest.approx((perf[0, 0] - perf[1, 0]) / 2)
+    assert metrics["forward_transfer"] is None and any(
+        "forward transfer" in n for n in metrics["notes"]
+    )
+    assert metrics["in_context_gain"] is not None and metrics["world_model_error"] > 0
+    assert metrics["env_steps"] == 2 * 256
+    curves = (run_dir / "curves.csv").read_text().splitlines()
+    # eval.every=128 inside each 256-step stage: 1 periodic + 1 task-end evaluation per stage.
+    assert len(curves) == 1 + 2 * 2 * 2
+
+
+def test_checkpoints_reproduce_the_perf_matrix(run_dir: Path) -> None:
+    metrics = evaluate(_eval_config(f"run_dir={run_dir}"))
+    ours = read_matrix_csv(run_dir / "evaluation" / "perf_matrix.csv")
+    theirs = read_matrix_csv(run_dir / "perf_matrix.csv")
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(
+        read_matrix_csv(run_dir / "evaluation" / "wm_error_matrix.csv"),
+        read_matrix_csv(run_dir / "wm_error_matrix.csv"),
+    )
+    assert metrics["average_performance"] == pytest.approx(theirs[-1].mean())
+    assert (run_dir / "evaluation" / "plots" / "perf_matrix.png").is_file()
+
+
+def test_single_stage_evaluation_and_mismatched_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    evaluate(_eval_config(f"run_dir={run_dir}", "stage=0", f"out_dir={tmp_path / 'one'}"))
+    one = read_matrix_csv(tmp_path / "one" / "perf_matrix.csv")
+    np.testing.assert_array_equal(one[0], read_matrix_csv(run_dir / "perf_matrix.csv")[0])
+    assert np.all(np.isnan(one[1]))
+    # A run config of another model does not match the checkpoint: one clear error.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoints").symlink_to(run_dir / "checkpoints")
+    text = (run_dir / "config.yaml").read_text().replace("name: gru", "name: mlp")
+    (other / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match="does not match"):
+        evaluate(_eval_config(f"run_dir={other}"))
+
+
+def test_recorded_rollouts_are_not_blank(run_dir: Path, tmp_path: Path) -> None:
+    paths = record(
+        _record_config(f"checkpoint={run_dir / 'checkpoints' / 'stage_01'}", f"out_dir={tmp_path}")
+    )
+    assert [p.name for p in paths][-1] == "all_tasks.mp4" and all(p.is_file() for p in paths)
+    agent, _, specs, obs_dim, act_dim, _ = load_trained_agent(
+        run_dir / "checkpoints" / "stage_01", None, torch.device("cpu")
+    )
+    frames = record_episodes(
+        agent, specs[0], obs_dim, act_dim, task_index=0, seed=0, size=(48, 64), frame_skip=10
+    )
+    assert len(frames) >= 5 and frames[0].shape == (48, 64, 3)
+    assert not is_blank(frames)
+
+
+def test_hope_backbone_trains_over_the_curriculum(tmp_path: Path) -> None:
+    pytest.importorskip("hope_agent.models.hope")
+    summary = train(
+        tiny_config(
+            "steps_per_task=128",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "video.enabled=false",
+            "eval.episodes=1",
+            "ppo.rollout_len=32",
+            "ppo.seq_len=16",
+            "eval.online_cms.enabled=true",
+            model="hope",
+        ),
+        tmp_path,
+    )
+    assert summary.perf.shape == (2, 2) and np.all(np.isfinite(summary.perf))
+    assert (tmp_path / "checkpoints" / "stage_01" / "meta.json").is_file()
+    assert np.isfinite(summary.metrics["world_model_error"])
+
+
+def test_bad_values_fail_before_work_starts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ppo.rollout_len"):
+        build_runner(tiny_config("ppo.seq_len=48"), tmp_path)
+    with pytest.raises(ConfigError, match="steps_per_task"):
+        build_runner(tiny_config("steps_per_task=0"), tmp_path)
+    bad = tiny_config()
+    with open_dict(bad):
+        bad.curriculum.tasks = [{"id": "hope/NoSuchTask-v0", "kwargs": {}, "steps": None}]
+    with pytest.raises(ConfigError, match="NoSuchTask"):
+        build_runner(bad, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def _eval_config(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        return compose("eval", overrides=["device=cpu", *overrides])
+
+
+def _record_config(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        return compose(
+            "record", overrides=["device=cpu", "height=48", "width=64", "frame_skip=20", *overrides]
+        )
