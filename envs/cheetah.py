@@ -70,7 +70,7 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
     Subclasses implement `_task_reward` and document their reward terms.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata = {
         "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
         "render_fps": 20,
     }
@@ -119,7 +119,7 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
             "z_rear": self._rear_height(),
         }
 
-    def step(
+    def step(  # type: ignore[override]  # MujocoEnv's annotation allows float64 info values only
         self, action: NDArray[np.float32]
     ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
         """Apply the torques `action` for one 0.05 s step; the reward is the task's terms + ctrl."""
@@ -132,7 +132,13 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         if self.render_mode == "human":
             self.render()
         # Truncation comes from the TimeLimit wrapper added by `gymnasium.make`.
-        return self._get_obs(), reward, False, False, {**self._state_info(x_velocity), **reward_info}
+        return (
+            self._get_obs(),
+            reward,
+            False,
+            False,
+            {**self._state_info(x_velocity), **reward_info},
+        )
 
     def _get_obs(self) -> NDArray[np.float64]:
         return np.concatenate([self.data.qpos[1:], self.data.qvel]).astype(np.float64)

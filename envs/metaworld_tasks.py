@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from types import ModuleType
-from typing import Any, ClassVar, SupportsFloat
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -122,10 +122,12 @@ class MetaWorldTaskEnv(gym.Env[NDArray[np.float64], NDArray[np.float32]]):
         # so that every reset draws new positions from the env's seeded generator.
         self._env.get_wrapper_attr("sample_tasks")()
         self._env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
-        self._sawyer: Any = self._env.unwrapped
-        self._sawyer._freeze_rand_vec = False
-        self._sawyer.seeded_rand_vec = True
-        self._sawyer.seed(_CONSTRUCTION_SEED)
+        # Meta-World's env class (typed only as an Env by gymnasium).
+        sawyer: Any = self._env.unwrapped
+        sawyer._freeze_rand_vec = False
+        sawyer.seeded_rand_vec = True
+        sawyer.seed(_CONSTRUCTION_SEED)
+        self._sawyer = sawyer
         self.task = task
         self.metadata = self._sawyer.metadata
         self.render_mode = render_mode

@@ -76,7 +76,7 @@ class PointReachEnv(MujocoEnv, utils.EzPickle):
     | `reset_noise_scale` | float             | 0.05       | half-width of the start square (m)   |
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata = {
         "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
         "render_fps": 50,
     }
@@ -139,7 +139,7 @@ class PointReachEnv(MujocoEnv, utils.EzPickle):
     def _distance(self) -> float:
         return float(np.linalg.norm(self.data.qpos[:2] - self._goal))
 
-    def step(
+    def step(  # type: ignore[override]  # MujocoEnv's annotation allows float64 info values only
         self, action: NDArray[np.float32]
     ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
         """Apply the force `action` for one 0.02 s step; see the class docstring for the reward."""

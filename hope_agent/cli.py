@@ -83,7 +83,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     _set_threads(int(cfg.torch_threads))
     if (cfg.run_dir is None) == (cfg.checkpoint is None):
-        raise ConfigError("give run_dir=PATH (optionally stage=K) or checkpoint=PATH, not both")
+        raise ConfigError(
+            "give exactly one of run_dir=PATH (optionally with stage=K) or checkpoint=PATH"
+        )
     device = resolve_device(cfg.device)
     run_cfg: DictConfig | None = None
     if cfg.run_dir is not None:
@@ -116,10 +118,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if record is None:
             record = RunRecord(task_names=[s.name for s in specs])
             run_settings = loaded
-            record.stage_starts = [int(s) for s in tree["progress"]["stage_starts"]]
             evaluator = build_evaluator(loaded, specs, obs_dim, act_dim, device, agent)
         assert evaluator is not None
         progress = tree["progress"]
+        starts = [int(s) for s in progress["stage_starts"]]
+        if len(starts) > len(record.stage_starts):
+            record.stage_starts = starts
         results = evaluator.evaluate(agent)
         reset = evaluator.evaluate(agent, reset_every_step=True) if reset_too else None
         record.events.append(
@@ -133,7 +137,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         )
     assert record is not None and evaluator is not None and run_settings is not None
     evaluator.close()
-    record.stage_starts = record.stage_starts or [0]
     ref = run_settings.eval.reference_auc
     return write_results(
         out_dir,
@@ -146,6 +149,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def record(cfg: DictConfig) -> list[Path]:
     """Record an mp4 (or gif) per task and one grid video of all tasks from a checkpoint."""
     _set_threads(int(cfg.torch_threads))
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError("give checkpoint=PATH (a folder under <run_dir>/checkpoints/)")
     device = resolve_device(cfg.device)
     checkpoint = Path(cfg.checkpoint)
     agent, run_cfg, specs, obs_dim, act_dim, _ = load_trained_agent(checkpoint, None, device)

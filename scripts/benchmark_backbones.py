@@ -1,12 +1,12 @@
-"""Backbone throughput and memory, beside in-run anchors (cuDNN LSTM, torch TransformerEncoderLayer).
+"""Backbone throughput and memory beside in-run anchors (cuDNN LSTM, TransformerEncoderLayer).
 
-Prints a Markdown table: training throughput (forward + backward, tokens/s), control-loop step latency
-(one env step for a batch of envs), peak memory, and each figure as a ratio to the anchors measured in the
-same run on the same machine (CONTINUAL_RL.md's throughput table used the same shapes on an H100).
+Prints a Markdown table: training throughput (forward + backward, tokens/s), control-loop step
+latency (one env step for a batch of envs), peak memory, and each figure as a ratio to the anchors
+measured in the same run on the same machine (CONTINUAL_RL.md's anchors used the GPU shapes).
 
-    python scripts/benchmark_backbones.py                       # GPU shapes (B16 T1024 d256 4 heads)
-    python scripts/benchmark_backbones.py --preset cpu          # small shapes for a 2-core CPU
-    python scripts/benchmark_backbones.py --json out.json       # also write the figures as JSON
+    python scripts/benchmark_backbones.py                  # GPU shapes (B16 T1024 d256 4 heads)
+    python scripts/benchmark_backbones.py --preset cpu     # small shapes for a 2-core CPU
+    python scripts/benchmark_backbones.py --json out.json  # also write the figures as JSON
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def bench_backbone(name: str, cfg: dict, device: torch.device, extra: dict) -> Row:
-    """Forward+backward tokens/s over (B, T) and the latency of one ``step`` at ``step_batch`` rows."""
+    """Forward+backward tokens/s over (B, T); latency of one ``step`` at ``step_batch`` rows."""
     torch.manual_seed(0)
     model = make_backbone(name, cfg["d_model"], **extra).to(device)
     b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
@@ -135,11 +135,15 @@ def bench_torch_transformer(cfg: dict, device: torch.device) -> Row:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="hope,hope_no_cms,hope_attention,gru,transformer,mlp")
-    parser.add_argument("--chunk", type=int, nargs="+", default=[64, 16], help="HOPE chunk sizes to time")
+    parser.add_argument(
+        "--chunk", type=int, nargs="+", default=[64, 16], help="HOPE chunk sizes to time"
+    )
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     device = torch.device(
@@ -160,19 +164,29 @@ def main() -> None:
             common["n_heads"] = cfg["n_heads"]
         rows.append(bench_backbone(name, cfg, device, common))
     lstm, attn = rows[0], rows[1]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
     print(f"\n{where}, torch {torch.__version__}, shapes {cfg}\n")
-    print("| backbone | fwd+bwd tokens/s | × LSTM | × torch attn | step µs | step × LSTMCell | peak MiB |")
+    print(
+        "| backbone | fwd+bwd tokens/s | x LSTM | x torch attn | step us | step x LSTMCell "
+        "| peak MiB |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r.name} | {r.train_tokens_per_s:,.0f} | {r.train_tokens_per_s / lstm.train_tokens_per_s:.2f} | "
+            f"| {r.name} | {r.train_tokens_per_s:,.0f} "
+            f"| {r.train_tokens_per_s / lstm.train_tokens_per_s:.2f} | "
             f"{r.train_tokens_per_s / attn.train_tokens_per_s:.3f} | {r.step_us:.0f} | "
             f"{r.step_us / lstm.step_us:.1f} | {r.peak_mem_mib:.0f} |"
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": where, "shapes": cfg, "rows": [asdict(r) for r in rows]}, f, indent=2)
+            json.dump(
+                {"device": where, "shapes": cfg, "rows": [asdict(r) for r in rows]}, f, indent=2
+            )
 
 
 if __name__ == "__main__":

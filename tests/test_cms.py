@@ -56,7 +56,11 @@ def test_init_from_mlp_rejects_mismatched_shapes() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"periods": ()}, "period"), ({"periods": (1, 0)}, "period"), ({"variant": "nested"}, "variant")],
+    [
+        ({"periods": ()}, "period"),
+        ({"periods": (1, 0)}, "period"),
+        ({"variant": "nested"}, "variant"),
+    ],
 )
 def test_bad_cms_arguments(kwargs: dict, match: str) -> None:
     args = {"d_model": 8, "periods": (1, 2), **kwargs}
@@ -80,11 +84,13 @@ def test_levels_move_only_on_their_period_by_the_summed_gradient() -> None:
         y, _ = model(x * call, model.init_state(2))
         y.square().mean().backward()
         for g in groups:
-            pending[g["name"]] = [a + p.grad for a, p in zip(pending[g["name"]], g["params"])]
+            pending[g["name"]] = [
+                a + p.grad for a, p in zip(pending[g["name"]], g["params"], strict=True)
+            ]
         opt.step()
         for g in groups:
             due = call % g["period"] == 0
-            for p, old, acc in zip(g["params"], before[g["name"]], pending[g["name"]]):
+            for p, old, acc in zip(g["params"], before[g["name"]], pending[g["name"]], strict=True):
                 expected = old - lr * acc if due else old
                 torch.testing.assert_close(p.detach(), expected)
             if due:

@@ -69,7 +69,9 @@ def test_clip_bounds_norm_and_keeps_direction() -> None:
     k = torch.randn(n, d, dtype=F64)
     c_in, c_out = clip_factors(p_in, p_out, s, k, max_norm=2.0)
 
-    def norm(a: torch.Tensor, r_a: torch.Tensor, b: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+    def norm(
+        a: torch.Tensor, r_a: torch.Tensor, b: torch.Tensor, r_b: torch.Tensor
+    ) -> torch.Tensor:
         ga = a.unsqueeze(-1) * r_a.unsqueeze(-2)
         gb = b.unsqueeze(-1) * r_b.unsqueeze(-2)
         return (ga.square().sum((-1, -2)) + gb.square().sum((-1, -2))).sqrt()
@@ -219,7 +221,9 @@ def test_chunk_writes_take_effect_from_the_next_chunk() -> None:
 
 
 def test_persistent_memory_reset_commits_chunk_and_clears_conv_only() -> None:
-    layer = SelfModifyingTitans(8, 2, chunk_size=4, mem_chunk_size=3, reset_fast_memory_on_episode=False)
+    layer = SelfModifyingTitans(
+        8, 2, chunk_size=4, mem_chunk_size=3, reset_fast_memory_on_episode=False
+    )
     u = torch.randn(2, 6, 8)
     _, state = layer(u[:, :5], layer.initial_state(2))
     rows = torch.tensor([True, False])

@@ -48,10 +48,10 @@ def compute_gae(
     """
     if rewards.dim() != 2:
         raise ValueError(f"compute_gae expects (T, N) rewards, got shape {tuple(rewards.shape)}")
-    for name, t in (("values", values), ("terminated", terminated), ("truncated", truncated)):
-        if t.shape != rewards.shape:
+    for name, x in (("values", values), ("terminated", terminated), ("truncated", truncated)):
+        if x.shape != rewards.shape:
             raise ValueError(
-                f"compute_gae: {name} has shape {tuple(t.shape)}, expected {tuple(rewards.shape)}"
+                f"compute_gae: {name} has shape {tuple(x.shape)}, expected {tuple(rewards.shape)}"
             )
     if valid.shape != rewards.shape:
         raise ValueError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -24,6 +24,27 @@ if TYPE_CHECKING:  # the agent imports hope_agent.algos (normalisers): no runtim
     from hope_agent.agents.agent import Agent, AgentOutput
 
 ExtraLoss = Callable[["Agent", SequenceBatch, "AgentOutput"], "Tensor | None"]
+
+
+class OptimizerLike(Protocol):
+    """What PPO needs of an optimizer (a torch optimizer or a chain of them)."""
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The parameter groups (dicts with ``"params"``)."""
+        ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients."""
+        ...
+
+    def step(self) -> Any:
+        """Apply one update."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Serialisable state."""
+        ...
 
 
 @dataclass
@@ -162,7 +183,7 @@ class PPO:
     def __init__(
         self,
         agent: Agent,
-        optimizer: torch.optim.Optimizer,
+        optimizer: OptimizerLike,
         config: PPOConfig,
         rng: np.random.Generator,
         extra_loss: ExtraLoss | None = None,

@@ -24,7 +24,7 @@ the memory can settle (R2D2's burn-in).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -150,8 +150,8 @@ class BCReplay(Method):
         if buffer is None:
             raise ValueError("bc_replay needs the task's last rollout buffer at the task end")
         batch = sample_sequences(buffer, self.config.sequences_per_task, self.config.seed + stage)
-        new = {name: getattr(batch, name) for name in _INPUTS}
-        out = _policy_outputs(agent, new, batch.memory)
+        new = sequence_inputs(batch)
+        out = sequence_outputs(agent, new, batch.memory)
         new.update(mean=out.mean, log_std=out.log_std, value=out.value)
         leaves = batch.memory.leaves()
         source = torch.full((batch.obs.shape[0],), stage, dtype=torch.long)
@@ -171,7 +171,9 @@ class BCReplay(Method):
         ]
         self.source_task = torch.cat([self.source_task, source])
 
-    def stored(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
+    def stored(
+        self, agent: Agent, rows: Tensor
+    ) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
         """Stored sequences ``rows`` on the agent's device: ``(inputs, memory, targets)``."""
         dev = agent.log_std.device
         template = agent.backbone.init_state(1, dev)
@@ -183,7 +185,7 @@ class BCReplay(Method):
     def distillation_loss(self, agent: Agent, rows: Tensor) -> Tensor:
         """The distillation loss (without ``coef``) on stored sequences ``rows``."""
         inputs, memory, old = self.stored(agent, rows)
-        out = _policy_outputs(agent, inputs, memory)
+        out = sequence_outputs(agent, inputs, memory)
         mask = inputs["valid"].clone()
         mask[:, : self.config.burn_in] = False
         loss = masked_mean(gaussian_kl(old["mean"], old["log_std"], out.mean, out.log_std), mask)
@@ -224,8 +226,13 @@ class BCReplay(Method):
             )
 
 
-def _policy_outputs(agent: Agent, inputs: dict[str, Tensor], memory: State) -> AgentOutput:
-    """The agent's outputs on stored sequences ``(M, L, ...)``, from their chunk-start memory."""
+def sequence_inputs(batch: SequenceBatch) -> dict[str, Tensor]:
+    """The token inputs and ``valid`` mask of a batch of sequences, by field name."""
+    return {name: getattr(batch, name) for name in _INPUTS}
+
+
+def sequence_outputs(agent: Agent, inputs: Mapping[str, Tensor], memory: State) -> AgentOutput:
+    """The agent's outputs on sequences ``(M, L, ...)`` replayed from their chunk-start memory."""
     out, _ = agent(
         inputs["obs"],
         inputs["prev_action"],

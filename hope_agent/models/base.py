@@ -44,8 +44,10 @@ class Backbone(nn.Module, Generic[StateT]):
     def step(
         self, x_t: Tensor, state: StateT, is_first: Tensor | None = None
     ) -> tuple[Tensor, StateT]:
-        """One step: ``x_t: (B, d_model)``, ``is_first: (B,)``; returns ``(y_t: (B, d_model), state)``."""
-        y, state = self(x_t.unsqueeze(1), state, None if is_first is None else is_first.unsqueeze(1))
+        """One step: ``x_t: (B, d_model)``, ``is_first: (B,)`` -> ``(y_t: (B, d_model), state)``."""
+        y, state = self(
+            x_t.unsqueeze(1), state, None if is_first is None else is_first.unsqueeze(1)
+        )
         return y.squeeze(1), state
 
     def param_groups(self) -> list[ParamGroup]:
@@ -53,7 +55,13 @@ class Backbone(nn.Module, Generic[StateT]):
 
         The default is one group of every parameter updated at every optimizer step.
         """
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "period": 1, "name": "slow"}]
+        return [
+            {
+                "params": [p for p in self.parameters() if p.requires_grad],
+                "period": 1,
+                "name": "slow",
+            }
+        ]
 
 
 def check_input(x: Tensor, d_model: int, is_first: Tensor | None, name: str) -> None:

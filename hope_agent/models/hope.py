@@ -374,12 +374,12 @@ class Hope(Backbone[HopeState]):
     def forward(
         self, x: Tensor, state: HopeState, is_first: Tensor | None = None
     ) -> tuple[Tensor, HopeState]:
-        """``x (B, T, d_model)`` for any ``T >= 1``; ``is_first (B, T)`` resets rows at step t."""
+        """``x (B, T, d_model)`` for any ``T``; ``is_first (B, T)`` resets rows at step t."""
         name = type(self).__name__
         check_input(x, self.d_model, is_first, name)
-        if x.shape[1] == 0:
-            raise ValueError(f"{name}.forward needs T >= 1 tokens, got x of shape {tuple(x.shape)}")
         _check_state(name, state.layers, self.config.n_layers, x.shape[0])
+        if x.shape[1] == 0:  # an empty stream leaves the state as it is (as the baselines do)
+            return x, state
         y, layers = self.stack.run(x, state.layers, is_first, step=False)
         return y, HopeState(layers=layers)
 
@@ -427,12 +427,12 @@ class HopeAttention(Backbone[HopeAttentionState]):
     def forward(
         self, x: Tensor, state: HopeAttentionState, is_first: Tensor | None = None
     ) -> tuple[Tensor, HopeAttentionState]:
-        """``x (B, T, d_model)`` for any ``T >= 1``; ``is_first (B, T)`` resets rows at step t."""
+        """``x (B, T, d_model)`` for any ``T``; ``is_first (B, T)`` resets rows at step t."""
         name = type(self).__name__
         check_input(x, self.d_model, is_first, name)
-        if x.shape[1] == 0:
-            raise ValueError(f"{name}.forward needs T >= 1 tokens, got x of shape {tuple(x.shape)}")
         _check_state(name, state.layers, self.config.n_layers, x.shape[0])
+        if x.shape[1] == 0:  # an empty stream leaves the state as it is (as the baselines do)
+            return x, state
         y, layers = self.stack.run(x, state.layers, is_first, step=False)
         return y, HopeAttentionState(layers=layers)
 

@@ -54,7 +54,9 @@ class State:
 
     def map(self: S, fn: Callable[[Tensor], Tensor]) -> S:
         """Apply ``fn`` to every tensor leaf and return a new state of the same type."""
-        return type(self)(**{f.name: _map(fn, getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return type(self)(
+            **{f.name: _map(fn, getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
 
     def leaves(self) -> list[Tensor]:
         """Every tensor leaf, in field order."""
@@ -81,7 +83,7 @@ class State:
         return self.map(lambda t: t[rows])
 
     def where(self: S, mask: Tensor, other: S) -> S:
-        """Row-wise select: rows where ``mask`` (B,) is true come from ``other``, the rest from self."""
+        """Row-wise select: rows where ``mask`` (B,) is true come from ``other``."""
         return _zip_map(
             lambda ts: torch.where(mask.view(-1, *([1] * (ts[0].dim() - 1))), ts[1], ts[0]),
             [self, other],
@@ -96,7 +98,7 @@ class State:
 
     @classmethod
     def stack(cls: type[S], states: Sequence[S]) -> S:
-        """Stack states along a new leading dim: leaves become (N, B, ...). Undo with ``unstack``."""
+        """Stack states along a new leading dim (leaves become (N, B, ...)); see ``unstack``."""
         return _zip_map(lambda ts: torch.stack(list(ts), dim=0), list(states))
 
     def unstack(self: S, i: int) -> S:

@@ -273,6 +273,7 @@ class Segments:
     reset: Tensor  # (B, n) bool: the segment starts with is_first
     done: Tensor  # (B, n) bool: the segment's last token completes a chunk
     end_pos: Tensor  # (B,) long: position inside the chunk of the next token after the call
+    any_reset: list[bool]  # per segment index: does any row reset there (skips no-op masking)
 
     @property
     def n(self) -> int:
@@ -332,6 +333,7 @@ def segment_layout(pos0: Tensor, is_first: Tensor, chunk: int) -> Segments:
         reset=reset,
         done=done,
         end_pos=(phase[:, -1] + 1) % chunk,
+        any_reset=reset.any(0).tolist(),
     )
 
 
@@ -443,7 +445,11 @@ class SelfModifyingTitans(nn.Module):
     def initial_state(
         self, batch_size: int, device: torch.device | str | None = None
     ) -> TitansState:
-        """The meta-learned initial state (differentiable w.r.t. the initial weights)."""
+        """The meta-learned initial state (differentiable w.r.t. the initial weights).
+
+        Its tensors are copies, not views of the parameters, so a stored state does not change when
+        an optimizer updates the parameters in place.
+        """
         dev = self.proj_w_in.device if device is None else torch.device(device)
         state = TitansState(
             proj=self._memory_init(self.proj_w_in, self.proj_w_out, batch_size),
@@ -458,7 +464,7 @@ class SelfModifyingTitans(nn.Module):
                 device=self.proj_w_in.device,
             ),
         )
-        return state.to(dev) if dev != self.proj_w_in.device else state
+        return state.to(dev) if dev != self.proj_w_in.device else state.clone()
 
     def _reset(
         self, mem: FastMemoryState, w_in: Tensor, w_out: Tensor, rows: Tensor
@@ -623,9 +629,10 @@ class SelfModifyingTitans(nn.Module):
             zero_conv = torch.zeros_like(conv)
             per_seg: list[Tensor] = []
             for i in range(seg.n):
-                rows = seg.reset[:, i]
-                proj = self._reset(proj, self.proj_w_in, self.proj_w_out, rows)
-                conv = _where_rows(rows, zero_conv, conv)
+                if seg.any_reset[i]:
+                    rows = seg.reset[:, i]
+                    proj = self._reset(proj, self.proj_w_in, self.proj_w_out, rows)
+                    conv = _where_rows(rows, zero_conv, conv)
                 q_i = None if qs is None else qs[:, i]
                 q, k, v, wr, conv = self._projection_block(
                     proj, conv, xs[:, i], q_i, bs[:, i], seg.valid[:, i]
@@ -643,7 +650,8 @@ class SelfModifyingTitans(nn.Module):
             mem = state.mem
             outs: list[Tensor] = []
             for i in range(seg.n):
-                mem = self._reset(mem, self.mem_w_in, self.mem_w_out, seg.reset[:, i])
+                if seg.any_reset[i]:
+                    mem = self._reset(mem, self.mem_w_in, self.mem_w_out, seg.reset[:, i])
                 p = ps[:, i]
                 valid = seg.valid[:, i].unsqueeze(1)  # (B, 1, C_mem)
                 zero = torch.zeros((), dtype=p.dtype, device=p.device)

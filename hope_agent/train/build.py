@@ -105,7 +105,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     n_chunks = (ppo.rollout_len // max(ppo.seq_len, 1)) * ppo.num_envs
     need(
-        1 <= ppo.num_minibatches <= max(n_chunks, 1),
+        n_chunks < 1 or 1 <= ppo.num_minibatches <= n_chunks,
         "ppo.num_minibatches",
         f"must lie in [1, {n_chunks}] (rollout_len / seq_len x num_envs chunks)",
     )

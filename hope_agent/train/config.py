@@ -36,11 +36,12 @@ class OptimizerName(Enum):
 @dataclass
 class TaskEntry:
     """One curriculum task: a registered Gymnasium id, its keyword arguments, its step budget
-    (``null`` = the run's ``steps_per_task``)."""
+    (``null`` = the run's ``steps_per_task``) and an optional display name."""
 
     id: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int | None = None
+    name: str | None = None
 
 
 @dataclass
@@ -208,8 +209,8 @@ class RecordConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas (``train_schema``, ``eval_schema``, ``record_schema``) and the
-    ``model`` group schema in Hydra's ConfigStore; idempotent."""
+    """Register the schemas ``train_schema``, ``eval_schema`` and ``record_schema`` in Hydra's
+    ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvaluateConfig)

@@ -97,16 +97,17 @@ class OnlineCMS:
         optimizer (SGD on each level's period)."""
         levels = set(self.chosen(agent))
         clone = copy.deepcopy(agent)
+        # Groups first: backbones list only trainable parameters in their groups.
+        groups = [
+            {"params": list(g["params"]), "period": int(g["period"]), "name": g["name"]}
+            for g in clone.backbone.param_groups()
+            if g.get("name") in levels
+        ]
         for p in clone.parameters():
             p.requires_grad_(False)
-        groups = []
-        for g in clone.backbone.param_groups():
-            if g.get("name") in levels:
-                for p in g["params"]:
-                    p.requires_grad_(True)
-                groups.append(
-                    {"params": list(g["params"]), "period": int(g["period"]), "name": g["name"]}
-                )
+        for g in groups:
+            for p in g["params"]:
+                p.requires_grad_(True)
         return clone, MultiTimescaleOptimizer(groups, base=torch.optim.SGD, lr=self.lr)
 
 

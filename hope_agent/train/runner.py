@@ -181,8 +181,8 @@ class CurriculumRunner:
         self.method.on_task_start(stage, spec, self.agent)
         envs = self.make_envs(spec, self.obs_dim, self.act_dim, n, s.async_envs)
         try:
-            seeds = [s.seed * 1_000_003 + 10_000 * stage + i for i in range(n)]
-            raw, _ = envs.reset(seed=seeds)
+            # Env i of stage k starts from seed * 1_000_003 + 10_000 * k + i (vector envs add i).
+            raw, _ = envs.reset(seed=s.seed * 1_000_003 + 10_000 * stage)
             if state is None:
                 state = self.agent.init_state(n, self.device)
             carry = _Carry(
@@ -317,7 +317,6 @@ class CurriculumRunner:
             )
             self._episode_stats.clear()
         values["charts/stage"] = float(stage)
-        values["charts/obs_norm_count"] = float(self.agent.obs_norm.rms.count)
         self.logger.log(self.global_step, values)
 
     # ----------------------------------------------------------------- evaluation & outputs

@@ -1,0 +1,334 @@
+"""Curricula as data: validated task specs, common spaces, the env factory, reference returns.
+
+A curriculum is a list of entries `{id, kwargs, steps, name}` (a Hydra config group,
+`configs/curriculum/*.yaml`). `resolve_tasks` turns the entries into `TaskSpec`s and checks them
+once (every id exists, every env builds with its kwargs); `common_spaces` finds the observation
+and action widths every task can be padded to; `make_env` builds one task with those spaces.
+Any Gymnasium id with flat Box observations and bounded Box actions can join a curriculum.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import load_env_creator
+from hope_envs.wrappers import CommonSpaces, action_dim, observation_dim
+from omegaconf import OmegaConf
+
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+_ENTRY_KEYS = ("id", "kwargs", "steps", "name")
+_LIST_IDS_HINT = (
+    'list ids with `python -c "import hope_envs, gymnasium; gymnasium.pprint_registry()"` '
+    "(this package's own: hope_envs.registered_ids()); ids registered by another package need "
+    "that package imported, e.g. id 'some_module:Env-v0'"
+)
+
+
+class CurriculumError(ValueError):
+    """A curriculum that cannot run: bad entry, unknown id, rejected kwargs, unmatched spaces."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task of a curriculum.
+
+    Attributes:
+        id: Gymnasium id, e.g. `"hope/PointReach-v0"` or `"Hopper-v5"`.
+        kwargs: keyword arguments for `gymnasium.make` (plain data: numbers, strings, lists, ...).
+        steps: environment steps to train on this task.
+        name: short display name, unique within the curriculum.
+    """
+
+    id: str
+    kwargs: dict[str, Any]
+    steps: int
+    name: str
+
+
+def resolve_tasks(tasks: Sequence[Mapping[str, Any]], steps_per_task: int) -> list[TaskSpec]:
+    """Validate curriculum entries and return their `TaskSpec`s.
+
+    Each entry is a mapping with keys `id` (required), `kwargs` (mapping, default `{}`), `steps`
+    (positive int, or null for `steps_per_task`) and `name` (optional display name; repeated
+    names get a `#2`, `#3`, ... suffix). Every env is built once to check its kwargs.
+
+    Raises:
+        CurriculumError: naming the entry, the problem and the fix.
+    """
+    default_steps = _positive_int(steps_per_task, "steps_per_task")
+    if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
+        raise CurriculumError(
+            f"curriculum tasks must be a list of entries {{id, kwargs, steps}}, got {tasks!r}."
+        )
+    if len(tasks) == 0:
+        raise CurriculumError("the curriculum has no tasks; give at least one {id: ...} entry.")
+    specs: list[TaskSpec] = []
+    used_names: set[str] = set()
+    for index, entry in enumerate(tasks):
+        where = f"curriculum task {index}"
+        if not isinstance(entry, Mapping):
+            raise CurriculumError(
+                f"{where} must be a mapping {{id, kwargs, steps}}, got {entry!r}."
+            )
+        unknown = sorted(set(map(str, entry)) - set(_ENTRY_KEYS))
+        if unknown:
+            raise CurriculumError(
+                f"{where} has unknown keys {unknown}; allowed keys are {list(_ENTRY_KEYS)}."
+            )
+        env_id = entry.get("id")
+        if not isinstance(env_id, str) or not env_id:
+            raise CurriculumError(f"{where} needs an `id` string, e.g. id: hope/PointReach-v0.")
+        _check_id(env_id, where)
+        raw_kwargs = entry.get("kwargs")
+        if raw_kwargs is None:
+            raw_kwargs = {}
+        if not isinstance(raw_kwargs, Mapping):
+            raise CurriculumError(
+                f"{where} ({env_id}): `kwargs` must be a mapping, got {raw_kwargs!r}."
+            )
+        kwargs = {
+            str(k): _plain(v, f"{where} ({env_id}) kwargs.{k}") for k, v in raw_kwargs.items()
+        }
+        steps_value = entry.get("steps")
+        steps = (
+            default_steps if steps_value is None else _positive_int(steps_value, f"{where} steps")
+        )
+        name = entry.get("name")
+        if name is not None and (not isinstance(name, str) or not name):
+            raise CurriculumError(f"{where}: `name` must be a non-empty string, got {name!r}.")
+        name = _unique_name(name or _default_name(env_id, kwargs), used_names)
+        used_names.add(name)
+        try:
+            _probe(_probe_key(env_id, kwargs))
+        except CurriculumError as err:
+            raise CurriculumError(f"{where} ({env_id}, kwargs {kwargs}): {err}") from err
+        specs.append(TaskSpec(id=env_id, kwargs=kwargs, steps=steps, name=name))
+    return specs
+
+
+def common_spaces(specs: Sequence[TaskSpec]) -> tuple[int, int]:
+    """`(obs_dim, act_dim)`: the widest flat observation and action of the curriculum.
+
+    Raises:
+        CurriculumError: if a task's spaces cannot be matched (non-Box spaces, image
+            observations, unbounded actions), naming the task and why.
+    """
+    if len(specs) == 0:
+        raise CurriculumError("common_spaces needs at least one task.")
+    obs_dim, act_dim = 0, 0
+    for spec in specs:
+        probe = _probe(_probe_key(spec.id, spec.kwargs))
+        try:
+            obs_dim = max(obs_dim, observation_dim(probe.observation_space))
+            act_dim = max(act_dim, action_dim(probe.action_space))
+        except ValueError as err:
+            raise CurriculumError(
+                f"task {spec.name!r} ({spec.id}) cannot share the curriculum's spaces: {err}"
+            ) from err
+    return obs_dim, act_dim
+
+
+def make_env(
+    spec: TaskSpec,
+    obs_dim: int,
+    act_dim: int,
+    *,
+    render_mode: str | None = None,
+    render_size: tuple[int, int] = (240, 320),
+) -> gym.Env[Any, Any]:
+    """Build one task with the curriculum's common spaces.
+
+    Observations are `Box(-inf, inf, (obs_dim,), float32)`, zero-padded; actions are
+    `Box(-1, 1, (act_dim,), float32)`, mapped to the task's own bounds. The registered time limit
+    is kept; `info["success"]` (bool) is present iff `defines_success(spec)`. Seed with
+    `env.reset(seed=...)`. `render_size` is `(height, width)` in pixels, used by tasks that take
+    a size.
+    """
+    _positive_int(obs_dim, "obs_dim")
+    _positive_int(act_dim, "act_dim")
+    kwargs = dict(spec.kwargs)
+    if render_mode is not None:
+        height, width = _render_size(render_size)
+        kwargs["render_mode"] = render_mode
+        if _accepts_size(spec.id):
+            kwargs.update(height=height, width=width)
+    env = gym.make(spec.id, **kwargs)
+    try:
+        return CommonSpaces(env, obs_dim, act_dim, defines_success(spec))
+    except ValueError as err:
+        env.close()
+        raise CurriculumError(f"task {spec.name!r} ({spec.id}): {err}") from err
+
+
+def defines_success(spec: TaskSpec) -> bool:
+    """Whether the task reports a success criterion in `info["success"]`.
+
+    An env class declares one with the class attribute `defines_success = True` (this package's
+    point-mass and Meta-World tasks); tasks without it are scored by normalised return.
+    """
+    return bool(getattr(_env_creator(spec.id), "defines_success", False))
+
+
+def reference_returns(
+    spec: TaskSpec, *, directory: Path = REFERENCE_DIR
+) -> tuple[float, float] | None:
+    """`(R_random, R_reference)` stored for this task in `directory/*.json`, if any.
+
+    The files are written by `scripts/make_reference.py` (default directory: `envs/reference`).
+    A stored task matches on `id` and `kwargs`; among matches, the one whose training budget is
+    closest to `spec.steps` wins (a larger budget on ties). None if the task was never measured.
+    """
+    best: tuple[tuple[int, int], tuple[float, float]] | None = None
+    for path in sorted(directory.glob("*.json")):
+        for task in json.loads(path.read_text())["tasks"]:
+            if task["id"] != spec.id or task["kwargs"] != spec.kwargs:
+                continue
+            rank = (abs(task["budget"] - spec.steps), -task["budget"])
+            returns = (
+                float(task["random"]["return_mean"]),
+                float(task["reference"]["return_mean"]),
+            )
+            if best is None or rank < best[0]:
+                best = (rank, returns)
+    return None if best is None else best[1]
+
+
+def curriculum_names() -> list[str]:
+    """Names of the curricula shipped in `configs/curriculum/` (the Hydra group)."""
+    folder = resources.files("hope_configs") / "curriculum"
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def load_curriculum(name: str) -> dict[str, Any]:
+    """The shipped curriculum `name` as plain data: `{"name": ..., "tasks": [...]}`."""
+    names = curriculum_names()
+    if name not in names:
+        raise CurriculumError(f"unknown curriculum {name!r}; available: {', '.join(names)}.")
+    text = (resources.files("hope_configs") / "curriculum" / f"{name}.yaml").read_text()
+    data = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    assert isinstance(data, dict)
+    return {str(k): v for k, v in data.items()}
+
+
+def _positive_int(value: Any, what: str) -> int:
+    is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool
+    )
+    if not is_number or not math.isfinite(value) or int(value) != value or value <= 0:
+        raise CurriculumError(f"{what} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _check_id(env_id: str, where: str) -> None:
+    try:
+        gym.spec(env_id)
+    except (gym.error.Error, ModuleNotFoundError) as err:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise CurriculumError(
+            f"{where}: unknown task id {env_id!r}{hint}. To see valid ids, {_LIST_IDS_HINT}."
+        ) from err
+
+
+def _plain(value: Any, where: str) -> Any:
+    """`value` as plain JSON-like data (config containers and numpy values converted)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise CurriculumError(
+        f"{where} = {value!r} ({type(value).__name__}) is not plain data; curricula are data: use "
+        "numbers, strings, booleans, null, lists and mappings."
+    )
+
+
+def _default_name(env_id: str, kwargs: Mapping[str, Any]) -> str:
+    short = re.sub(r"-v\d+$", "", env_id.split(":")[-1].split("/")[-1])
+    if not kwargs:
+        return short
+    return f"{short}[{','.join(f'{k}={_compact(v)}' for k, v in sorted(kwargs.items()))}]"
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(_compact(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    candidate, copy = name, 1
+    while candidate in used:
+        copy += 1
+        candidate = f"{name}#{copy}"
+    return candidate
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What a curriculum needs to know about a task without keeping its env alive."""
+
+    observation_space: gym.Space[Any]
+    action_space: gym.Space[Any]
+
+
+def _probe_key(env_id: str, kwargs: Mapping[str, Any]) -> str:
+    return json.dumps([env_id, kwargs], sort_keys=True)
+
+
+@functools.cache
+def _probe(key: str) -> _Probe:
+    """Build the env of `key` once (cached: CW20 repeats CW10, and Meta-World builds are slow)."""
+    env_id, kwargs = json.loads(key)
+    try:
+        env = gym.make(env_id, **kwargs)
+    except (TypeError, ValueError, ImportError, gym.error.Error) as err:
+        raise CurriculumError(
+            f"the env could not be built ({type(err).__name__}: {err}); check the kwargs against "
+            f"the docstring of its entry point {gym.spec(env_id).entry_point}."
+        ) from err
+    try:
+        return _Probe(env.observation_space, env.action_space)
+    finally:
+        env.close()
+
+
+def _env_creator(env_id: str) -> Any:
+    entry_point = gym.spec(env_id).entry_point
+    return entry_point if callable(entry_point) else load_env_creator(str(entry_point))
+
+
+def _accepts_size(env_id: str) -> bool:
+    """Whether the task's constructor takes `width`/`height` (MuJoCo envs do, via **kwargs)."""
+    params = inspect.signature(_env_creator(env_id)).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return takes_all or {"width", "height"} <= set(params)
+
+
+def _render_size(render_size: Sequence[int]) -> tuple[int, int]:
+    if len(render_size) != 2:
+        raise CurriculumError(f"render_size must be (height, width), got {render_size!r}.")
+    height = _positive_int(render_size[0], "render height")
+    return height, _positive_int(render_size[1], "render width")

@@ -1,0 +1,346 @@
+"""Compare runs: one table and one plot of every method over seeds, on one curriculum.
+
+Each run directory (of ``scripts/train_curriculum.py`` or ``scripts/train_sb3.py``) holds its
+resolved config (``config.yaml``, else Hydra's ``.hydra/config.yaml``), ``metrics.json`` and
+``perf_matrix.csv``. Runs are grouped by their label ``<method>+<model>`` (``+task_id`` for the
+oracle), read from the config; for each group and each metric (average performance, forgetting,
+backward and forward transfer) the table gives the mean over seeds and a percentile-bootstrap
+confidence interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000 resamples, as Continual
+World reports). A metric a run could not compute (forward transfer without a reference AUC) is
+left out of that run's group; a group where no run has it shows an empty cell.
+
+Outputs: ``comparison.csv``, ``comparison.md`` and ``comparison.png`` (:func:`write_comparison`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+from hope_agent import metrics as M
+from hope_agent.io import PathLike, atomic_path, atomic_write_text
+from hope_agent.train.logger import rows_to_csv
+
+METRICS: tuple[str, ...] = (
+    "average_performance",
+    "forgetting",
+    "backward_transfer",
+    "forward_transfer",
+)
+# Short column titles, with the better direction.
+METRIC_TITLES: dict[str, str] = {
+    "average_performance": "avg perf ↑",
+    "forgetting": "forgetting ↓",
+    "backward_transfer": "bwd transfer ↑",
+    "forward_transfer": "fwd transfer ↑",
+}
+CONFIG_FILES = ("config.yaml", ".hydra/config.yaml")
+
+
+@dataclass
+class RunResult:
+    """What the comparison reads from one run directory."""
+
+    run_dir: Path
+    method: str
+    model: str
+    task_id: bool
+    seed: int
+    curriculum: str
+    tasks: list[str]
+    perf: np.ndarray  # (N, N)
+    metrics: dict[str, float | None]
+
+    @property
+    def label(self) -> str:
+        """``<method>+<model>``, with ``+task_id`` for the oracle."""
+        return f"{self.method}+{self.model}" + ("+task_id" if self.task_id else "")
+
+
+@dataclass
+class MetricStats:
+    """Mean and confidence interval of one metric over a group's runs (``n`` of them)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass
+class ComparisonRow:
+    """One table row: a method+model label over its seeds."""
+
+    label: str
+    method: str
+    model: str
+    seeds: list[int]
+    stats: dict[str, MetricStats | None] = field(default_factory=dict)
+
+
+def _read_config(run_dir: Path) -> DictConfig:
+    for name in CONFIG_FILES:
+        path = run_dir / name
+        if path.is_file():
+            cfg = OmegaConf.load(path)
+            if not isinstance(cfg, DictConfig):
+                raise ValueError(f"{path} is not a mapping; is {run_dir} a run directory?")
+            return cfg
+    raise FileNotFoundError(
+        f"no config.yaml or .hydra/config.yaml in {run_dir}; is it a run directory?"
+    )
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds a run's ``metrics.json`` and its config."""
+    return (path / "metrics.json").is_file() and any((path / n).is_file() for n in CONFIG_FILES)
+
+
+def find_runs(paths: Iterable[PathLike]) -> list[Path]:
+    """Run directories among ``paths``: each path is a run or a folder searched for runs (e.g. a
+    Hydra multirun folder). Sorted, without duplicates; an empty result is an error."""
+    found: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if is_run_dir(path):
+            found.add(path.resolve())
+            continue
+        found.update(p.parent.resolve() for p in path.rglob("metrics.json") if is_run_dir(p.parent))
+    if not found:
+        raise FileNotFoundError(
+            f"no run directory (metrics.json + config.yaml) under {[str(p) for p in paths]}"
+        )
+    return sorted(found)
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def read_perf_csv(path: Path) -> np.ndarray:
+    """The matrix of a ``perf_matrix.csv`` (header of task names, one row per stage; an empty
+    cell is NaN). Task names may hold commas: the file is parsed as quoted CSV."""
+    lines = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
+    return np.array([[float(c) if c else np.nan for c in line[1:]] for line in lines if line])
+
+
+def load_run(run_dir: PathLike) -> RunResult:
+    """Read one finished run (config, metrics, performance matrix).
+
+    Metrics and the matrix come from ``metrics.json`` (the matrix from ``perf_matrix.csv`` when
+    the json lacks it); a metric the json leaves ``null`` but the matrix defines (every one
+    except forward transfer) is computed from the matrix. A run that did not
+    finish every stage is an error: its numbers are not comparable.
+    """
+    path = Path(run_dir)
+    cfg = _read_config(path)
+    metrics = json.loads((path / "metrics.json").read_text())
+    if metrics.get("perf_matrix") is not None:
+        perf = np.array(
+            [[np.nan if v is None else v for v in row] for row in metrics["perf_matrix"]],
+            dtype=np.float64,
+        )
+    elif (path / "perf_matrix.csv").is_file():
+        perf = read_perf_csv(path / "perf_matrix.csv")
+    else:
+        raise FileNotFoundError(f"{path} has neither metrics['perf_matrix'] nor perf_matrix.csv")
+    tasks = [str(t) for t in metrics.get("tasks", [])]
+    n = perf.shape[0]
+    done = int(metrics.get("stages_completed", n))
+    if done < n or not np.all(np.isfinite(perf)):
+        raise ValueError(
+            f"run {path} completed {done} of {n} stages (or lacks performances): its metrics are "
+            "not comparable; finish it or leave it out"
+        )
+    values = {k: _finite(metrics.get(k)) for k in METRICS}
+    computed = M.summarize(perf)
+    for key, value in computed.items():
+        if values.get(key) is None:
+            values[key] = value
+    model = OmegaConf.select(cfg, "model.name", default=None)
+    if model is None:
+        raise ValueError(f"{path}: the run's config has no model.name; cannot label it")
+    return RunResult(
+        run_dir=path,
+        method=str(OmegaConf.select(cfg, "method", default="finetune")),
+        model=str(model),
+        task_id=bool(OmegaConf.select(cfg, "agent.task_id", default=False)),
+        seed=int(OmegaConf.select(cfg, "seed", default=0)),
+        curriculum=str(OmegaConf.select(cfg, "curriculum.name", default="?")),
+        tasks=tasks,
+        perf=perf,
+        metrics=values,
+    )
+
+
+def compare_runs(
+    runs: Sequence[RunResult],
+    confidence: float = 0.9,
+    n_resamples: int = 4000,
+    seed: int = 0,
+) -> list[ComparisonRow]:
+    """Group ``runs`` by label and summarise every metric over seeds; rows sorted by label.
+
+    Raises ``ValueError`` when the runs come from different curricula or when one label holds
+    the same seed twice (a duplicate would shrink the interval).
+    """
+    if not runs:
+        raise ValueError("compare_runs needs at least one run")
+    curricula = {(r.curriculum, tuple(r.tasks)) for r in runs}
+    if len(curricula) > 1:
+        raise ValueError(
+            "runs of different curricula cannot share one table: "
+            + "; ".join(f"{name} {list(tasks)}" for name, tasks in sorted(curricula))
+        )
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    rows = []
+    for label in sorted(groups):
+        members = sorted(groups[label], key=lambda r: r.seed)
+        seeds = [r.seed for r in members]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})
+            dirs = [str(r.run_dir) for r in members if r.seed in dup]
+            raise ValueError(f"{label}: seed(s) {dup} appear more than once ({dirs}); keep one")
+        row = ComparisonRow(label, members[0].method, members[0].model, seeds)
+        for key in METRICS:
+            values = [v for r in members if (v := r.metrics.get(key)) is not None]
+            if values:
+                mean, low, high = M.bootstrap_ci(values, confidence, n_resamples, seed)
+                row.stats[key] = MetricStats(mean, low, high, len(values))
+            else:
+                row.stats[key] = None
+        rows.append(row)
+    return rows
+
+
+def table_csv(rows: Sequence[ComparisonRow]) -> str:
+    """CSV: ``label, method, model, seeds, n_seeds`` and per metric ``<m>, <m>_low, <m>_high,
+    <m>_n`` (empty where no run has the metric)."""
+    columns = ["label", "method", "model", "seeds", "n_seeds"]
+    for key in METRICS:
+        columns += [key, f"{key}_low", f"{key}_high", f"{key}_n"]
+    out = []
+    for row in rows:
+        flat: dict[str, object] = {
+            "label": row.label,
+            "method": row.method,
+            "model": row.model,
+            "seeds": " ".join(str(s) for s in row.seeds),
+            "n_seeds": len(row.seeds),
+        }
+        for key in METRICS:
+            st = row.stats.get(key)
+            if st is not None:
+                flat.update(
+                    {key: st.mean, f"{key}_low": st.low, f"{key}_high": st.high, f"{key}_n": st.n}
+                )
+        out.append(flat)
+    return rows_to_csv(out, columns)
+
+
+def table_markdown(
+    rows: Sequence[ComparisonRow], curriculum: str = "", confidence: float = 0.9
+) -> str:
+    """A Markdown table: one row per label, ``mean [low, high]`` per metric."""
+    head = ["method", "model", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    partial = False
+    for row in rows:
+        cells = [row.method, row.model, str(len(row.seeds))]
+        for key in METRICS:
+            st = row.stats.get(key)
+            if st is None:
+                cells.append("–")
+                continue
+            mark = ""
+            if st.n < len(row.seeds):
+                mark, partial = f" (n={st.n})", True
+            cells.append(f"{st.mean:.2f} [{st.low:.2f}, {st.high:.2f}]{mark}")
+        lines.append("| " + " | ".join(cells) + " |")
+    where = f" on the `{curriculum}` curriculum" if curriculum else ""
+    notes = [
+        "",
+        f"Mean over seeds{where} with a {round(100 * confidence)}% percentile-bootstrap "
+        "confidence interval. Forward transfer needs single-task reference AUCs "
+        "(`eval.reference_auc`); – marks a metric no run of the row could compute.",
+    ]
+    if partial:
+        notes.append("(n=k): only k of the row's runs could compute that metric.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def plot_comparison(
+    rows: Sequence[ComparisonRow], path: PathLike, title: str | None = None
+) -> Path:
+    """One panel per metric: a bar per label at its mean, with its confidence interval.
+
+    Drawn on a :class:`~matplotlib.figure.Figure` (no pyplot), written atomically; the suffix of
+    ``path`` picks the format. Returns the written path.
+    """
+    if not rows:
+        raise ValueError("plot_comparison needs at least one row")
+    labels = [r.label for r in rows]
+    y = np.arange(len(rows))
+    height = max(3.0, 0.35 * len(rows) + 1.6)
+    fig = Figure(figsize=(3.2 * len(METRICS) + 2.0, height), layout="constrained")
+    axes = fig.subplots(1, len(METRICS), sharey=True)
+    colors = [f"C{k % 10}" for k in range(len(rows))]
+    for ax, key in zip(axes, METRICS, strict=True):
+        stats = [r.stats.get(key) for r in rows]
+        means = np.array([np.nan if s is None else s.mean for s in stats])
+        err = np.array(
+            [[0.0, 0.0] if s is None else [s.mean - s.low, s.high - s.mean] for s in stats]
+        ).T
+        ax.barh(y, np.nan_to_num(means), xerr=err, color=colors, capsize=3, alpha=0.85)
+        for k, s in enumerate(stats):
+            if s is None:
+                ax.text(0.0, k, " n/a", va="center", fontsize=8, color="0.4")
+        ax.axvline(0.0, color="0.3", linewidth=0.8)
+        ax.set_title(METRIC_TITLES[key], fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].invert_yaxis()
+    if title is not None:
+        fig.suptitle(title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
+    return Path(path)
+
+
+def write_comparison(
+    paths: Iterable[PathLike],
+    out_dir: PathLike,
+    confidence: float = 0.9,
+    n_resamples: int = 4000,
+) -> list[ComparisonRow]:
+    """Find the runs under ``paths``, compare them, write ``comparison.{csv,md,png}`` into
+    ``out_dir``; returns the rows."""
+    runs = [load_run(p) for p in find_runs(paths)]
+    rows = compare_runs(runs, confidence, n_resamples)
+    out = Path(out_dir)
+    curriculum = runs[0].curriculum
+    atomic_write_text(out / "comparison.csv", table_csv(rows))
+    atomic_write_text(out / "comparison.md", table_markdown(rows, curriculum, confidence))
+    plot_comparison(
+        rows,
+        out / "comparison.png",
+        title=f"{curriculum}: {len(runs)} runs, {round(100 * confidence)}% bootstrap CI",
+    )
+    return rows

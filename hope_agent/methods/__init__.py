@@ -1,0 +1,84 @@
+"""Continual-learning methods as trainer plug-ins (``method=...`` in the training config).
+
+Every method subclasses :class:`hope_agent.train.methods.Method` and uses only its hooks:
+
+- ``finetune``: plain sequential training, the baseline;
+- ``l2``, ``ewc``: quadratic pulls towards the weights of finished tasks
+  (:mod:`hope_agent.methods.regularizers`);
+- ``bc_replay``: behaviour-cloning replay of stored sequences of finished tasks
+  (:mod:`hope_agent.methods.replay`);
+- ``multitask``: the upper bound with every task interleaved (:mod:`hope_agent.methods.multitask`;
+  it changes the runner's env factory, not the loss).
+
+:func:`make_method` builds one by name from an options mapping and rejects unknown options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from hope_agent.methods.multitask import MultiTask, MultiTaskEnv, multitask_env_factory
+from hope_agent.methods.regularizers import (
+    EWC,
+    L2,
+    EWCConfig,
+    L2Config,
+    ParameterRegularizer,
+    diagonal_fisher,
+)
+from hope_agent.methods.replay import BCReplay, BCReplayConfig
+from hope_agent.train.methods import Finetune, Method
+
+METHODS: dict[str, type[Method]] = {
+    "finetune": Finetune,
+    "l2": L2,
+    "ewc": EWC,
+    "bc_replay": BCReplay,
+    "multitask": MultiTask,
+}
+
+# The options dataclass of each method that takes options.
+METHOD_CONFIGS: dict[str, type] = {"l2": L2Config, "ewc": EWCConfig, "bc_replay": BCReplayConfig}
+
+
+def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
+    """Build the method ``name`` (a key of :data:`METHODS`) with ``options`` for its config.
+
+    Raises ``ValueError`` naming the valid methods or options on an unknown name or option, and
+    the config's own error on a bad value.
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    opts = dict(options or {})
+    config_cls = METHOD_CONFIGS.get(name)
+    if config_cls is None:
+        if opts:
+            raise ValueError(f"method {name!r} takes no options, got {sorted(opts)}")
+        return METHODS[name]()
+    valid = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(opts) - set(valid))
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown option(s) {unknown}; valid options: {valid}")
+    return METHODS[name](config_cls(**opts))  # type: ignore[call-arg]
+
+
+__all__ = [
+    "EWC",
+    "L2",
+    "METHODS",
+    "METHOD_CONFIGS",
+    "BCReplay",
+    "BCReplayConfig",
+    "EWCConfig",
+    "Finetune",
+    "L2Config",
+    "Method",
+    "MultiTask",
+    "MultiTaskEnv",
+    "ParameterRegularizer",
+    "diagonal_fisher",
+    "make_method",
+    "multitask_env_factory",
+]

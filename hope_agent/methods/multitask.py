@@ -1,0 +1,130 @@
+"""Multi-task upper bound: every task of the curriculum interleaved, for the same total budget.
+
+No runner change is needed: the runner takes its vector-env factory as an argument, and
+:func:`multitask_env_factory` returns one whose every env slot is a :class:`MultiTaskEnv` that runs
+the curriculum's tasks in turn, a new task at each episode (each slot cycles through a fresh
+random permutation of the tasks, so every task gets the same share of episodes). The runner still
+runs one stage per task with that task's step budget, so the total budget, the evaluation
+schedule and the performance matrix keep their meaning: row i is the performance after
+``i + 1`` stages' worth of interleaved training, and the last row is the upper bound that the
+sequential methods are compared against (its "forgetting" only measures noise between rows).
+
+Selecting it: ``method=multitask`` names :class:`MultiTask` (a method with no hooks), and the
+builder passes ``make_envs=multitask_env_factory(specs)`` to the runner. The oracle task id
+(``agent.task_id=true``) is not supported with it: the runner labels every step with the stage
+index, not the task of the episode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from hope_envs.curriculum import TaskSpec, make_env
+
+from hope_agent.train.methods import Method
+from hope_agent.train.runner import VecEnvFactory
+
+
+class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
+    """One env slot that plays a different task of the curriculum at each episode.
+
+    Each task's env is built on first use with :func:`hope_envs.curriculum.make_env` (common
+    spaces, the task's own time limit). ``reset(seed=s)`` reseeds the task order and, on their next
+    first use, the task envs; ``info["task_index"]`` names the current episode's task.
+
+    Args:
+        specs: the curriculum's tasks.
+        obs_dim: common observation width.
+        act_dim: common action width.
+    """
+
+    def __init__(self, specs: Sequence[TaskSpec], obs_dim: int, act_dim: int) -> None:
+        if not specs:
+            raise ValueError("MultiTaskEnv needs at least one task")
+        self.specs, self.obs_dim, self.act_dim = list(specs), obs_dim, act_dim
+        self._envs: dict[int, gym.Env] = {}
+        first = self._task_env(0)
+        self.observation_space = first.observation_space
+        self.action_space = first.action_space
+        self._order_rng = np.random.default_rng()
+        self._order: list[int] = []
+        self._unseeded: set[int] = set(range(len(self.specs)))
+        self.task_index = 0
+
+    def _task_env(self, j: int) -> gym.Env:
+        if j not in self._envs:
+            self._envs[j] = make_env(self.specs[j], self.obs_dim, self.act_dim)
+        return self._envs[j]
+
+    def _next_task(self) -> int:
+        if not self._order:
+            self._order = [int(j) for j in self._order_rng.permutation(len(self.specs))]
+        return self._order.pop()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode of the next task in this slot's order."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self._order_rng = np.random.default_rng(seed)
+            self._order = []
+            self._unseeded = set(range(len(self.specs)))
+        self.task_index = self._next_task()
+        task_seed = None
+        if self.task_index in self._unseeded:
+            # Seed each task env once, from this slot's stream; later resets continue its RNG.
+            task_seed = int(self._order_rng.integers(2**31 - 1))
+            self._unseeded.discard(self.task_index)
+        obs, info = self._task_env(self.task_index).reset(seed=task_seed, options=options)
+        return obs, {**info, "task_index": self.task_index}
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step the current task's env."""
+        obs, reward, terminated, truncated, info = self._envs[self.task_index].step(action)
+        return obs, reward, terminated, truncated, {**info, "task_index": self.task_index}
+
+    def render(self) -> Any:
+        """Render the current task's env (built with no render mode: returns ``None``)."""
+        return self._envs[self.task_index].render()
+
+    def close(self) -> None:
+        """Close every task env built so far."""
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+def multitask_env_factory(specs: Sequence[TaskSpec]) -> VecEnvFactory:
+    """A runner vector-env factory that ignores the stage's task and interleaves all ``specs``.
+
+    The returned factory has the runner's signature ``(spec, obs_dim, act_dim, num_envs,
+    asynchronous)`` and builds ``num_envs`` :class:`MultiTaskEnv` slots with next-step autoreset,
+    like :func:`hope_agent.train.vec.make_vector_env`.
+    """
+    tasks = list(specs)
+
+    def make(
+        spec: TaskSpec, obs_dim: int, act_dim: int, num_envs: int, asynchronous: bool = False
+    ) -> gym.vector.VectorEnv:
+        if num_envs < 1:
+            raise ValueError(f"ppo.num_envs must be >= 1, got {num_envs}")
+        fns = [partial(MultiTaskEnv, tasks, obs_dim, act_dim) for _ in range(num_envs)]
+        if asynchronous:
+            return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+        return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
+
+    return make
+
+
+class MultiTask(Method):
+    """The multi-task upper bound: no hooks; its effect is the env factory above."""
+
+    name = "multitask"

@@ -1,0 +1,701 @@
+"""Stable-Baselines3 baselines on our curricula: PPO and SAC with MLP policies, fine-tuned task
+after task, evaluated by our evaluator into the same matrices, metrics, plots and videos.
+
+Training is SB3's own (``stable_baselines3.PPO`` / ``SAC`` with ``MlpPolicy``, nothing
+reimplemented): one model learns every task in turn on the curriculum's envs
+(:func:`hope_envs.curriculum.make_env`, the same common spaces as our agent), never told of a
+switch. ``VecNormalize`` (optional, on by default) keeps updating its statistics across tasks, as
+our agent's normalisers do. SAC empties its replay buffer at each task switch by default
+(Continual World's fine-tuning setting; ``reset_buffer_on_task_change``).
+
+Evaluation is ours: :class:`SB3Agent` gives an SB3 policy the interface that
+:class:`~hope_agent.train.evaluator.Evaluator` and
+:func:`~hope_agent.train.evaluator.record_episodes` use to act (``init_state``, ``obs_norm``,
+``act``, ``reward_scale``, ``observe_reward``, ``predict_world``, ``config``), so the same seeds,
+episodes and performance definition apply. An MLP policy has no memory and no world model: its
+state is empty and its world-model error is NaN (reported as unavailable).
+
+:func:`run_sb3_curriculum` writes what :class:`~hope_agent.train.runner.CurriculumRunner` writes
+(through :func:`hope_agent.train.report.write_results`): ``perf_matrix.csv``, ``curves.csv``,
+``metrics.json``, plots, videos of every task after each stage, and pickle-free checkpoints of
+the policy and normaliser statistics (:func:`hope_agent.io.save_checkpoint`), reloadable with
+:func:`load_sb3_agent`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.spaces import Box
+from hope_envs.curriculum import TaskSpec, common_spaces, make_env, resolve_tasks
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.utils import get_device
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
+from stable_baselines3.sac.policies import SACPolicy
+from torch import Tensor
+
+from hope_agent.agents.agent import (
+    ActResult,
+    Agent,
+    AgentConfig,
+    AgentOutput,
+    AgentState,
+    gaussian_log_prob,
+)
+from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
+from hope_agent.models.state import State
+from hope_agent.train.config import CurriculumSection, VideoSection
+from hope_agent.train.evaluator import Evaluator, record_episodes
+from hope_agent.train.report import EvalEvent, RunRecord, write_results
+from hope_agent.train.runner import RunSummary, VideoSettings, safe_name
+from hope_agent.video import tile_videos, write_video
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+POLICIES: dict[str, type[BasePolicy]] = {"ppo": ActorCriticPolicy, "sac": SACPolicy}
+CHECKPOINT_FORMAT = "hope_agent.sb3/1"
+
+
+@dataclass
+class NoMemory(State):
+    """The (empty) memory of a memoryless SB3 policy."""
+
+
+class FrozenObsNormalizer:
+    """SB3 ``VecNormalize``'s observation transform with frozen statistics (identity without).
+
+    ``clip((obs - mean) / sqrt(var + eps), -clip, clip)`` on torch tensors.
+    """
+
+    def __init__(
+        self, rms: RunningMeanStd | None, clip: float = 10.0, epsilon: float = 1e-8
+    ) -> None:
+        self.rms, self.clip, self.epsilon = rms, clip, epsilon
+
+    def __call__(self, obs: Tensor) -> Tensor:
+        """Normalise raw observations ``(..., obs_dim)``."""
+        if self.rms is None:
+            return obs
+        mean = torch.as_tensor(self.rms.mean, dtype=obs.dtype, device=obs.device)
+        var = torch.as_tensor(self.rms.var, dtype=obs.dtype, device=obs.device)
+        return ((obs - mean) / torch.sqrt(var + self.epsilon)).clamp(-self.clip, self.clip)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+class SB3Agent:
+    """An SB3 PPO or SAC policy behind the acting interface of our :class:`Agent`.
+
+    Actions follow the policy's own distribution, with the noise drawn from the caller's
+    generator (so evaluations are reproducible): PPO samples ``mean + std * noise`` and the env
+    receives it clipped to [-1, 1], as SB3's ``predict`` does; SAC samples
+    ``tanh(mean + std * noise)``. Deterministic actions are the clipped mean (PPO) and
+    ``tanh(mean)`` (SAC), equal to ``model.predict(..., deterministic=True)``.
+
+    Args:
+        policy: an ``ActorCriticPolicy`` (PPO) or ``SACPolicy`` (SAC) over ``Box(obs_dim,)``
+            observations and ``Box(-1, 1, (act_dim,))`` actions, without gSDE.
+        obs_rms: ``VecNormalize``'s observation statistics, or ``None`` (raw observations).
+        clip_obs: ``VecNormalize``'s observation clip.
+    """
+
+    def __init__(
+        self,
+        policy: BasePolicy,
+        obs_rms: RunningMeanStd | None = None,
+        clip_obs: float = 10.0,
+    ) -> None:
+        if not isinstance(policy, (ActorCriticPolicy, SACPolicy)):
+            raise TypeError(
+                f"SB3Agent supports PPO (ActorCriticPolicy) and SAC (SACPolicy) policies, got "
+                f"{type(policy).__name__}"
+            )
+        if policy.use_sde if isinstance(policy, ActorCriticPolicy) else policy.actor.use_sde:
+            raise ValueError("SB3Agent does not support gSDE policies; train with use_sde=False")
+        obs_shape = policy.observation_space.shape
+        act_shape = policy.action_space.shape
+        if obs_shape is None or act_shape is None or len(obs_shape) != 1 or len(act_shape) != 1:
+            raise ValueError(
+                "SB3Agent needs flat Box observation and action spaces (the curriculum's common "
+                f"spaces), got {policy.observation_space} and {policy.action_space}"
+            )
+        self.policy = policy
+        self.config = AgentConfig(obs_dim=int(obs_shape[0]), act_dim=int(act_shape[0]))
+        self.obs_dim, self.act_dim = self.config.obs_dim, self.config.act_dim
+        self.obs_norm = FrozenObsNormalizer(obs_rms, clip_obs)
+        # Evaluation works on raw rewards: there is no reward-conditioned memory to feed.
+        self.reward_scale = _identity
+        self.observe_reward = Agent.observe_reward
+
+    @property
+    def device(self) -> torch.device:
+        """Where the policy runs."""
+        return self.policy.device
+
+    @property
+    def log_std(self) -> Tensor:
+        """The policy's log-std parameter (PPO) or an empty tensor (SAC's is state-dependent).
+
+        Our evaluator reads the agent's device from it.
+        """
+        if isinstance(self.policy, ActorCriticPolicy):
+            return cast(Tensor, self.policy.log_std)
+        return torch.zeros(0, device=self.device)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> AgentState:
+        """A fresh (memoryless) carry for ``batch_size`` rows."""
+        dev = torch.device(device) if device is not None else self.device
+        return AgentState(
+            memory=NoMemory(),
+            prev_action=torch.zeros(batch_size, self.act_dim, device=dev),
+            prev_reward=torch.zeros(batch_size, device=dev),
+        )
+
+    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean, log_std, value)`` of the policy's Gaussian (pre-tanh for SAC) at ``obs``.
+
+        ``value`` is PPO's state value; SAC has no state-value head (NaN).
+        """
+        policy = self.policy
+        policy.set_training_mode(False)
+        if isinstance(policy, ActorCriticPolicy):
+            normal = policy.get_distribution(obs).distribution
+            assert isinstance(normal, torch.distributions.Normal)  # Box actions, no gSDE
+            mean, log_std = normal.mean, normal.stddev.log()
+            value = policy.predict_values(obs).squeeze(-1)
+        else:
+            assert isinstance(policy, SACPolicy)
+            mean, log_std, _ = policy.actor.get_action_dist_params(obs)
+            value = torch.full(mean.shape[:-1], float("nan"), device=mean.device)
+        return mean, log_std, value
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: Tensor,
+        state: AgentState,
+        is_first: Tensor,
+        *,
+        deterministic: bool | Tensor = False,
+        generator: torch.Generator | None = None,
+        reset: Tensor | None = None,
+        task: Tensor | None = None,
+    ) -> ActResult:
+        """Actions for one step of ``B`` envs, in :meth:`Agent.act`'s convention.
+
+        ``obs`` is normalised ``(B, obs_dim)``; ``is_first``, ``reset`` and ``task`` are accepted
+        for the interface and ignored (no memory, no task input).
+        """
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"SB3Agent.act expects observations of shape (B, {self.obs_dim}), "
+                f"got {tuple(obs.shape)}"
+            )
+        mean, log_std, value = self.distribution(obs.to(self.device))
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        sample = mean + log_std.exp() * noise
+        if isinstance(deterministic, Tensor):
+            pre = torch.where(deterministic.to(mean.device).unsqueeze(-1), mean, sample)
+        else:
+            pre = mean if deterministic else sample
+        log_prob = gaussian_log_prob(pre, mean, log_std)
+        if isinstance(self.policy, SACPolicy):
+            action = torch.tanh(pre)
+            # Change of variables of the tanh squashing (as SB3's SquashedDiagGaussian).
+            log_prob = log_prob - torch.log(1.0 - action.square() + 1e-6).sum(-1)
+        else:
+            action = pre
+        env_action = action.clamp(-1.0, 1.0)
+        output = AgentOutput(mean=mean, log_std=log_std, value=value, features=mean)
+        new_state = AgentState(
+            memory=state.memory, prev_action=env_action, prev_reward=state.prev_reward
+        )
+        return ActResult(
+            action=action,
+            env_action=env_action,
+            log_prob=log_prob,
+            value=value,
+            output=output,
+            state=new_state,
+        )
+
+    def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
+        """No world model: NaN predictions, so the world-model error is reported unavailable."""
+        nan = float("nan")
+        lead = features.shape[:-1]
+        return (
+            torch.full((*lead, self.obs_dim), nan, device=features.device),
+            torch.full(lead, nan, device=features.device),
+        )
+
+    def as_agent(self) -> Agent:
+        """This adapter typed as an :class:`Agent` for the evaluator and the video recorder,
+        which use only the acting interface that this class implements."""
+        return cast(Agent, self)
+
+
+@dataclass
+class SB3Settings:
+    """Options of :func:`run_sb3_curriculum` besides the curriculum, algorithm and seed.
+
+    Attributes:
+        n_envs: parallel envs of the SB3 ``VecEnv`` (SB3 counts steps over all of them).
+        normalize: wrap the envs in ``VecNormalize`` (observations and rewards).
+        reset_buffer_on_task_change: SAC: empty the replay buffer at each task switch.
+        algo_kwargs: keyword arguments of ``PPO(...)`` / ``SAC(...)`` (e.g. ``n_steps``,
+            ``batch_size``, ``learning_rate``, ``policy_kwargs``).
+        eval_every: env steps between evaluations during training (0: at task ends only).
+        eval_episodes: stochastic evaluation episodes per task (+1 deterministic).
+        eval_seed: base seed of the evaluation episodes.
+        smooth_last: Continual World smoothing of the performance matrix (``None``: off).
+        reference_auc: per-task single-task AUCs, for forward transfer.
+        video: rollout videos after each stage (``None``: none).
+        device: where SB3 trains (``cpu`` is fastest for MLP policies).
+        config_yaml: the resolved config, stored in every checkpoint.
+    """
+
+    n_envs: int = 8
+    normalize: bool = True
+    reset_buffer_on_task_change: bool = True
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 0
+    eval_episodes: int = 10
+    eval_seed: int = 100_000
+    smooth_last: int | None = None
+    reference_auc: list[float] | None = None
+    video: VideoSettings | None = None
+    device: str = "cpu"
+    config_yaml: str = ""
+
+
+class _PeriodicEvaluation(BaseCallback):
+    """Evaluates every task each time SB3's step counter crosses a multiple of ``every``."""
+
+    def __init__(self, run: _SB3Run, stage: int, stage_end: int) -> None:
+        super().__init__()
+        self.run, self.stage, self.stage_end = run, stage, stage_end
+        self.previous = 0
+
+    def _on_training_start(self) -> None:
+        self.previous = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        every = self.run.settings.eval_every
+        current = self.num_timesteps
+        # The task-end evaluation after learn() covers the stage's last step.
+        if current < self.stage_end and current // every > self.previous // every:
+            self.run.evaluate(self.stage, current, task_end=False)
+        self.previous = current
+        return True
+
+
+class _SB3Run:
+    """The state of one :func:`run_sb3_curriculum` call."""
+
+    def __init__(
+        self, specs: Sequence[TaskSpec], algo: str, seed: int, run_dir: Path, s: SB3Settings
+    ) -> None:
+        self.specs, self.algo, self.seed, self.run_dir, self.settings = (
+            specs,
+            algo,
+            seed,
+            run_dir,
+            s,
+        )
+        self.obs_dim, self.act_dim = common_spaces(specs)
+        self.record = RunRecord(task_names=[spec.name for spec in specs])
+        self.evaluator = Evaluator(
+            specs,
+            self.obs_dim,
+            self.act_dim,
+            s.eval_episodes,
+            s.eval_seed,
+            get_device(s.device),
+        )
+        self.model: BaseAlgorithm | None = None
+        self.venv: VecEnv | None = None
+
+    def make_venv(self, stage: int) -> VecEnv:
+        spec, s = self.specs[stage], self.settings
+        fns: list[Callable[[], gym.Env]] = [
+            partial(make_env, spec, self.obs_dim, self.act_dim) for _ in range(s.n_envs)
+        ]
+        venv: VecEnv = VecMonitor(DummyVecEnv(fns))
+        if s.normalize:
+            normalized = VecNormalize(venv, gamma=float(s.algo_kwargs.get("gamma", 0.99)))
+            if isinstance(self.venv, VecNormalize):
+                # The statistics carry across the switch, as our agent's normalisers do.
+                normalized.obs_rms = self.venv.obs_rms
+                normalized.ret_rms = self.venv.ret_rms
+            venv = normalized
+        venv.seed(self.seed * 1_000_003 + 10_000 * stage)
+        return venv
+
+    def agent(self) -> SB3Agent:
+        assert self.model is not None
+        rms = _obs_rms(self.venv)
+        clip = self.venv.clip_obs if isinstance(self.venv, VecNormalize) else 10.0
+        return SB3Agent(self.model.policy, None if rms is None else rms.copy(), clip)
+
+    def evaluate(self, stage: int, global_step: int, task_end: bool) -> None:
+        results = self.evaluator.evaluate(self.agent().as_agent())
+        self.record.events.append(EvalEvent(global_step, stage, task_end, results))
+
+    def train_stage(self, stage: int) -> None:
+        spec, s = self.specs[stage], self.settings
+        old_venv = self.venv
+        self.venv = self.make_venv(stage)
+        if self.model is None:
+            self.model = ALGOS[self.algo](
+                "MlpPolicy",
+                self.venv,
+                seed=self.seed,
+                device=self.evaluator.device,
+                # SB3 writes into policy_kwargs: give it a copy of ours.
+                **copy.deepcopy(s.algo_kwargs),
+            )
+            self.model.set_logger(configure(str(self.run_dir / "sb3"), ["csv", "tensorboard"]))
+        else:
+            self.model.set_env(self.venv, force_reset=True)
+            replay = getattr(self.model, "replay_buffer", None)
+            if replay is not None and s.reset_buffer_on_task_change:
+                replay.reset()
+        if old_venv is not None:
+            old_venv.close()
+        model = self.model
+        start = model.num_timesteps
+        self.record.stage_starts.append(start)
+        callback = (
+            _PeriodicEvaluation(self, stage, start + spec.steps) if s.eval_every > 0 else None
+        )
+        model.learn(
+            total_timesteps=spec.steps,
+            callback=callback,
+            reset_num_timesteps=False,
+            progress_bar=False,
+        )
+        self.evaluate(stage, model.num_timesteps, task_end=True)
+        self.save(stage)
+        if s.video is not None:
+            self.videos(stage, s.video)
+        write_results(self.run_dir, self.record, s.smooth_last, s.reference_auc)
+
+    def save(self, stage: int) -> None:
+        assert self.model is not None
+        rms = _obs_rms(self.venv)
+        tree = {
+            "policy": self.model.policy.state_dict(),
+            "obs_rms": None
+            if rms is None
+            else {
+                "mean": np.asarray(rms.mean, dtype=np.float64),
+                "var": np.asarray(rms.var, dtype=np.float64),
+                "count": float(rms.count),
+                "clip": float(cast(VecNormalize, self.venv).clip_obs),
+            },
+            "progress": {
+                "stage": stage,
+                "global_step": int(self.model.num_timesteps),
+                "stage_done": True,
+                "stage_starts": list(self.record.stage_starts),
+            },
+            "meta": {
+                "format": CHECKPOINT_FORMAT,
+                "algo": self.algo,
+                "policy_kwargs": _plain_policy_kwargs(self.model.policy_kwargs),
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "tasks": [spec.name for spec in self.specs],
+                "task_ids": [spec.id for spec in self.specs],
+            },
+            "config": self.settings.config_yaml,
+        }
+        save_checkpoint(self.run_dir / "checkpoints" / f"stage_{stage:02d}", tree)
+
+    def videos(self, stage: int, v: VideoSettings) -> None:
+        folder = self.run_dir / "videos" / f"stage_{stage:02d}"
+        suffix = ".gif" if v.gif else ".mp4"
+        agent = self.agent().as_agent()
+        clips = []
+        for j, spec in enumerate(self.specs):
+            frames = record_episodes(
+                agent,
+                spec,
+                self.obs_dim,
+                self.act_dim,
+                task_index=j,
+                seed=self.settings.eval_seed + 1000 * j,
+                episodes=v.episodes,
+                size=v.size,
+                frame_skip=v.frame_skip,
+            )
+            write_video(folder / f"{safe_name(spec.name)}{suffix}", frames, fps=v.fps)
+            clips.append(frames)
+        grid = tile_videos(clips, labels=[spec.name for spec in self.specs])
+        write_video(folder / f"all_tasks{suffix}", grid, fps=v.fps)
+
+
+def _obs_rms(venv: VecEnv | None) -> RunningMeanStd | None:
+    """``VecNormalize``'s observation statistics (``None`` without normalisation)."""
+    if not isinstance(venv, VecNormalize):
+        return None
+    rms = venv.obs_rms
+    assert isinstance(rms, RunningMeanStd)  # flat Box observations: one statistics object
+    return rms
+
+
+def _plain_policy_kwargs(policy_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``policy_kwargs`` that a checkpoint can store to rebuild the policy (plain values only)."""
+    kwargs = dict(policy_kwargs or {})
+    plain = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, bool, str, list, dict))}
+    dropped = sorted(set(kwargs) - set(plain))
+    if dropped:
+        raise ValueError(
+            f"policy_kwargs {dropped} cannot be stored in a checkpoint (not plain values); "
+            "use net_arch, log_std_init and other plain options"
+        )
+    return plain
+
+
+def run_sb3_curriculum(
+    specs: Sequence[TaskSpec],
+    algo: str,
+    steps_per_task: int | None,
+    seed: int,
+    run_dir: Path | str,
+    settings: SB3Settings | None = None,
+) -> RunSummary:
+    """Fine-tune one SB3 ``algo`` model over the curriculum and evaluate it as our runner does.
+
+    Args:
+        specs: the curriculum's tasks (from :func:`hope_envs.curriculum.resolve_tasks`).
+        algo: ``"ppo"`` or ``"sac"`` (``MlpPolicy``).
+        steps_per_task: env steps per task; ``None`` keeps each spec's own ``steps``. PPO runs
+            whole rollouts (``n_steps * n_envs``), so a stage may run a little longer.
+        seed: seed of SB3 (weights, sampling) and of the training envs.
+        run_dir: where every output goes (see the module docstring).
+        settings: everything else (:class:`SB3Settings`).
+
+    Returns:
+        The final performance matrix and metrics, as :meth:`CurriculumRunner.run` returns them.
+    """
+    s = settings or SB3Settings()
+    if algo not in ALGOS:
+        raise ValueError(f"unknown SB3 algorithm {algo!r}; valid: {', '.join(ALGOS)}")
+    if not specs:
+        raise ValueError("run_sb3_curriculum needs at least one task")
+    problems = [
+        rule
+        for rule, ok in (
+            ("n_envs >= 1", s.n_envs >= 1),
+            ("eval_every >= 0", s.eval_every >= 0),
+            ("eval_episodes >= 0", s.eval_episodes >= 0),
+            ("steps_per_task >= 1", steps_per_task is None or steps_per_task >= 1),
+        )
+        if not ok
+    ]
+    if problems:
+        raise ValueError(f"run_sb3_curriculum: need {', '.join(problems)}")
+    if steps_per_task is not None:
+        specs = [dataclasses.replace(spec, steps=int(steps_per_task)) for spec in specs]
+    _plain_policy_kwargs(s.algo_kwargs.get("policy_kwargs"))
+    run_dir = Path(run_dir)
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    run = _SB3Run(specs, algo, seed, run_dir, s)
+    try:
+        for stage in range(len(specs)):
+            run.train_stage(stage)
+    finally:
+        run.evaluator.close()
+        if run.venv is not None:
+            run.venv.close()
+    wall = time.perf_counter() - start
+    assert run.model is not None
+    steps = int(run.model.num_timesteps)
+    metrics = write_results(
+        run_dir,
+        run.record,
+        s.smooth_last,
+        s.reference_auc,
+        extra={"wall_time_s": wall, "env_steps": steps, "sb3_algo": algo},
+    )
+    return RunSummary(run_dir, run.record.matrix("perf"), metrics, wall, steps)
+
+
+def load_sb3_agent(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Agent, dict[str, Any]]:
+    """Rebuild the :class:`SB3Agent` of a checkpoint written by :func:`run_sb3_curriculum`.
+
+    Returns ``(agent, tree)``; a directory that is not such a checkpoint raises
+    :class:`~hope_agent.io.CheckpointError` (from loading) or ``ValueError``.
+    """
+    tree = load_checkpoint(checkpoint, map_location=device)
+    meta = tree.get("meta", {})
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{checkpoint} is not an SB3 checkpoint of run_sb3_curriculum (format "
+            f"{meta.get('format')!r}); our agent's checkpoints load with hope-evaluate"
+        )
+    obs_space = Box(-np.inf, np.inf, (int(meta["obs_dim"]),), np.float32)
+    act_space = Box(-1.0, 1.0, (int(meta["act_dim"]),), np.float32)
+    policy_cls = cast(Any, POLICIES[str(meta["algo"])])
+    policy = policy_cls(obs_space, act_space, lambda _: 0.0, **meta["policy_kwargs"])
+    policy.load_state_dict(tree["policy"])
+    policy.to(device)
+    rms, clip = None, 10.0
+    if tree["obs_rms"] is not None:
+        stats = tree["obs_rms"]
+        rms = RunningMeanStd(shape=(int(meta["obs_dim"]),))
+        rms.mean = np.asarray(stats["mean"], dtype=np.float64)
+        rms.var = np.asarray(stats["var"], dtype=np.float64)
+        rms.count = float(stats["count"])
+        clip = float(stats["clip"])
+    return SB3Agent(policy, rms, clip), tree
+
+
+# ----------------------------------------------------------------------------- Hydra entry point
+@dataclass
+class SB3EvalSection:
+    """Evaluation options (the meaning of :class:`hope_agent.train.config.EvalSection`)."""
+
+    every: int = 0
+    episodes: int = 10
+    seed: int = 100_000
+    smooth_last: int | None = None
+    reference_auc: list[float] | None = None
+
+
+@dataclass
+class SB3ModelSection:
+    """The run's model label (read by the comparison tool): SB3's MLP policy of ``algo``."""
+
+    name: str = "sb3_${algo}"
+
+
+@dataclass
+class SB3TrainConfig:
+    """Schema of ``scripts/train_sb3.py``: the trainer's curriculum group with SB3's options.
+
+    ``ppo_kwargs`` or ``sac_kwargs`` (whichever ``algo`` picks) go to ``PPO(...)`` / ``SAC(...)``;
+    ``n_envs`` null means 8 for PPO and 1 for SAC. ``method`` and ``model`` only label the run
+    (sequential fine-tuning of SB3's MLP policy) for :mod:`hope_agent.compare`.
+    """
+
+    defaults: list[Any] = field(default_factory=lambda: [{"curriculum": "fast"}, "_self_"])
+    curriculum: CurriculumSection = MISSING
+    algo: str = "ppo"
+    steps_per_task: int = 30_000
+    seed: int = 0
+    n_envs: int | None = None
+    normalize: bool = True
+    reset_buffer_on_task_change: bool = True
+    ppo_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {
+            "n_steps": 256,
+            "batch_size": 256,
+            "n_epochs": 10,
+            "learning_rate": 3e-4,
+            "policy_kwargs": {"net_arch": [64, 64]},
+        }
+    )
+    sac_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {
+            "learning_starts": 1000,
+            "batch_size": 256,
+            "policy_kwargs": {"net_arch": [256, 256]},
+        }
+    )
+    eval: SB3EvalSection = field(default_factory=SB3EvalSection)
+    video: VideoSection = field(default_factory=VideoSection)
+    device: str = "cpu"
+    torch_threads: int = 1
+    method: str = "finetune"
+    model: SB3ModelSection = field(default_factory=SB3ModelSection)
+    # Hydra's own settings: where runs go (the trainer's naming scheme).
+    hydra: Any = field(
+        default_factory=lambda: {
+            "run": {"dir": "runs/${curriculum.name}__${model.name}__${seed}__${now:%Y%m%d-%H%M%S}"},
+            "sweep": {
+                "dir": "multirun/${curriculum.name}__${model.name}__${now:%Y%m%d-%H%M%S}",
+                "subdir": "${hydra.job.num}",
+            },
+            "job": {"name": "train_sb3"},
+        }
+    )
+
+
+def register_sb3_config() -> None:
+    """Register :class:`SB3TrainConfig` as ``sb3_config`` in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="sb3_config", node=SB3TrainConfig)
+
+
+def train_sb3(cfg: DictConfig, run_dir: Path | str) -> RunSummary:
+    """Run :func:`run_sb3_curriculum` from a composed :class:`SB3TrainConfig`.
+
+    Checks every value first (one ``ValueError`` listing the problems), then writes the resolved
+    config to ``run_dir/config.yaml`` and trains.
+    """
+    run_dir = Path(run_dir)
+    algo = str(cfg.algo)
+    problems = []
+    if algo not in ALGOS:
+        problems.append(f"algo must be one of {', '.join(ALGOS)} (got {algo!r})")
+    if cfg.steps_per_task < 1:
+        problems.append(f"steps_per_task must be >= 1 (got {cfg.steps_per_task})")
+    if cfg.n_envs is not None and cfg.n_envs < 1:
+        problems.append(f"n_envs must be null or >= 1 (got {cfg.n_envs})")
+    if cfg.device not in ("cpu", "cuda", "auto"):
+        problems.append(f"device must be cpu, cuda or auto (got {cfg.device!r})")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    tasks = OmegaConf.to_container(cfg.curriculum.tasks, resolve=True)
+    assert isinstance(tasks, list)
+    specs = resolve_tasks(tasks, int(cfg.steps_per_task))
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(int(cfg.torch_threads))
+    kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)
+    assert isinstance(kwargs, dict)
+    v = cfg.video
+    yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
+    settings = SB3Settings(
+        n_envs=int(cfg.n_envs if cfg.n_envs is not None else (8 if algo == "ppo" else 1)),
+        normalize=bool(cfg.normalize),
+        reset_buffer_on_task_change=bool(cfg.reset_buffer_on_task_change),
+        algo_kwargs={str(k): val for k, val in kwargs.items()},
+        eval_every=int(cfg.eval.every),
+        eval_episodes=int(cfg.eval.episodes),
+        eval_seed=int(cfg.eval.seed),
+        smooth_last=cfg.eval.smooth_last,
+        reference_auc=None if cfg.eval.reference_auc is None else list(cfg.eval.reference_auc),
+        video=VideoSettings(
+            episodes=int(v.episodes),
+            size=(int(v.height), int(v.width)),
+            fps=int(v.fps),
+            frame_skip=int(v.frame_skip),
+            gif=bool(v.gif),
+        )
+        if v.enabled
+        else None,
+        device=str(cfg.device),
+        config_yaml=yaml_text,
+    )
+    atomic_write_text(run_dir / "config.yaml", yaml_text)
+    return run_sb3_curriculum(specs, algo, None, int(cfg.seed), run_dir, settings)

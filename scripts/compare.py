@@ -1,0 +1,36 @@
+"""Merge run directories into one comparison table and plot (CSV, Markdown, PNG).
+
+    python scripts/compare.py runs/fast__gru__* runs/fast__sb3_ppo__* --out comparison/
+    python scripts/compare.py multirun/fast__hope__20261126-101500 --out comparison/
+
+Each argument is a run directory or a folder searched for them. Runs are grouped by their
+``method+model`` label; see :mod:`hope_agent.compare` and ``docs/baselines.md``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from hope_agent.compare import table_markdown, write_comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, write the comparison, print the Markdown table; 1 on a user error."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="run directories or folders of runs")
+    parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
+    parser.add_argument("--confidence", type=float, default=0.9, help="CI level (default 0.9)")
+    parser.add_argument("--resamples", type=int, default=4000, help="bootstrap resamples")
+    args = parser.parse_args(argv)
+    try:
+        rows = write_comparison(args.paths, args.out, args.confidence, args.resamples)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(table_markdown(rows, confidence=args.confidence), end="")
+    print(f"written: {args.out / 'comparison.csv'}, comparison.md, comparison.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

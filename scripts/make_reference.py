@@ -1,0 +1,256 @@
+"""Measure a curriculum's reference returns: a random policy and single-task SB3 PPO.
+
+For every task of a shipped curriculum this stores, in `envs/reference/<curriculum>.json`:
+- R_random: the mean return of uniform random actions,
+- R_reference: the mean return of SB3 PPO (`MlpPolicy`) trained on that task alone for the run's
+  per-task budget, averaged over the given seeds. Its actions are sampled (stochastic policy), as
+  in the curriculum's evaluation protocol; the deterministic return is stored beside it,
+with the command, budget, seeds, date, machine and library versions. Continual-learning runs
+normalise returns as (R - R_random) / (R_reference - R_random) through
+`hope_envs.curriculum.reference_returns`. Tasks are built exactly as a run builds them
+(`make_env`, actions in [-1, 1]), each with its own widths.
+
+    python scripts/make_reference.py --curriculum fast --steps 30000 --seeds 0 1 2
+    python scripts/make_reference.py --curriculum locomotion --steps 1000000 --workers 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+# Must be set before MuJoCo is imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hope_envs.curriculum import (  # noqa: E402
+    REFERENCE_DIR,
+    TaskSpec,
+    common_spaces,
+    defines_success,
+    load_curriculum,
+    make_env,
+    resolve_tasks,
+)
+from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+
+# PPO settings. `short`: short-episode tasks (the point mass), tuned so one goal is solved in a
+# few ten thousand steps. `mujoco`: the setting of the forgetting baseline in CONTINUAL_RL.md
+# (16 envs, n_steps 256, batch 1024, 10 epochs, VecNormalize).
+PRESETS: dict[str, dict[str, Any]] = {
+    "short": {
+        "n_envs": 8,
+        "normalize": False,
+        "ppo": {
+            "n_steps": 128,
+            "batch_size": 256,
+            "n_epochs": 10,
+            "learning_rate": 1e-3,
+            "gamma": 0.95,
+            "gae_lambda": 0.95,
+        },
+    },
+    "mujoco": {
+        "n_envs": 16,
+        "normalize": True,
+        "ppo": {
+            "n_steps": 256,
+            "batch_size": 1024,
+            "n_epochs": 10,
+            "learning_rate": 3e-4,
+            "gamma": 0.99,
+            "gae_lambda": 0.95,
+        },
+    },
+}
+# `auto` picks `short` when every episode is at most this long.
+_SHORT_EPISODE_STEPS = 100
+# Evaluation episode k starts from reset(seed=EVAL_SEED + k) for every policy and checkpoint.
+EVAL_SEED = 10_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--curriculum", required=True, help="name in configs/curriculum/")
+    parser.add_argument(
+        "--steps", type=int, required=True, help="PPO budget per task (entries with steps: null)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="PPO seeds")
+    parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
+    parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto")
+    parser.add_argument("--workers", type=int, default=1, help="parallel training processes")
+    parser.add_argument("--out", type=Path, default=None, help="default envs/reference/<name>.json")
+    args = parser.parse_args(argv)
+    if args.steps <= 0 or args.episodes <= 0 or args.workers <= 0:
+        parser.error("--steps, --episodes and --workers must be positive")
+    return args
+
+
+def episode_limit(spec: TaskSpec) -> int | None:
+    """The task's episode length in steps (its registered time limit, or the kwargs override)."""
+    return spec.kwargs.get("max_episode_steps", gym.spec(spec.id).max_episode_steps)
+
+
+def choose_preset(specs: list[TaskSpec], preset: str) -> str:
+    """Resolve `auto` to `short` (all episodes <= 100 steps) or `mujoco`."""
+    if preset != "auto":
+        return preset
+    limits = [episode_limit(spec) for spec in specs]
+    short = all(limit is not None and limit <= _SHORT_EPISODE_STEPS for limit in limits)
+    return "short" if short else "mujoco"
+
+
+def evaluate(
+    spec: TaskSpec,
+    episodes: int,
+    policy: Any | None,
+    obs_norm: VecNormalize | None,
+    deterministic: bool = False,
+) -> dict[str, Any]:
+    """Undiscounted returns (and any-step success) of `policy`, or of random actions if None."""
+    env = make_env(spec, *common_spaces([spec]))
+    returns, successes = [], []
+    for episode in range(episodes):
+        obs, info = env.reset(seed=EVAL_SEED + episode)
+        env.action_space.seed(EVAL_SEED + episode)
+        total, success, done = 0.0, bool(info.get("success", False)), False
+        while not done:
+            if policy is None:
+                action = env.action_space.sample()
+            else:
+                model_obs = obs if obs_norm is None else obs_norm.normalize_obs(obs)
+                action, _ = policy.predict(model_obs, deterministic=deterministic)
+            obs, reward, terminated, truncated, info = env.step(action)
+            total += float(reward)
+            success = success or bool(info.get("success", False))
+            done = terminated or truncated
+        returns.append(total)
+        successes.append(success)
+    env.close()
+    result: dict[str, Any] = {
+        "return_mean": float(np.mean(returns)),
+        "return_std": float(np.std(returns)),
+    }
+    if defines_success(spec):
+        result["success_rate"] = float(np.mean(successes))
+    return result
+
+
+def train_reference(spec: TaskSpec, seed: int, preset: str, episodes: int) -> dict[str, Any]:
+    """Train SB3 PPO on one task for `spec.steps` steps; evaluate sampled and greedy actions."""
+    torch.set_num_threads(1)
+    settings = PRESETS[preset]
+    dims = common_spaces([spec])
+    venv = make_vec_env(lambda: make_env(spec, *dims), n_envs=settings["n_envs"], seed=seed)
+    obs_norm = VecNormalize(venv) if settings["normalize"] else None
+    model = PPO("MlpPolicy", obs_norm or venv, seed=seed, device="cpu", **settings["ppo"])
+    start = time.perf_counter()
+    model.learn(total_timesteps=spec.steps)
+    train_seconds = time.perf_counter() - start
+    if obs_norm is not None:
+        obs_norm.training = False
+    result = evaluate(spec, episodes, model, obs_norm)
+    result["deterministic"] = evaluate(spec, episodes, model, obs_norm, deterministic=True)
+    venv.close()
+    return {**result, "seed": seed, "train_seconds": round(train_seconds, 1)}
+
+
+def _job(args: tuple[TaskSpec, int, str, int]) -> dict[str, Any]:
+    return train_reference(*args)
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **{
+            package: metadata.version(package)
+            for package in ("torch", "stable-baselines3", "gymnasium", "mujoco", "numpy")
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Measure and write the reference file; returns its path."""
+    args = parse_args(argv)
+    curriculum = load_curriculum(args.curriculum)
+    specs = resolve_tasks(curriculum["tasks"], args.steps)
+    preset = choose_preset(specs, args.preset)
+    # CW20 repeats CW10's tasks: measure each distinct task once.
+    unique: dict[str, TaskSpec] = {}
+    for spec in specs:
+        unique.setdefault(json.dumps([spec.id, spec.kwargs, spec.steps], sort_keys=True), spec)
+    jobs = [(spec, seed, preset, args.episodes) for spec in unique.values() for seed in args.seeds]
+    if args.workers == 1:
+        runs = [_job(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
+            runs = list(pool.map(_job, jobs))
+
+    tasks = []
+    for spec in unique.values():
+        per_seed = [run for job, run in zip(jobs, runs, strict=True) if job[0] is spec]
+        means = [run["return_mean"] for run in per_seed]
+        reference: dict[str, Any] = {
+            "return_mean": float(np.mean(means)),
+            "return_std_over_seeds": float(np.std(means)),
+            "deterministic_return_mean": float(
+                np.mean([run["deterministic"]["return_mean"] for run in per_seed])
+            ),
+            "per_seed": per_seed,
+        }
+        if defines_success(spec):
+            reference["success_rate"] = float(np.mean([run["success_rate"] for run in per_seed]))
+        tasks.append(
+            {
+                "name": spec.name,
+                "id": spec.id,
+                "kwargs": spec.kwargs,
+                "budget": spec.steps,
+                "random": evaluate(spec, args.episodes, None, None),
+                "reference": reference,
+            }
+        )
+        random_mean = tasks[-1]["random"]["return_mean"]
+        print(f"{spec.name}: random {random_mean:.2f}, reference {reference['return_mean']:.2f}")
+
+    out = args.out or REFERENCE_DIR / f"{args.curriculum}.json"
+    record = {
+        "curriculum": args.curriculum,
+        "command": " ".join(["python", "scripts/make_reference.py", *(argv or sys.argv[1:])]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "reference_policy": "stable-baselines3 PPO MlpPolicy; return_mean samples actions",
+        "preset": preset,
+        "settings": PRESETS[preset],
+        "seeds": args.seeds,
+        "episodes": args.episodes,
+        "eval_seeds": f"episode k resets with seed {EVAL_SEED} + k",
+        "tasks": tasks,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

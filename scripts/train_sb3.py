@@ -1,0 +1,40 @@
+"""Stable-Baselines3 baselines (PPO or SAC, MlpPolicy) fine-tuned over a curriculum.
+
+    python scripts/train_sb3.py                       # SB3 PPO on the fast curriculum
+    python scripts/train_sb3.py algo=sac curriculum=locomotion steps_per_task=200000 seed=1
+
+Same curricula (``curriculum=NAME``, ``curriculum.tasks=[...]``), evaluator, metrics, plots and
+run-directory layout as ``scripts/train_curriculum.py``; see ``docs/baselines.md``. Options:
+:class:`hope_agent.sb3_adapter.SB3TrainConfig`.
+"""
+
+import os
+
+# Headless MuJoCo rendering must be chosen before mujoco is first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hope_envs.curriculum import CurriculumError  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from hope_agent.sb3_adapter import register_sb3_config, train_sb3  # noqa: E402
+
+register_sb3_config()
+
+
+@hydra.main(config_path="pkg://hope_configs", config_name="sb3_config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Train and evaluate; user errors end with one line on stderr and exit status 1."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = train_sb3(cfg, run_dir)
+    except (CurriculumError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"run directory: {summary.run_dir}")
+
+
+if __name__ == "__main__":
+    main()

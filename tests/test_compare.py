@@ -1,0 +1,148 @@
+"""The comparison table of hand-written runs: grouping, means, bootstrap intervals, files."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hope_agent import metrics as M
+from hope_agent.compare import (
+    compare_runs,
+    find_runs,
+    load_run,
+    read_perf_csv,
+    table_csv,
+    table_markdown,
+    write_comparison,
+)
+
+TASKS = ["reach_east", "reach,west"]  # a comma in a name must survive the CSV
+
+
+def _write_run(
+    root: Path,
+    name: str,
+    perf: list[list[float]],
+    *,
+    method: str = "finetune",
+    model: str = "gru",
+    seed: int = 0,
+    curriculum: str = "fast",
+    forward_transfer: float | None = None,
+    hydra_only: bool = False,
+    task_id: bool = False,
+) -> Path:
+    """A run directory as the trainer leaves it (only the files the comparison reads)."""
+    run = root / name
+    config = (
+        f"curriculum:\n  name: {curriculum}\nmodel:\n  name: {model}\nmethod: {method}\n"
+        f"seed: {seed}\nagent:\n  task_id: {str(task_id).lower()}\n"
+    )
+    config_path = run / (".hydra/config.yaml" if hydra_only else "config.yaml")
+    config_path.parent.mkdir(parents=True)
+    config_path.write_text(config)
+    p = np.array(perf)
+    metrics = {
+        "stages_completed": int(np.isfinite(p).all(axis=1).sum()),
+        "tasks": TASKS,
+        # Left null: the comparison computes them from the matrix.
+        "average_performance": None,
+        "forgetting": float(M.forgetting(p)) if np.isfinite(p).all() else None,
+        "backward_transfer": None,
+        "forward_transfer": forward_transfer,
+        "perf_matrix": [[None if np.isnan(v) else v for v in row] for row in perf],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    _write_run(root, "ewc0", [[0.8, 0.1], [0.6, 0.9]], method="ewc", seed=0, forward_transfer=0.1)
+    _write_run(root, "ewc1", [[1.0, 0.0], [0.4, 0.7]], method="ewc", seed=1, forward_transfer=0.3)
+    _write_run(root / "multirun" / "0", "ft", [[0.9, 0.0], [0.0, 1.0]], seed=0, hydra_only=True)
+    # hope-evaluate's output beside a run: metrics but no config, not a run.
+    (root / "ewc0" / "evaluation").mkdir()
+    (root / "ewc0" / "evaluation" / "metrics.json").write_text("{}")
+    return root
+
+
+def test_table_of_fake_runs(runs: Path) -> None:
+    found = find_runs([runs])
+    assert len(found) == 3 and all(p.name != "evaluation" for p in found)
+    rows = compare_runs([load_run(p) for p in found])
+    assert [r.label for r in rows] == ["ewc+gru", "finetune+gru"]
+    ewc, ft = rows
+    assert ewc.seeds == [0, 1] and ft.seeds == [0]
+    # ewc: final rows (0.6, 0.9) and (0.4, 0.7) -> A = 0.75, 0.55; F = (0.2, 0.6) / 2.
+    a = ewc.stats["average_performance"]
+    assert a.mean == pytest.approx(0.65) and a.n == 2
+    assert (a.mean, a.low, a.high) == pytest.approx(M.bootstrap_ci([0.75, 0.55], 0.9, 4000, 0))
+    assert 0.55 <= a.low < a.mean < a.high <= 0.75
+    assert ewc.stats["forgetting"].mean == pytest.approx((0.1 + 0.3) / 2)
+    assert ewc.stats["backward_transfer"].mean == pytest.approx((-0.2 + -0.6) / 2)
+    assert ewc.stats["forward_transfer"].mean == pytest.approx(0.2)
+    # One seed: the interval collapses onto the value; no forward transfer at all.
+    f = ft.stats["forgetting"]
+    assert (f.mean, f.low, f.high) == pytest.approx((0.45, 0.45, 0.45))
+    assert ft.stats["average_performance"].mean == pytest.approx(0.5)
+    assert ft.stats["forward_transfer"] is None
+    csv_text = table_csv(rows)
+    assert csv_text.splitlines()[1].startswith("ewc+gru,ewc,gru,0 1,2,0.65,")
+    assert csv_text.splitlines()[2].endswith(",,,,")  # finetune: forward transfer empty
+    md = table_markdown(rows, "fast")
+    assert "| ewc | gru | 2 | 0.65 [" in md and "| finetune | gru | 1 | 0.50 [0.50, 0.50] |" in md
+    assert "–" in md and "`fast` curriculum" in md
+
+
+def test_write_comparison_files_and_script(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    rows = write_comparison([runs], out, n_resamples=500)
+    assert len(rows) == 2
+    assert (out / "comparison.png").stat().st_size > 5000
+    assert (out / "comparison.csv").read_text() == table_csv(rows)
+    assert (out / "comparison.md").read_text().startswith("| method | model | seeds |")
+    spec = importlib.util.spec_from_file_location(
+        "compare_script", Path(__file__).parents[1] / "scripts" / "compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(runs), "--out", str(tmp_path / "cli"), "--resamples", "200"]) == 0
+    assert (tmp_path / "cli" / "comparison.md").is_file()
+    assert script.main([str(tmp_path / "nothing_here"), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_oracle_and_partial_metrics(tmp_path: Path) -> None:
+    a = _write_run(tmp_path, "a", [[1.0, 0.0], [1.0, 1.0]], task_id=True, forward_transfer=0.5)
+    b = _write_run(tmp_path, "b", [[1.0, 0.0], [0.5, 1.0]], task_id=True, seed=3)
+    rows = compare_runs([load_run(a), load_run(b)])
+    assert [r.label for r in rows] == ["finetune+gru+task_id"]
+    assert rows[0].stats["forward_transfer"].n == 1
+    assert "0.50 [0.50, 0.50] (n=1)" in table_markdown(rows)
+
+
+def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:
+    half = _write_run(tmp_path, "half", [[1.0, 0.0], [np.nan, np.nan]])
+    with pytest.raises(ValueError, match="completed 1 of 2 stages"):
+        load_run(half)
+    a = load_run(_write_run(tmp_path, "a", [[1.0, 0.0], [0.5, 1.0]]))
+    other = load_run(_write_run(tmp_path, "b", [[1.0, 0.0], [0.5, 1.0]], curriculum="locomotion"))
+    with pytest.raises(ValueError, match="different curricula"):
+        compare_runs([a, other])
+    twin = load_run(_write_run(tmp_path, "c", [[1.0, 0.0], [0.5, 1.0]]))
+    with pytest.raises(ValueError, match=r"seed\(s\) \[0\] appear more than once"):
+        compare_runs([a, twin])
+    with pytest.raises(FileNotFoundError, match="no run directory"):
+        find_runs([tmp_path / "half" / "metrics.json"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+
+
+def test_perf_csv_with_quoted_task_names(tmp_path: Path) -> None:
+    path = tmp_path / "perf_matrix.csv"
+    path.write_text('after,"a,b",c\n"a,b",0.5,\nc,0.25,1.0\n')
+    np.testing.assert_array_equal(read_perf_csv(path), [[0.5, np.nan], [0.25, 1.0]])

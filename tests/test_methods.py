@@ -1,0 +1,395 @@
+"""Continual-learning plug-ins: L2, EWC, behaviour-cloning replay, multi-task interleaving."""
+
+import csv
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hope_envs.curriculum import TaskSpec
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, open_dict
+
+from hope_agent.agents import Agent, AgentConfig
+from hope_agent.algos import PPO, PPOConfig, RolloutBuffer
+from hope_agent.io import load_checkpoint, save_checkpoint
+from hope_agent.methods import (
+    EWC,
+    L2,
+    BCReplay,
+    BCReplayConfig,
+    EWCConfig,
+    L2Config,
+    Method,
+    MultiTaskEnv,
+    diagonal_fisher,
+    make_method,
+    multitask_env_factory,
+)
+from hope_agent.methods.replay import gaussian_kl
+from hope_agent.models.factory import make_backbone
+from hope_agent.train.build import (
+    build_agent,
+    build_evaluator,
+    build_optimizer,
+    build_specs,
+    resolve_device,
+)
+from hope_agent.train.config import register_configs
+from hope_agent.train.logger import Logger
+from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VecEnvFactory
+from hope_agent.train.vec import make_vector_env
+
+register_configs()
+
+OBS, ACT = 4, 2
+SPEC = TaskSpec(id="x", kwargs={}, steps=1, name="x")  # hooks below never read the spec
+
+
+def _agent(name: str = "mlp", log_std: float = -0.5) -> Agent:
+    torch.manual_seed(0)
+    return Agent(
+        make_backbone(name, 16), AgentConfig(obs_dim=OBS, act_dim=ACT, log_std_init=log_std)
+    )
+
+
+@torch.no_grad()
+def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float = 0.1) -> None:
+    """A rollout of random observations with the policy's own sampled actions."""
+    gen = torch.Generator().manual_seed(seed)
+    n = buffer.num_envs
+    state = agent.init_state(n)
+    is_first = torch.ones(n, dtype=torch.bool)
+    valid = torch.ones(n, dtype=torch.bool)
+    obs = torch.randn(n, OBS, generator=gen)
+    for t in range(buffer.num_steps):
+        res = agent.act(obs, state, is_first, generator=gen)
+        next_obs = torch.randn(n, OBS, generator=gen)
+        reward = res.action[:, 0].clamp(-1, 1) * valid
+        done = valid & (torch.rand(n, generator=gen) < done_prob)
+        buffer.add(
+            t,
+            memory=state.memory,
+            obs=obs,
+            next_obs=next_obs,
+            prev_action=state.prev_action,
+            prev_reward=state.prev_reward,
+            is_first=is_first,
+            task=torch.zeros(n, dtype=torch.long),
+            action=res.action,
+            env_action=res.env_action,
+            log_prob=res.log_prob,
+            value=res.value,
+            reward=reward,
+            terminated=torch.zeros(n, dtype=torch.bool),
+            truncated=done,
+            valid=valid,
+        )
+        state = agent.observe_reward(res.state, reward)
+        is_first, valid, obs = ~valid, ~done, next_obs
+    out, _ = agent.step(obs, state.prev_action, state.prev_reward, is_first, state.memory)
+    buffer.compute_advantages(out.value, 0.99, 0.95)
+
+
+def _filled(agent: Agent, seed: int = 0, steps: int = 16, envs: int = 4) -> RolloutBuffer:
+    buffer = RolloutBuffer(steps, envs, OBS, ACT, seq_len=8)
+    _fill(agent, buffer, seed)
+    return buffer
+
+
+def _perturb(agent: Agent, scale: float, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+# ----------------------------------------------------------------------------- regularisers
+@pytest.mark.parametrize("cls", [L2, EWC])
+def test_penalty_is_zero_at_its_anchor_and_grows_quadratically_away(cls: type) -> None:
+    agent = _agent("gru")
+    method = cls()
+    assert method.extra_loss(agent, None, None) is None  # nothing to protect before a task end
+    method.on_task_end(0, SPEC, agent, _filled(agent))
+    at_anchor = method.extra_loss(agent, None, None)
+    assert at_anchor is not None and at_anchor.item() == 0.0
+    at_anchor.backward()
+    assert all(p.grad is None or torch.all(p.grad == 0) for p in agent.parameters())
+    state = {k: v.clone() for k, v in agent.state_dict().items()}
+    penalties = []
+    for scale in (1e-3, 2e-3, 4e-3):
+        agent.load_state_dict(state)
+        _perturb(agent, scale)
+        penalties.append(method.penalty(agent).item())
+    assert 0 < penalties[0] < penalties[1] < penalties[2]
+    # Quadratic in the distance: doubling it multiplies the penalty by 4.
+    assert penalties[1] / penalties[0] == pytest.approx(4.0, rel=1e-3)
+    assert penalties[2] / penalties[1] == pytest.approx(4.0, rel=1e-3)
+
+
+def test_l2_penalty_is_the_squared_distance() -> None:
+    agent = _agent()
+    method = L2(L2Config(coef=0.5))
+    method.on_task_end(0, SPEC, agent, None)
+    before = {n: p.detach().clone() for n, p in agent.named_parameters()}
+    _perturb(agent, 0.01)
+    expected = sum(((p - before[n]) ** 2).sum() for n, p in agent.named_parameters())
+    torch.testing.assert_close(method.penalty(agent), expected)
+    torch.testing.assert_close(method.extra_loss(agent, None, None), 0.25 * expected)
+
+
+def test_fisher_of_the_policy_mean_bias_is_one_over_variance() -> None:
+    # Gaussian policy, actions sampled from it: the Fisher of the mean is 1 / sigma^2 per step,
+    # whatever the state; the chunked estimate must find it.
+    agent = _agent("mlp", log_std=-0.5)
+    buffer = RolloutBuffer(64, 16, OBS, ACT, seq_len=4)  # 256 chunks
+    _fill(agent, buffer, done_prob=0.0)
+    fisher = diagonal_fisher(agent, buffer, max_sequences=256)
+    expected = float(np.exp(1.0))
+    assert fisher["policy_mean.bias"].mean().item() == pytest.approx(expected, rel=0.25)
+    # The value head and the world model do not enter the policy's likelihood.
+    for name in ("value_head.weight", "value_head.bias", "world_model.0.weight"):
+        assert torch.all(fisher[name] == 0)
+    assert all(torch.all(f >= 0) for f in fisher.values())
+    with_value = diagonal_fisher(agent, buffer, max_sequences=32, include_value=True)
+    assert with_value["value_head.bias"].item() > 0
+
+
+def test_online_consolidation_keeps_one_anchor() -> None:
+    agent = _agent()
+    method = L2(L2Config(coef=1.0, gamma=0.5))
+    for stage in range(3):
+        _perturb(agent, 0.01, seed=stage)
+        method.on_task_end(stage, SPEC, agent, None)
+    assert len(method.anchors) == 1
+    # Importance: ((1 * 0.5 + 1) * 0.5 + 1) = 1.75 with L2's ones.
+    assert torch.all(method.importances[0]["log_std"] == 1.75)
+    torch.testing.assert_close(method.anchors[0]["log_std"], agent.log_std.detach())
+    separate = L2()
+    for stage in range(3):
+        separate.on_task_end(stage, SPEC, agent, None)
+    assert len(separate.anchors) == 3
+
+
+def test_regularizer_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    agent = _agent("gru")
+    method = EWC()
+    method.on_task_end(0, SPEC, agent, _filled(agent))
+    _perturb(agent, 0.01)
+    save_checkpoint(tmp_path / "ckpt", {"method": method.state_dict()})
+    restored = EWC()
+    restored.load_state_dict(load_checkpoint(tmp_path / "ckpt")["method"])
+    torch.testing.assert_close(restored.penalty(agent), method.penalty(agent))
+
+
+# ----------------------------------------------------------------------------- replay
+def test_gaussian_kl_matches_torch() -> None:
+    gen = torch.Generator().manual_seed(0)
+    m1, m2, s1, s2 = (torch.randn(5, 3, generator=gen) for _ in range(4))
+    p = torch.distributions.Normal(m1, s1.exp())
+    q = torch.distributions.Normal(m2, s2.exp())
+    expected = torch.distributions.kl_divergence(p, q).sum(-1)
+    torch.testing.assert_close(gaussian_kl(m1, s1, m2, s2), expected)
+
+
+def test_bc_replay_distils_the_stored_policy() -> None:
+    agent = _agent("gru")
+    method = BCReplay(BCReplayConfig(sequences_per_task=6, batch_size=4))
+    assert method.extra_loss(agent, None, None) is None
+    method.on_task_end(0, SPEC, agent, _filled(agent, seed=0))
+    method.on_task_end(1, SPEC, agent, _filled(agent, seed=1, steps=8, envs=2))  # 2 chunks only
+    assert method.size == 6 + 2
+    assert method.source_task.tolist() == [0] * 6 + [1] * 2
+    rows = torch.arange(method.size)
+    # The stored answers are the agent's own: nothing to distil yet.
+    assert method.distillation_loss(agent, rows).item() == pytest.approx(0.0, abs=1e-6)
+    _perturb(agent, 0.05)
+    drifted = method.distillation_loss(agent, rows).item()
+    assert drifted > 1e-3
+    opt = torch.optim.SGD(agent.parameters(), lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        method.distillation_loss(agent, rows).backward()
+        opt.step()
+    assert method.distillation_loss(agent, rows).item() < 0.5 * drifted
+
+
+def test_bc_replay_with_burn_in_and_value_term() -> None:
+    agent = _agent("gru")
+    method = BCReplay(BCReplayConfig(sequences_per_task=4, burn_in=8, value_coef=1.0))
+    method.on_task_end(0, SPEC, agent, _filled(agent))
+    _perturb(agent, 0.05)
+    # Every step of 8-step sequences is burn-in: nothing is left in the loss.
+    assert method.distillation_loss(agent, torch.arange(4)).item() == 0.0
+    method.config.burn_in = 2
+    assert method.distillation_loss(agent, torch.arange(4)).item() > 0
+
+
+def test_bc_replay_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
+    agent = _agent("gru")
+    method = BCReplay(BCReplayConfig(sequences_per_task=5, batch_size=3))
+    method.on_task_end(0, SPEC, agent, _filled(agent))
+    method.extra_loss(agent, None, None)  # advance the sampling generator
+    save_checkpoint(tmp_path / "ckpt", {"method": method.state_dict()})
+    restored = BCReplay(BCReplayConfig(sequences_per_task=5, batch_size=3))
+    restored.load_state_dict(load_checkpoint(tmp_path / "ckpt")["method"])
+    assert restored.size == method.size
+    for key, value in method.store.items():
+        torch.testing.assert_close(restored.store[key], value)
+    for a, b in zip(restored.memory_leaves, method.memory_leaves, strict=True):
+        torch.testing.assert_close(a, b)
+    _perturb(agent, 0.05)
+    # Same next draw of stored sequences, same loss.
+    torch.testing.assert_close(
+        restored.extra_loss(agent, None, None), method.extra_loss(agent, None, None)
+    )
+    with pytest.raises(ValueError, match="another model"):
+        restored.distillation_loss(_agent("mlp"), torch.arange(2))
+
+
+# ----------------------------------------------------------------------------- registry
+def test_make_method_builds_and_rejects_clearly() -> None:
+    assert isinstance(make_method("ewc", {"coef": 5.0, "gamma": 0.9}), EWC)
+    assert make_method("l2").config.coef == L2Config().coef
+    assert make_method("bc_replay", {"batch_size": 2}).config.batch_size == 2
+    with pytest.raises(ValueError, match="valid methods: bc_replay, ewc, finetune, l2"):
+        make_method("packnet")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['lambda'\]"):
+        make_method("ewc", {"lambda": 1.0})
+    with pytest.raises(ValueError, match="gamma null or in"):
+        make_method("l2", {"gamma": 1.5})
+    with pytest.raises(ValueError, match="takes no options"):
+        make_method("finetune", {"coef": 1.0})
+    names = {f.name for f in fields(EWCConfig)}
+    assert {"coef", "gamma", "fisher_sequences", "include_value"} <= names
+
+
+# ----------------------------------------------------------------------------- multi-task env
+def _point_specs() -> list[TaskSpec]:
+    from hope_envs.curriculum import resolve_tasks
+
+    goals = ([0.6, 0.0], [-0.6, 0.0], [0.0, 0.6])
+    return resolve_tasks(
+        [{"id": "hope/PointReach-v0", "kwargs": {"goal": g}} for g in goals], steps_per_task=64
+    )
+
+
+def test_multitask_env_interleaves_every_task_evenly_and_reproducibly() -> None:
+    specs = _point_specs()
+
+    def episode_tasks(seed: int) -> tuple[list[int], list[float]]:
+        env = MultiTaskEnv(specs, OBS, ACT)
+        tasks, first_obs = [], []
+        obs, info = env.reset(seed=seed)
+        for _ in range(9):
+            tasks.append(info["task_index"])
+            first_obs.append(float(obs[0]))
+            obs, info = env.reset()
+        env.close()
+        return tasks, first_obs
+
+    tasks, obs = episode_tasks(3)
+    # Each block of 3 episodes is a permutation of the 3 tasks.
+    for k in range(3):
+        assert sorted(tasks[3 * k : 3 * k + 3]) == [0, 1, 2]
+    assert episode_tasks(3) == (tasks, obs)
+    assert episode_tasks(4)[0] != tasks or episode_tasks(4)[1] != obs
+
+
+def test_multitask_vector_env_has_the_runner_signature() -> None:
+    specs = _point_specs()
+    envs = multitask_env_factory(specs)(specs[0], OBS, ACT, 2, False)
+    obs, info = envs.reset(seed=[0, 1])
+    assert obs.shape == (2, OBS) and set(info["task_index"]) <= {0, 1, 2}
+    envs.close()
+
+
+# ----------------------------------------------------------------------------- end to end
+TINY = [
+    "steps_per_task=128",
+    "ppo.num_envs=2",
+    "ppo.rollout_len=32",
+    "ppo.seq_len=16",
+    "ppo.num_minibatches=2",
+    "ppo.epochs=1",
+    "eval.episodes=1",
+    "video.enabled=false",
+    "logger.progress=false",
+    "logger.tensorboard=false",
+    "device=cpu",
+]
+
+
+def _tiny_config(method: str) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        cfg = compose("config", overrides=["model=gru", "model.d_model=16", *TINY])
+    with open_dict(cfg):
+        cfg.curriculum.tasks = list(cfg.curriculum.tasks)[:2]
+        cfg.method = method
+    return cfg
+
+
+def _runner(cfg: DictConfig, method: Method, run_dir: Path) -> CurriculumRunner:
+    """The builder's parts with ``method`` injected (and its env factory for multitask)."""
+    device = resolve_device(cfg.device)
+    specs, obs_dim, act_dim = build_specs(cfg)
+    torch.manual_seed(int(cfg.seed))
+    agent = build_agent(cfg, obs_dim, act_dim, len(specs))
+    ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
+    ppo = PPO(
+        agent,
+        build_optimizer(agent, cfg),
+        ppo_cfg,
+        np.random.default_rng(0),
+        extra_loss=method.extra_loss,
+    )
+    make_envs: VecEnvFactory = make_vector_env
+    if method.name == "multitask":
+        make_envs = multitask_env_factory(specs)
+    return CurriculumRunner(
+        specs=specs,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        agent=agent,
+        ppo=ppo,
+        evaluator=build_evaluator(cfg, specs, obs_dim, act_dim, device, agent),
+        logger=Logger(run_dir, 256, tensorboard=False, progress=False),
+        method=method,
+        settings=RunnerSettings(
+            num_envs=int(cfg.ppo.num_envs),
+            rollout_len=int(cfg.ppo.rollout_len),
+            seq_len=int(cfg.ppo.seq_len),
+            seed=int(cfg.seed),
+        ),
+        run_dir=run_dir,
+        device=device,
+        make_envs=make_envs,
+    )
+
+
+@pytest.mark.parametrize("name", ["l2", "ewc", "bc_replay", "multitask"])
+def test_each_method_trains_over_a_tiny_curriculum(name: str, tmp_path: Path) -> None:
+    method = make_method(name)
+    summary = _runner(_tiny_config(name), method, tmp_path).run()
+    assert summary.perf.shape == (2, 2) and np.all(np.isfinite(summary.perf))
+    assert (tmp_path / "metrics.json").is_file()
+    tree = load_checkpoint(tmp_path / "checkpoints" / "stage_01")
+    assert tree["method"]["name"] == name
+    with open(tmp_path / "train.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("charts/stage")]
+    if name == "multitask":
+        assert all(not r.get("losses/extra") for r in rows)
+        return
+    # The method's loss joins PPO's from the second task on, never during the first.
+    first = [r["losses/extra"] for r in rows if float(r["charts/stage"]) == 0]
+    second = [r["losses/extra"] for r in rows if float(r["charts/stage"]) == 1]
+    assert first and all(v == "" for v in first)
+    assert second and all(float(v) >= 0 for v in second)
+    restored = make_method(name)
+    restored.load_state_dict(tree["method"]["state"])
+    assert restored.state_dict().keys() == method.state_dict().keys()
+    if isinstance(method, BCReplay):
+        assert method.size == 2 * 4  # every chunk of a 2-env, 2-chunk rollout, per task
+    else:
+        assert len(method.anchors) == 2

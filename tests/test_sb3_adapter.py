@@ -1,0 +1,182 @@
+"""SB3 baselines: the adapter acts like SB3's own predict, and a fine-tuned SB3 model goes through
+our evaluator into the same outputs as our runner's; its checkpoints reproduce its matrix."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from hope_agent.compare import read_perf_csv
+from hope_agent.sb3_adapter import (
+    SB3Agent,
+    SB3Settings,
+    load_sb3_agent,
+    register_sb3_config,
+    run_sb3_curriculum,
+    train_sb3,
+)
+from hope_agent.train.evaluator import Evaluator
+
+register_sb3_config()
+
+OBS, ACT = 4, 2
+TWO_TASKS = "curriculum.tasks=[{id: hope/PointReach-v0, kwargs: {goal: [0.6, 0.0]}}, {id: hope/PointReach-v0, kwargs: {goal: [-0.6, 0.0]}}]"  # noqa: E501
+
+
+def _specs(steps: int = 128) -> list[TaskSpec]:
+    goals = ([0.6, 0.0], [-0.6, 0.0])
+    return resolve_tasks(
+        [{"id": "hope/PointReach-v0", "kwargs": {"goal": g}} for g in goals], steps
+    )
+
+
+def _config(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        return compose(
+            "sb3_config",
+            overrides=[
+                TWO_TASKS,
+                "steps_per_task=256",
+                "n_envs=2",
+                "ppo_kwargs.n_steps=64",
+                "ppo_kwargs.batch_size=64",
+                "ppo_kwargs.n_epochs=2",
+                "eval.episodes=2",
+                "eval.every=128",
+                "video.height=48",
+                "video.width=64",
+                "video.frame_skip=25",
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sb3_ppo")
+    train_sb3(_config(), out)
+    return out
+
+
+def test_ppo_run_writes_the_runner_outputs(ppo_run: Path) -> None:
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "perf_matrix.csv",
+        "return_matrix.csv",
+        "curves.csv",
+        "plots/perf_matrix.png",
+        "plots/curves.png",
+        "checkpoints/stage_00/meta.json",
+        "checkpoints/stage_01/meta.json",
+        "videos/stage_01/all_tasks.mp4",
+        "sb3/progress.csv",
+    ):
+        assert (ppo_run / name).is_file(), name
+    metrics = json.loads((ppo_run / "metrics.json").read_text())
+    perf = np.array(metrics["perf_matrix"])
+    assert perf.shape == (2, 2) and np.all((perf >= 0) & (perf <= 1))
+    assert metrics["average_performance"] == pytest.approx(perf[-1].mean())
+    assert metrics["forgetting"] == pytest.approx((perf[0, 0] - perf[1, 0]) / 2)
+    assert metrics["env_steps"] == 2 * 256 and metrics["world_model_error"] is None
+    # eval.every=128 in 256-step stages: one periodic and one task-end evaluation per stage.
+    assert len((ppo_run / "curves.csv").read_text().splitlines()) == 1 + 2 * 2 * 2
+    cfg = (ppo_run / "config.yaml").read_text()
+    assert "method: finetune" in cfg and "name: sb3_ppo" in cfg
+
+
+def test_checkpoint_reproduces_the_final_row(ppo_run: Path) -> None:
+    agent, tree = load_sb3_agent(ppo_run / "checkpoints" / "stage_01")
+    assert tree["progress"]["global_step"] == 512
+    specs = _specs()
+    evaluator = Evaluator(specs, OBS, ACT, episodes=2, seed=100_000, device=torch.device("cpu"))
+    results = evaluator.evaluate(agent.as_agent())
+    evaluator.close()
+    metrics = json.loads((ppo_run / "metrics.json").read_text())
+    assert [r.perf for r in results] == metrics["perf_matrix"][-1]
+    returns = read_perf_csv(ppo_run / "return_matrix.csv")
+    np.testing.assert_allclose([r.mean_return for r in results], returns[-1], rtol=1e-6)
+
+
+def _model(algo: str) -> tuple[PPO | SAC, VecNormalize]:
+    spec = _specs()[0]
+    venv = VecNormalize(DummyVecEnv([lambda: make_env(spec, OBS, ACT)]))
+    # Statistics far from (0, 1), so that normalisation matters.
+    venv.obs_rms.mean = np.array([0.5, -0.2, 0.1, 0.0])
+    venv.obs_rms.var = np.array([4.0, 0.25, 1.0, 9.0])
+    kwargs = {"n_steps": 32, "batch_size": 32} if algo == "ppo" else {"learning_starts": 10}
+    cls = PPO if algo == "ppo" else SAC
+    model = cls("MlpPolicy", venv, seed=0, device="cpu", **kwargs)
+    # Move the policy away from its near-zero initial mean.
+    with torch.no_grad():
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return model, venv
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_adapter_acts_like_sb3_predict(algo: str) -> None:
+    model, venv = _model(algo)
+    agent = SB3Agent(model.policy, venv.obs_rms, venv.clip_obs)
+    raw = np.random.default_rng(0).normal(size=(16, OBS)).astype(np.float32) * 3
+    obs = agent.obs_norm(torch.as_tensor(raw))
+    np.testing.assert_allclose(obs.numpy(), venv.normalize_obs(raw), rtol=1e-5, atol=1e-6)
+    state = agent.init_state(16)
+    first = torch.ones(16, dtype=torch.bool)
+    res = agent.act(obs, state, first, deterministic=True)
+    expected, _ = model.predict(venv.normalize_obs(raw), deterministic=True)
+    np.testing.assert_allclose(res.env_action.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected).max() > 0.05  # a non-trivial policy
+    # Stochastic actions: reproducible from the generator, spread around the deterministic one.
+    draw = [
+        agent.act(obs, state, first, generator=torch.Generator().manual_seed(7)).env_action
+        for _ in range(2)
+    ]
+    torch.testing.assert_close(draw[0], draw[1])
+    assert not torch.equal(draw[0], res.env_action)
+    assert torch.all(draw[0].abs() <= 1.0)
+    # Per-row choice, as our evaluator asks for (the last row deterministic).
+    mixed = torch.zeros(16, dtype=torch.bool)
+    mixed[-1] = True
+    rows = agent.act(
+        obs, state, first, deterministic=mixed, generator=torch.Generator().manual_seed(7)
+    )
+    torch.testing.assert_close(rows.env_action[-1], res.env_action[-1])
+    torch.testing.assert_close(rows.env_action[:-1], draw[0][:-1])
+    pred_delta, pred_reward = agent.predict_world(res.output.features, res.env_action)
+    assert pred_delta.shape == (16, OBS) and torch.all(torch.isnan(pred_reward))
+
+
+def test_sac_fine_tunes_over_the_curriculum(tmp_path: Path) -> None:
+    settings = SB3Settings(
+        n_envs=1,
+        algo_kwargs={"learning_starts": 32, "batch_size": 32, "policy_kwargs": {"net_arch": [32]}},
+        eval_episodes=1,
+    )
+    summary = run_sb3_curriculum(_specs(), "sac", 96, seed=0, run_dir=tmp_path, settings=settings)
+    assert summary.env_steps == 2 * 96 and summary.perf.shape == (2, 2)
+    agent, tree = load_sb3_agent(tmp_path / "checkpoints" / "stage_01")
+    assert tree["meta"]["algo"] == "sac" and tree["meta"]["policy_kwargs"]["net_arch"] == [32]
+    assert not (tmp_path / "videos").exists()
+
+
+def test_bad_inputs_fail_with_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="algo must be one of ppo, sac"):
+        train_sb3(_config("algo=td3"), tmp_path)
+    with pytest.raises(ValueError, match="steps_per_task must be >= 1"):
+        train_sb3(_config("steps_per_task=0"), tmp_path)
+    with pytest.raises(ValueError, match="unknown SB3 algorithm"):
+        run_sb3_curriculum(_specs(), "dqn", 64, 0, tmp_path)
+    with pytest.raises(ValueError, match="not an SB3 checkpoint"):
+        from hope_agent.io import save_checkpoint
+
+        save_checkpoint(tmp_path / "other", {"meta": {"format": "hope_agent.train/1"}})
+        load_sb3_agent(tmp_path / "other")
+    assert not (tmp_path / "config.yaml").exists()
