@@ -2,12 +2,14 @@
 
 Each run directory (of ``scripts/train_curriculum.py`` or ``scripts/train_sb3.py``) holds its
 resolved config (``config.yaml``, else Hydra's ``.hydra/config.yaml``), ``metrics.json`` and
-``perf_matrix.csv``. Runs are grouped by their label ``<method>+<model>`` (``+task_id`` for the
-oracle), read from the config; for each group and each metric (average performance, forgetting,
-backward and forward transfer) the table gives the mean over seeds and a percentile-bootstrap
-confidence interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000 resamples, as Continual
-World reports). A metric a run could not compute (forward transfer without a reference AUC) is
-left out of that run's group; a group where no run has it shows an empty cell.
+``perf_matrix.csv``. Runs are grouped by their label ``<method>+<model>``, read from the config:
+``method`` (with its ``method_options`` when any, e.g. ``ewc[coef=10]``), ``model.name``, and
+``+task_id`` for the oracle (``agent.task_id``). For each group and each metric (average
+performance, forgetting, backward and forward transfer) the table gives the mean over seeds and
+a percentile-bootstrap confidence interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000
+resamples, as Continual World reports). A metric a run could not compute (forward transfer
+without a reference AUC) is left out of that run's group; a group where no run has it shows an
+empty cell.
 
 Outputs: ``comparison.csv``, ``comparison.md`` and ``comparison.png`` (:func:`write_comparison`).
 """
@@ -175,9 +177,14 @@ def load_run(run_dir: PathLike) -> RunResult:
     model = OmegaConf.select(cfg, "model.name", default=None)
     if model is None:
         raise ValueError(f"{path}: the run's config has no model.name; cannot label it")
+    method = str(OmegaConf.select(cfg, "method", default="finetune"))
+    options = OmegaConf.select(cfg, "method_options", default=None)
+    if options:
+        # Runs of one method with other options are other rows: ewc[coef=10].
+        method += "[" + ",".join(f"{k}={options[k]}" for k in sorted(options)) + "]"
     return RunResult(
         run_dir=path,
-        method=str(OmegaConf.select(cfg, "method", default="finetune")),
+        method=method,
         model=str(model),
         task_id=bool(OmegaConf.select(cfg, "agent.task_id", default=False)),
         seed=int(OmegaConf.select(cfg, "seed", default=0)),
@@ -296,7 +303,6 @@ def plot_comparison(
     """
     if not rows:
         raise ValueError("plot_comparison needs at least one row")
-    labels = [r.label for r in rows]
     y = np.arange(len(rows))
     height = max(3.0, 0.35 * len(rows) + 1.6)
     fig = Figure(figsize=(3.2 * len(METRICS) + 2.0, height), layout="constrained")
@@ -315,7 +321,7 @@ def plot_comparison(
         ax.axvline(0.0, color="0.3", linewidth=0.8)
         ax.set_title(METRIC_TITLES[key], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_yticks(y, [f"{r.label} (n={len(r.seeds)})" for r in rows], fontsize=8)
     axes[0].invert_yaxis()
     if title is not None:
         fig.suptitle(title)

@@ -33,12 +33,13 @@ def _write_run(
     forward_transfer: float | None = None,
     hydra_only: bool = False,
     task_id: bool = False,
+    method_options: str = "",
 ) -> Path:
     """A run directory as the trainer leaves it (only the files the comparison reads)."""
     run = root / name
     config = (
         f"curriculum:\n  name: {curriculum}\nmodel:\n  name: {model}\nmethod: {method}\n"
-        f"seed: {seed}\nagent:\n  task_id: {str(task_id).lower()}\n"
+        f"seed: {seed}\nagent:\n  task_id: {str(task_id).lower()}\n{method_options}"
     )
     config_path = run / (".hydra/config.yaml" if hydra_only else "config.yaml")
     config_path.parent.mkdir(parents=True)
@@ -123,6 +124,15 @@ def test_oracle_and_partial_metrics(tmp_path: Path) -> None:
     assert [r.label for r in rows] == ["finetune+gru+task_id"]
     assert rows[0].stats["forward_transfer"].n == 1
     assert "0.50 [0.50, 0.50] (n=1)" in table_markdown(rows)
+
+
+def test_method_options_make_their_own_rows(tmp_path: Path) -> None:
+    perf = [[1.0, 0.0], [0.5, 1.0]]
+    strong = "method_options:\n  coef: 1000.0\n  gamma: 0.9\n"
+    a = _write_run(tmp_path, "a", perf, method="ewc", method_options=strong)
+    b = _write_run(tmp_path, "b", perf, method="ewc")
+    rows = compare_runs([load_run(a), load_run(b)])
+    assert [r.label for r in rows] == ["ewc+gru", "ewc[coef=1000.0,gamma=0.9]+gru"]
 
 
 def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:

@@ -7,7 +7,10 @@ backbone output ``y_t``:
 - policy: a diagonal Gaussian with a state-independent learned log-std. Samples are unbounded;
   the environment receives them clipped to [-1, 1] and the log-probability is that of the
   unclipped sample (as in SB3 and cleanrl). Clipping, not tanh, keeps the log-prob exact without
-  a change-of-variables correction and keeps the mean a direct action;
+  a change-of-variables correction. The mean is kept near the action box by PPO's bound loss
+  (:func:`hope_agent.algos.ppo.bound_loss`), not by a squashing function: a saturated tanh (or a
+  mean far past the bound, whose clipped samples all give the same action) leaves no learning
+  signal when the next task needs the opposite action;
 - value: ``V(y_t)``;
 - world model: ``(Δobs, r) = WM([y_t, a_t])``, the normalised next-observation delta and the
   scaled reward, given the action actually applied. Its loss is an auxiliary training loss and

@@ -5,7 +5,8 @@ truncated-BPTT updates over a :class:`~hope_agent.algos.buffer.RolloutBuffer`:
 each chunk is replayed from its stored (detached) backbone memory with ``is_first`` resets, and
 autoreset steps (``valid == False``) are masked out of every loss.
 
-    L = -L_clip + vf_coef * L_value - ent_coef * H + wm_coef * L_world_model (+ method extra loss)
+    L = -L_clip + vf_coef * L_value - ent_coef * H + bound_coef * L_bound
+        + wm_coef * L_world_model (+ method extra loss)
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class PPOConfig:
         clip_value: clip the value update around the old values with ``clip_coef`` too.
         vf_coef: value loss weight.
         ent_coef: entropy bonus weight.
+        bound_coef: weight of the loss keeping the policy mean inside [-1, 1] (see
+            :func:`bound_loss`).
         wm_coef: world-model auxiliary loss weight (0 disables it).
         max_grad_norm: global gradient-norm clip (0 disables it).
         epochs: passes over each rollout.
@@ -72,6 +75,7 @@ class PPOConfig:
     clip_value: bool = False
     vf_coef: float = 0.5
     ent_coef: float = 0.0
+    bound_coef: float = 1.0
     wm_coef: float = 0.5
     max_grad_norm: float = 0.5
     epochs: int = 4
@@ -86,6 +90,7 @@ class PPOConfig:
             "clip_coef > 0": self.clip_coef > 0,
             "vf_coef >= 0": self.vf_coef >= 0,
             "ent_coef >= 0": self.ent_coef >= 0,
+            "bound_coef >= 0": self.bound_coef >= 0,
             "wm_coef >= 0": self.wm_coef >= 0,
             "max_grad_norm >= 0": self.max_grad_norm >= 0,
             "epochs >= 1": self.epochs >= 1,
@@ -145,6 +150,17 @@ def value_loss(
         clipped = old_value + (value - old_value).clamp(-clip_coef, clip_coef)
         err = torch.max(err, (clipped - returns).square())
     return 0.5 * masked_mean(err, mask)
+
+
+def bound_loss(mean: Tensor, mask: Tensor, bound: float = 1.0) -> Tensor:
+    """``mean(sum_i relu(|mu_i| - bound)^2)``: pulls the Gaussian mean back inside the action box.
+
+    Samples are clipped to [-1, 1]; a mean far outside makes every sample the same action, so the
+    policy gradient vanishes exactly when a new task needs the opposite action (rl_games' "bounds
+    loss" solves the same problem).
+    """
+    excess = (mean.abs() - bound).clamp_min(0.0)
+    return masked_mean(excess.square().sum(-1), mask)
 
 
 def world_model_loss(
@@ -214,7 +230,8 @@ class PPO:
             cfg.clip_coef if cfg.clip_value else None,
         )
         entropy = masked_mean(out.entropy(), mask)
-        loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy
+        bound = bound_loss(out.mean, mask)
+        loss = pg + cfg.vf_coef * v_loss - cfg.ent_coef * entropy + cfg.bound_coef * bound
         wm = torch.zeros((), device=loss.device)
         if cfg.wm_coef > 0:
             pred_delta, pred_reward = agent.predict_world(out.features, batch.env_action)
@@ -231,6 +248,7 @@ class PPO:
             policy=pg.detach(),
             value=v_loss.detach(),
             entropy=entropy.detach(),
+            bound=bound.detach(),
             world_model=wm.detach(),
         )
         return loss, stats

@@ -1,0 +1,330 @@
+"""Curricula as data: validation, common spaces, the env factory, reference returns, the script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hope_envs
+import numpy as np
+import pytest
+from gymnasium.spaces import Box
+from hope_envs import curriculum
+from hope_envs.curriculum import (
+    CurriculumError,
+    TaskSpec,
+    common_spaces,
+    curriculum_names,
+    defines_success,
+    load_curriculum,
+    make_env,
+    reference_returns,
+    resolve_tasks,
+)
+from hope_envs.wrappers import action_dim, to_common_action, to_task_action
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+POINT = "hope/PointReach-v0"
+
+
+class _ImageEnv(gym.Env[np.ndarray, np.ndarray]):
+    """A task with camera observations: a curriculum of padded vectors cannot take it."""
+
+    observation_space = Box(0, 255, (8, 8, 3), np.uint8)
+    action_space = Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        return np.zeros((8, 8, 3), np.uint8), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        return np.zeros((8, 8, 3), np.uint8), 0.0, False, False, {}
+
+
+gym.register("hope_test/ImageObs-v0", entry_point=_ImageEnv, max_episode_steps=10)
+
+
+def test_shipped_curricula_are_hydra_group_files() -> None:
+    assert {"fast", "locomotion", "cw10", "cw20", "gym_mixed"} <= set(curriculum_names())
+    for name in curriculum_names():
+        path = REPO / "configs" / "curriculum" / f"{name}.yaml"
+        assert path.read_text().startswith("# @package curriculum\n")
+        data = load_curriculum(name)
+        assert data["name"] == name
+        for task in data["tasks"]:
+            assert set(task) <= {"id", "kwargs", "steps", "name"}
+            assert task["steps"] is None
+
+
+def test_fast_curriculum_resolves_to_four_conflicting_goals() -> None:
+    specs = resolve_tasks(load_curriculum("fast")["tasks"], steps_per_task=30_000)
+    assert [spec.name for spec in specs] == [
+        "reach_east",
+        "reach_west",
+        "reach_north",
+        "reach_south",
+    ]
+    assert all(spec.id == POINT and spec.steps == 30_000 for spec in specs)
+    goals = np.array([spec.kwargs["goal"] for spec in specs])
+    # Opposite goals: the best action for one task is the worst for another.
+    assert np.allclose(goals[0], -goals[1]) and np.allclose(goals[2], -goals[3])
+    assert common_spaces(specs) == (4, 2)
+    assert all(defines_success(spec) for spec in specs)
+
+
+def test_hydra_group_composes_and_a_command_line_override_defines_a_new_curriculum() -> None:
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(overrides=["+curriculum=locomotion"])
+        specs = resolve_tasks(cfg.curriculum.tasks, steps_per_task=10)
+        assert [spec.name for spec in specs][:2] == ["run", "run_backward"]
+        cfg = compose(
+            overrides=[
+                "+curriculum=fast",
+                "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.1,0.2]},steps:7},"
+                "{id:hope/CheetahJump-v0}]",
+            ]
+        )
+    specs = resolve_tasks(cfg.curriculum.tasks, steps_per_task=10)
+    assert specs[0] == TaskSpec(POINT, {"goal": [0.1, 0.2]}, 7, "PointReach[goal=0.1,0.2]")
+    assert (specs[1].id, specs[1].steps, specs[1].name) == (
+        "hope/CheetahJump-v0",
+        10,
+        "CheetahJump",
+    )
+    assert type(specs[0].kwargs["goal"]) is list
+
+
+def test_repeated_names_get_a_suffix() -> None:
+    tasks = [{"id": POINT}, {"id": POINT}, {"id": POINT, "name": "PointReach"}]
+    names = [spec.name for spec in resolve_tasks(tasks, 5)]
+    assert names == ["PointReach", "PointReach#2", "PointReach#3"]
+    cw20_like = [{"id": POINT, "name": "a"}, {"id": POINT, "name": "b"}] * 2
+    assert [spec.name for spec in resolve_tasks(cw20_like, 5)] == ["a", "b", "a#2", "b#2"]
+
+
+def test_unknown_id_lists_close_matches_and_how_to_list_ids() -> None:
+    with pytest.raises(CurriculumError) as info:
+        resolve_tasks([{"id": "hope/PointReech-v0"}], 5)
+    message = str(info.value)
+    assert "hope/PointReach-v0" in message and "registered_ids()" in message
+    assert "curriculum task 0" in message
+
+
+@pytest.mark.parametrize(
+    ("tasks", "steps_per_task", "match"),
+    [
+        ([{"id": POINT, "step": 3}], 5, r"unknown keys \['step'\]"),
+        ([{"kwargs": {}}], 5, "needs an `id` string"),
+        ([{"id": POINT, "kwargs": [1, 2]}], 5, "`kwargs` must be a mapping"),
+        ([{"id": POINT, "steps": 0}], 5, "steps must be a positive integer"),
+        ([{"id": POINT, "steps": 2.5}], 5, "steps must be a positive integer"),
+        ([{"id": POINT, "steps": True}], 5, "steps must be a positive integer"),
+        ([{"id": POINT}], 0, "steps_per_task must be a positive integer"),
+        ([{"id": POINT, "kwargs": {"gaol": [0.1, 0.1]}}], 5, "unexpected keyword argument 'gaol'"),
+        ([{"id": POINT, "kwargs": {"goal": [3.0, 0.0]}}], 5, "goal must be 2 numbers"),
+        ([{"id": POINT, "kwargs": {"goal": object()}}], 5, "is not plain data"),
+        ([{"id": POINT, "name": ""}], 5, "`name` must be a non-empty string"),
+        ([], 5, "has no tasks"),
+        ("hope/PointReach-v0", 5, "must be a list of entries"),
+    ],
+)
+def test_bad_entries_raise_one_clear_error(tasks: Any, steps_per_task: int, match: str) -> None:
+    with pytest.raises(CurriculumError, match=match):
+        resolve_tasks(tasks, steps_per_task)
+
+
+@pytest.mark.parametrize(
+    ("env_id", "match"),
+    [
+        ("CartPole-v1", "not a continuous Box"),
+        ("hope_test/ImageObs-v0", "not a flat numeric vector"),
+    ],
+)
+def test_unmatched_spaces_raise_one_clear_error(env_id: str, match: str) -> None:
+    specs = resolve_tasks([{"id": POINT}, {"id": env_id, "name": "odd"}], 5)
+    with pytest.raises(CurriculumError, match=match) as info:
+        common_spaces(specs)
+    assert "task 'odd'" in str(info.value)
+
+
+def test_unbounded_actions_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unbounded"):
+        action_dim(Box(-np.inf, np.inf, (3,), np.float32))
+
+
+def test_missing_metaworld_extra_gives_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # makes `import metaworld` fail
+    curriculum._probe.cache_clear()  # a probe cached by another test would skip the build
+    with pytest.raises(CurriculumError, match=r'pip install -e "\.\[metaworld\]"'):
+        resolve_tasks(load_curriculum("cw10")["tasks"], 5)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[metaworld\]"'):
+        gym.make("hope/MetaWorld-v0", task="hammer-v3")
+
+
+def test_mixed_bodies_share_padded_observations_and_one_action_space() -> None:
+    specs = resolve_tasks(load_curriculum("gym_mixed")["tasks"], 5)
+    obs_dim, act_dim = common_spaces(specs)
+    assert (obs_dim, act_dim) == (17, 6)
+    for spec in specs:
+        native = gym.make(spec.id, **spec.kwargs)
+        width = native.observation_space.shape[0]
+        native_obs, _ = native.reset(seed=11)
+        env = make_env(spec, obs_dim, act_dim)
+        assert env.observation_space == Box(-np.inf, np.inf, (obs_dim,), np.float32)
+        assert env.action_space == Box(-1.0, 1.0, (act_dim,), np.float32)
+        obs, info = env.reset(seed=11)
+        assert obs.dtype == np.float32 and obs.shape == (obs_dim,)
+        np.testing.assert_allclose(obs[:width], native_obs, rtol=1e-6)
+        assert not obs[width:].any()
+        obs, _, _, _, info = env.step(env.action_space.sample())
+        assert obs.shape == (obs_dim,) and not obs[width:].any()
+        assert ("success" in info) == defines_success(spec)
+        env.close()
+        native.close()
+    assert [defines_success(spec) for spec in specs] == [True, False, False, False]
+
+
+def test_action_mapping_round_trip() -> None:
+    rng = np.random.default_rng(0)
+    low = np.array([-3.0, 0.0, 2.0], np.float32)
+    high = np.array([3.0, 0.5, 7.0], np.float32)
+    for _ in range(20):
+        common = rng.uniform(-1, 1, size=5).astype(np.float32)
+        task = to_task_action(common, low, high)
+        assert task.dtype == np.float32 and np.all((low <= task) & (task <= high))
+        back = to_common_action(task, low, high, act_dim=5)
+        np.testing.assert_allclose(back[:3], common[:3], atol=1e-6)
+        assert not back[3:].any()
+        in_bounds = rng.uniform(low, high).astype(np.float32)
+        np.testing.assert_allclose(
+            to_task_action(to_common_action(in_bounds, low, high, 5), low, high),
+            in_bounds,
+            rtol=1e-6,
+            atol=1e-6,
+        )
+    np.testing.assert_array_equal(to_task_action([5.0, -5.0, 0.0], low, high), [3.0, 0.0, 4.5])
+
+
+def test_wrapper_rescales_actions_and_ignores_extra_dims() -> None:
+    # InvertedPendulum's motor takes [-3, 3]: a common action of 0.5 must arrive as 1.5.
+    (spec,) = resolve_tasks([{"id": "InvertedPendulum-v5"}], 5)
+    env = make_env(spec, obs_dim=6, act_dim=3)
+    env.reset(seed=0)
+    env.step(np.array([0.5, 0.9, -0.9], np.float32))
+    assert env.unwrapped.data.ctrl[0] == pytest.approx(1.5)
+
+    (point,) = resolve_tasks([{"id": POINT}], 5)
+    a, b = make_env(point, 8, 6), make_env(point, 8, 6)
+    a.reset(seed=2)
+    b.reset(seed=2)
+    step_a = a.step(np.array([0.3, -0.6, 1, 1, 1, 1], np.float32))
+    step_b = b.step(np.array([0.3, -0.6, -1, 0, 0.5, -1], np.float32))
+    np.testing.assert_array_equal(step_a[0], step_b[0])
+    assert step_a[1] == step_b[1]
+
+
+def test_make_env_keeps_the_time_limit_and_seeding() -> None:
+    (spec,) = resolve_tasks([{"id": POINT, "kwargs": {"goal": [0.6, 0.0]}}], 5)
+    env = make_env(spec, 4, 2)
+    first, info = env.reset(seed=5)
+    assert info["success"] is False
+    steps, done = 0, False
+    while not done:
+        _, _, terminated, truncated, info = env.step(np.zeros(2, np.float32))
+        assert isinstance(info["success"], bool)
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 100 and truncated
+    again, _ = make_env(spec, 4, 2).reset(seed=5)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_make_env_renders_at_the_requested_size() -> None:
+    (spec,) = resolve_tasks([{"id": POINT}], 5)
+    env = make_env(spec, 4, 2, render_mode="rgb_array", render_size=(48, 64))
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (48, 64, 3) and frame.std() > 0
+    env.close()
+
+
+def test_shipped_reference_returns_cover_fast_and_locomotion() -> None:
+    for name in ("fast", "locomotion"):
+        for spec in resolve_tasks(load_curriculum(name)["tasks"], 30_000):
+            ref = reference_returns(spec)
+            assert ref is not None, spec.name
+            r_random, r_reference = ref
+            assert r_reference > r_random, spec.name
+    unmeasured = TaskSpec(POINT, {"goal": [0.2, 0.2]}, 30_000, "x")
+    assert reference_returns(unmeasured) is None
+
+
+def _reference_file(path: Path, budget: int, random: float, reference: float) -> None:
+    task = {
+        "id": POINT,
+        "kwargs": {"goal": [0.6, 0.0]},
+        "budget": budget,
+        "random": {"return_mean": random},
+        "reference": {"return_mean": reference},
+    }
+    path.write_text(json.dumps({"tasks": [task]}))
+
+
+def test_reference_returns_prefers_the_closest_budget(tmp_path: Path) -> None:
+    _reference_file(tmp_path / "a.json", 1_000, -60.0, -30.0)
+    _reference_file(tmp_path / "b.json", 5_000, -61.0, -15.0)
+    spec = TaskSpec(POINT, {"goal": [0.6, 0.0]}, 4_000, "reach")
+    assert reference_returns(spec, directory=tmp_path) == (-61.0, -15.0)
+    close_to_a = TaskSpec(POINT, {"goal": [0.6, 0]}, 1_500, "reach")
+    assert reference_returns(close_to_a, directory=tmp_path) == (-60.0, -30.0)
+
+
+def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Path) -> None:
+    module_spec = importlib.util.spec_from_file_location(
+        "make_reference", REPO / "scripts" / "make_reference.py"
+    )
+    assert module_spec is not None and module_spec.loader is not None
+    script = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(script)
+    out = script.main(
+        [
+            "--curriculum",
+            "fast",
+            "--steps",
+            "256",
+            "--episodes",
+            "2",
+            "--out",
+            str(tmp_path / "f.json"),
+        ]
+    )
+    record = json.loads(out.read_text())
+    assert record["preset"] == "short" and record["seeds"] == [0]
+    assert {"command", "date", "machine", "settings"} <= set(record)
+    assert [task["name"] for task in record["tasks"]] == [
+        "reach_east",
+        "reach_west",
+        "reach_north",
+        "reach_south",
+    ]
+    for spec in resolve_tasks(load_curriculum("fast")["tasks"], 256):
+        stored = next(task for task in record["tasks"] if task["name"] == spec.name)
+        assert stored["budget"] == 256 and 0.0 <= stored["random"]["success_rate"] <= 1.0
+        assert reference_returns(spec, directory=tmp_path) == (
+            stored["random"]["return_mean"],
+            stored["reference"]["return_mean"],
+        )
+
+
+def test_registered_ids_all_resolve() -> None:
+    ids = [env_id for env_id in hope_envs.registered_ids() if env_id != "hope/MetaWorld-v0"]
+    specs = resolve_tasks([{"id": env_id} for env_id in ids], 5)
+    assert common_spaces(specs) == (17, 6)

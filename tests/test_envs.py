@@ -1,0 +1,173 @@
+"""The MuJoCo tasks of hope_envs: API checks, seeding, rewards, success, and what they encode."""
+
+from __future__ import annotations
+
+import pickle
+
+import gymnasium as gym
+import hope_envs
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hope_envs.cheetah import REST_HEIGHT
+from hope_envs.curriculum import load_curriculum
+from hope_envs.metaworld_tasks import METAWORLD_ID
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+OWN_IDS = [env_id for env_id in hope_envs.registered_ids() if env_id != METAWORLD_ID]
+CHEETAH_IDS = [env_id for env_id in OWN_IDS if "Cheetah" in env_id]
+FAST_GOALS = [task["kwargs"]["goal"] for task in load_curriculum("fast")["tasks"]]
+
+
+def rollout(env: gym.Env, seed: int, steps: int) -> tuple[np.ndarray, list[float]]:
+    """First observation and the rewards of `steps` seeded random actions."""
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    rewards = [float(env.step(env.action_space.sample())[1]) for _ in range(steps)]
+    return obs, rewards
+
+
+def reach(env: gym.Env, goal: np.ndarray, seed: int) -> tuple[bool, float]:
+    """Drive the point mass to `goal` with a proportional controller: (any-step success, return)."""
+    obs, _ = env.reset(seed=seed)
+    success, total, done = False, 0.0, False
+    while not done:
+        action = np.clip(6.0 * (goal - obs[:2]), -1.0, 1.0)
+        obs, reward, terminated, truncated, info = env.step(action)
+        success, total, done = success or info["success"], total + reward, terminated or truncated
+    return success, total
+
+
+def test_registered_ids_are_namespaced_and_registered() -> None:
+    ids = hope_envs.registered_ids()
+    assert len(ids) == len(set(ids)) >= 7
+    assert all(env_id.startswith("hope/") and env_id in gym.registry for env_id in ids)
+    assert len(CHEETAH_IDS) >= 5
+
+
+@pytest.mark.parametrize("env_id", OWN_IDS)
+def test_gymnasium_and_sb3_checkers_pass(env_id: str) -> None:
+    env = gym.make(env_id)
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", OWN_IDS)
+def test_same_seed_same_rollout_other_seed_other_start(env_id: str) -> None:
+    env_a, env_b = gym.make(env_id), gym.make(env_id)
+    obs_a, rewards_a = rollout(env_a, seed=3, steps=20)
+    obs_b, rewards_b = rollout(env_b, seed=3, steps=20)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    assert rewards_a == rewards_b
+    obs_c, _ = rollout(env_b, seed=4, steps=0)
+    assert not np.array_equal(obs_a, obs_c)
+
+
+@pytest.mark.parametrize("env_id", OWN_IDS)
+def test_reward_is_the_sum_of_its_info_terms(env_id: str) -> None:
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for _ in range(30):
+        _, reward, _, _, info = env.step(env.action_space.sample())
+        terms = [value for key, value in info.items() if key.startswith("reward_")]
+        assert len(terms) >= 2
+        assert reward == pytest.approx(sum(terms), abs=1e-9)
+
+
+def test_time_limits_are_registered() -> None:
+    assert gym.spec("hope/PointReach-v0").max_episode_steps == 100
+    assert all(gym.spec(env_id).max_episode_steps == 1000 for env_id in CHEETAH_IDS)
+    env = gym.make("hope/PointReach-v0")
+    env.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        _, _, terminated, truncated, _ = env.step(np.zeros(2, dtype=np.float32))
+        assert not terminated
+        steps += 1
+    assert steps == 100
+
+
+@pytest.mark.parametrize("goal", FAST_GOALS)
+def test_every_fast_goal_is_reachable_and_random_actions_miss_it(goal: list[float]) -> None:
+    env = gym.make("hope/PointReach-v0", goal=goal)
+    for seed in range(3):
+        success, controller_return = reach(env, np.asarray(goal), seed)
+        assert success
+        _, random_rewards = rollout(env, seed, steps=100)
+        # The success radius is tight enough that chance does not reach it, and reaching it is
+        # what the reward pays for.
+        assert controller_return > sum(random_rewards) + 20.0
+
+
+def test_success_flag_follows_its_documented_radius() -> None:
+    env = gym.make("hope/PointReach-v0", goal=[0.3, 0.0], success_radius=0.1)
+    env.reset(seed=0)
+    for _ in range(100):
+        _, _, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
+        assert isinstance(info["success"], bool)
+        assert info["success"] == (info["distance"] < 0.1)
+
+
+def test_point_goal_is_not_observed() -> None:
+    """Tasks differ only in reward: the same seed and actions give the same observations."""
+    envs = [gym.make("hope/PointReach-v0", goal=goal) for goal in FAST_GOALS]
+    starts = [env.reset(seed=7)[0] for env in envs]
+    assert all(np.array_equal(starts[0], start) for start in starts)
+    action = np.array([0.5, -0.2], dtype=np.float32)
+    steps = [env.step(action) for env in envs]
+    assert all(np.array_equal(steps[0][0], step[0]) for step in steps)
+    assert len({step[1] for step in steps}) == len(envs)
+
+
+def test_bad_point_goal_raises_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="goal must be 2 numbers"):
+        gym.make("hope/PointReach-v0", goal=[2.0, 0.0])
+    with pytest.raises(ValueError, match="goal must be 2 numbers"):
+        gym.make("hope/PointReach-v0", goal=[0.1, 0.2, 0.3])
+
+
+def test_cheetah_rests_at_its_documented_height() -> None:
+    env = gym.make("hope/CheetahJump-v0", reset_noise_scale=0.0)
+    env.reset(seed=0)
+    for _ in range(60):
+        _, reward, _, _, info = env.step(np.zeros(6, dtype=np.float32))
+    assert info["z_torso"] == pytest.approx(REST_HEIGHT, abs=0.02)
+    assert abs(info["x_velocity"]) < 0.05
+    # At rest the jump task pays (almost) nothing: height must be earned.
+    assert reward == pytest.approx(0.0, abs=0.15)
+
+
+def test_running_forward_and_backward_are_opposite_tasks() -> None:
+    forward = gym.make("hope/CheetahRun-v0")
+    backward = gym.make("hope/CheetahRunBackward-v0")
+    forward.reset(seed=1)
+    backward.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        action = rng.uniform(-1, 1, size=6).astype(np.float32)
+        _, _, _, _, info_f = forward.step(action)
+        _, _, _, _, info_b = backward.step(action)
+        assert info_f["reward_forward"] == pytest.approx(-info_b["reward_backward"])
+        assert info_f["reward_ctrl"] == pytest.approx(info_b["reward_ctrl"])
+
+
+def test_front_stand_pays_for_raising_the_rear() -> None:
+    env = gym.make("hope/CheetahFrontStand-v0", reset_noise_scale=0.0)
+    env.reset(seed=0)
+    base = env.unwrapped
+    qpos, qvel = base.data.qpos.copy(), base.data.qvel.copy()
+    qpos[2] = 0.5  # pitch nose-down: the rear end rises
+    base.set_state(qpos, qvel)
+    _, _, _, _, info = env.step(np.zeros(6, dtype=np.float32))
+    assert info["z_rear"] > info["z_torso"] + 0.15
+    assert info["reward_stand"] > 0.5
+
+
+def test_envs_pickle_with_their_arguments() -> None:
+    env = gym.make("hope/PointReach-v0", goal=[-0.4, 0.5]).unwrapped
+    clone = pickle.loads(pickle.dumps(env))
+    np.testing.assert_array_equal(clone.goal, [-0.4, 0.5])
+    speed = gym.make("hope/CheetahTargetSpeed-v0", target_speed=-0.7).unwrapped
+    assert pickle.loads(pickle.dumps(speed))._target_speed == -0.7
