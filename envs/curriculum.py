@@ -79,36 +79,7 @@ def resolve_tasks(tasks: Sequence[Mapping[str, Any]], steps_per_task: int) -> li
     used_names: set[str] = set()
     for index, entry in enumerate(tasks):
         where = f"curriculum task {index}"
-        if not isinstance(entry, Mapping):
-            raise CurriculumError(
-                f"{where} must be a mapping {{id, kwargs, steps}}, got {entry!r}."
-            )
-        unknown = sorted(set(map(str, entry)) - set(_ENTRY_KEYS))
-        if unknown:
-            raise CurriculumError(
-                f"{where} has unknown keys {unknown}; allowed keys are {list(_ENTRY_KEYS)}."
-            )
-        env_id = entry.get("id")
-        if not isinstance(env_id, str) or not env_id:
-            raise CurriculumError(f"{where} needs an `id` string, e.g. id: hope/PointReach-v0.")
-        _check_id(env_id, where)
-        raw_kwargs = entry.get("kwargs")
-        if raw_kwargs is None:
-            raw_kwargs = {}
-        if not isinstance(raw_kwargs, Mapping):
-            raise CurriculumError(
-                f"{where} ({env_id}): `kwargs` must be a mapping, got {raw_kwargs!r}."
-            )
-        kwargs = {
-            str(k): _plain(v, f"{where} ({env_id}) kwargs.{k}") for k, v in raw_kwargs.items()
-        }
-        steps_value = entry.get("steps")
-        steps = (
-            default_steps if steps_value is None else _positive_int(steps_value, f"{where} steps")
-        )
-        name = entry.get("name")
-        if name is not None and (not isinstance(name, str) or not name):
-            raise CurriculumError(f"{where}: `name` must be a non-empty string, got {name!r}.")
+        env_id, kwargs, steps, name = _parse_entry(entry, where, default_steps)
         name = _unique_name(name or _default_name(env_id, kwargs), used_names)
         used_names.add(name)
         try:
@@ -223,6 +194,37 @@ def load_curriculum(name: str) -> dict[str, Any]:
     data = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
     assert isinstance(data, dict)
     return {str(k): v for k, v in data.items()}
+
+
+def _parse_entry(
+    entry: Any, where: str, default_steps: int
+) -> tuple[str, dict[str, Any], int, str | None]:
+    """`(id, kwargs, steps, name or None)` of one curriculum entry, each checked."""
+    if not isinstance(entry, Mapping):
+        raise CurriculumError(f"{where} must be a mapping {{id, kwargs, steps}}, got {entry!r}.")
+    unknown = sorted(set(map(str, entry)) - set(_ENTRY_KEYS))
+    if unknown:
+        raise CurriculumError(
+            f"{where} has unknown keys {unknown}; allowed keys are {list(_ENTRY_KEYS)}."
+        )
+    env_id = entry.get("id")
+    if not isinstance(env_id, str) or not env_id:
+        raise CurriculumError(f"{where} needs an `id` string, e.g. id: hope/PointReach-v0.")
+    _check_id(env_id, where)
+    raw_kwargs = entry.get("kwargs")
+    if raw_kwargs is None:
+        raw_kwargs = {}
+    if not isinstance(raw_kwargs, Mapping):
+        raise CurriculumError(
+            f"{where} ({env_id}): `kwargs` must be a mapping, got {raw_kwargs!r}."
+        )
+    kwargs = {str(k): _plain(v, f"{where} ({env_id}) kwargs.{k}") for k, v in raw_kwargs.items()}
+    steps_value = entry.get("steps")
+    steps = default_steps if steps_value is None else _positive_int(steps_value, f"{where} steps")
+    name = entry.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise CurriculumError(f"{where}: `name` must be a non-empty string, got {name!r}.")
+    return env_id, kwargs, steps, name
 
 
 def _positive_int(value: Any, what: str) -> int:
