@@ -20,7 +20,6 @@ from typing import Any, TypeVar  # noqa: E402
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
-from hope_envs.curriculum import CurriculumError  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -37,6 +36,7 @@ from hope_agent.train.evaluator import record_episodes  # noqa: E402
 from hope_agent.train.report import EvalEvent, RunRecord, write_results  # noqa: E402
 from hope_agent.train.runner import RunSummary, safe_name  # noqa: E402
 from hope_agent.video import tile_videos, write_video  # noqa: E402
+from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_configs()
 

@@ -11,9 +11,17 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
 from hope_agent.cli import evaluate, record, train
-from hope_agent.train.build import ConfigError, build_runner, load_trained_agent
-from hope_agent.train.evaluator import record_episodes
-from hope_agent.train.report import read_matrix_csv
+from hope_agent.optim import M3, MultiTimescaleOptimizer
+from hope_agent.train.build import (
+    ConfigError,
+    OptimizerChain,
+    build_agent,
+    build_runner,
+    build_specs,
+    load_trained_agent,
+)
+from hope_agent.train.evaluator import Evaluator, OnlineCMS, TaskEvaluation, record_episodes
+from hope_agent.train.report import EvalEvent, RunRecord, compute_metrics, read_matrix_csv
 from hope_agent.video import is_blank
 
 TINY = [
@@ -118,10 +126,9 @@ def test_single_stage_evaluation_and_mismatched_checkpoint(run_dir: Path, tmp_pa
 
 
 def test_recorded_rollouts_are_not_blank(run_dir: Path, tmp_path: Path) -> None:
-    paths = record(
-        _record_config(f"checkpoint={run_dir / 'checkpoints' / 'stage_01'}", f"out_dir={tmp_path}")
-    )
-    assert [p.name for p in paths][-1] == "all_tasks.mp4" and all(p.is_file() for p in paths)
+    checkpoint = run_dir / "checkpoints" / "stage_01"
+    paths = record(_record_config(f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "gif=true"))
+    assert [p.name for p in paths][-1] == "all_tasks.gif" and all(p.is_file() for p in paths)
     agent, _, specs, obs_dim, act_dim, _ = load_trained_agent(
         run_dir / "checkpoints" / "stage_01", None, torch.device("cpu")
     )
@@ -173,3 +180,75 @@ def _record_config(*overrides: str) -> DictConfig:
         return compose(
             "record", overrides=["device=cpu", "height=48", "width=64", "frame_skip=20", *overrides]
         )
+
+
+def test_m3_optimizer_and_async_envs_run(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        "ppo.optimizer=m3",
+        "ppo.async_envs=true",
+        "steps_per_task=128",
+        "eval.every=0",
+        "checkpoint.every=0",
+        "video.enabled=false",
+        "eval.episodes=1",
+        n_tasks=1,
+    )
+    runner = build_runner(cfg, tmp_path)
+    assert isinstance(runner.ppo.optimizer, OptimizerChain)
+    before = [p.detach().clone() for p in runner.agent.parameters()]
+    summary = runner.run()
+    assert summary.env_steps == 128 and np.isfinite(summary.perf[0, 0])
+    moved = [not torch.equal(a, b) for a, b in zip(before, runner.agent.parameters(), strict=True)]
+    assert sum(moved) > len(moved) // 2
+    m3 = runner.ppo.optimizer.optimizers[0]
+    assert isinstance(m3, MultiTimescaleOptimizer) and isinstance(m3.base, M3)
+    assert any("m1" in state for state in m3.base.state.values())
+
+
+def test_online_cms_adapts_a_copy_only() -> None:
+    pytest.importorskip("hope_agent.models.hope")
+    cfg = tiny_config(model="hope", n_tasks=1)
+    specs, obs_dim, act_dim = build_specs(cfg)
+    agent = build_agent(cfg, obs_dim, act_dim, 1)
+    online = OnlineCMS(["cms.0"], lr=0.05)
+    clone, optimizer = online.adapt(agent)
+    trainable = {id(p) for p in clone.parameters() if p.requires_grad}
+    assert trainable == {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert all(p.requires_grad for p in agent.parameters())
+    before = [p.detach().clone() for p in agent.parameters()]
+    cpu = torch.device("cpu")
+    plain = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu).evaluate_task(agent, 0)
+    adapted = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(agent, 0)
+    assert adapted.wm_error != plain.wm_error  # the deployed copy kept learning
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters(), strict=True))
+    with pytest.raises(ValueError, match="CMS levels"):
+        OnlineCMS(["cms.9"], lr=0.1).chosen(agent)
+
+
+def _event(stage: int, perfs: list[float], task_end: bool = True) -> EvalEvent:
+    results = [TaskEvaluation(f"t{j}", p, p, p, 0.0, 0.0, 0.5, 100.0) for j, p in enumerate(perfs)]
+    return EvalEvent(
+        global_step=stage * 10 + 5 * int(task_end), stage=stage, task_end=task_end, results=results
+    )
+
+
+def test_metrics_from_a_hand_made_record() -> None:
+    record = RunRecord(task_names=["t0", "t1"], stage_starts=[0, 10])
+    record.events = [
+        _event(0, [0.2, 0.0], task_end=False),
+        _event(0, [0.8, 0.1]),
+        _event(1, [0.5, 0.4], task_end=False),
+        _event(1, [0.4, 1.0]),
+    ]
+    m = compute_metrics(record, reference_auc=[0.25, 0.5])
+    assert m["average_performance"] == pytest.approx(0.7)
+    assert m["forgetting"] == pytest.approx((0.8 - 0.4) / 2)
+    assert m["auc"] == pytest.approx([0.5, 0.7])
+    assert m["forward_transfer"] == pytest.approx(((0.5 - 0.25) / 0.75 + (0.7 - 0.5) / 0.5) / 2)
+    smooth = compute_metrics(record, smooth_last=2)
+    assert smooth["average_performance"] == pytest.approx((0.45 + 0.7) / 2)
+    assert smooth["forward_transfer"] is None and smooth["notes"]
+    partial = RunRecord(task_names=["t0", "t1"], stage_starts=[0], events=record.events[:2])
+    assert compute_metrics(partial)["stages_completed"] == 1
+    record.events[-1].results[0].perf = float("nan")
+    assert compute_metrics(record)["average_performance"] is None

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
 from omegaconf import DictConfig, OmegaConf
 
 from hope_agent.agents.agent import Agent, AgentConfig
@@ -26,6 +25,7 @@ from hope_agent.train.evaluator import Evaluator, OnlineCMS
 from hope_agent.train.logger import Logger
 from hope_agent.train.methods import METHODS, make_method
 from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VideoSettings
+from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
 
 
 class ConfigError(ValueError):

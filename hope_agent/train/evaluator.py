@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from hope_envs.curriculum import TaskSpec, defines_success, make_env, reference_returns
 from torch import Tensor
 
 from hope_agent.agents.agent import Agent
 from hope_agent.metrics import normalized_score
 from hope_agent.optim import MultiTimescaleOptimizer
+from hope_envs.curriculum import TaskSpec, defines_success, make_env, reference_returns
 
 
 @dataclass

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hope_envs.curriculum import TaskSpec
 from torch import Tensor
 
 from hope_agent.agents.agent import Agent, AgentOutput
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_envs.curriculum import TaskSpec
 
 
 class Method:

@@ -24,7 +24,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from hope_envs.curriculum import TaskSpec
 
 from hope_agent.agents.agent import Agent, AgentState
 from hope_agent.algos.buffer import RolloutBuffer
@@ -36,6 +35,7 @@ from hope_agent.train.methods import Method
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.vec import make_vector_env
 from hope_agent.video import tile_videos, write_video
+from hope_envs.curriculum import TaskSpec
 
 VecEnvFactory = Callable[[TaskSpec, int, int, int, bool], gym.vector.VectorEnv]
 
@@ -295,8 +295,8 @@ class CurriculumRunner:
         c.ep_return += reward
         c.ep_length += valid
         if "success" in infos:
-            mask = infos.get("_success", np.ones_like(valid))
-            c.ep_success |= np.asarray(infos["success"], dtype=bool) & np.asarray(mask, dtype=bool)
+            mask = np.asarray(infos.get("_success", np.ones_like(valid)), dtype=bool) & valid
+            c.ep_success |= np.asarray(infos["success"], dtype=bool) & mask
         for i in np.flatnonzero(done):
             self._episode_stats.append((c.ep_return[i], c.ep_length[i], float(c.ep_success[i])))
         c.ep_return[done] = 0.0

@@ -10,6 +10,7 @@ from functools import partial
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
+
 from hope_envs.curriculum import TaskSpec, make_env
 
 
