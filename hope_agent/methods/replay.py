@@ -101,10 +101,10 @@ class BCReplayConfig:
         seed: seed of the sequence draws.
     """
 
-    coef: float = 1.0
+    coef: float = 10.0
     value_coef: float = 0.0
     sequences_per_task: int = 64
-    batch_size: int = 16
+    batch_size: int = 8
     burn_in: int = 0
     seed: int = 0
 
