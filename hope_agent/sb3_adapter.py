@@ -37,7 +37,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.spaces import Box
-from hope_envs.curriculum import TaskSpec, common_spaces, make_env, resolve_tasks
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from stable_baselines3 import PPO, SAC
@@ -66,6 +65,7 @@ from hope_agent.train.evaluator import Evaluator, record_episodes
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.runner import RunSummary, VideoSettings, safe_name
 from hope_agent.video import tile_videos, write_video
+from hope_envs.curriculum import TaskSpec, common_spaces, make_env, resolve_tasks
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES: dict[str, type[BasePolicy]] = {"ppo": ActorCriticPolicy, "sac": SACPolicy}

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -58,6 +57,9 @@ def write_video(path: PathLike, frames: Sequence[Frame], fps: float = 30) -> Pat
 
 
 def _write_mp4(path: Path, frames: list[Frame], fps: float) -> None:
+    # Imported here so that GIF output, and every module importing this one, work without ffmpeg.
+    import imageio_ffmpeg
+
     h, w, _ = frames[0].shape
     pad = ((0, h % 2), (0, w % 2), (0, 0))
     writer = imageio_ffmpeg.write_frames(

@@ -16,11 +16,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
-from hope_envs.curriculum import CurriculumError  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from hope_agent.sb3_adapter import register_sb3_config, train_sb3  # noqa: E402
+from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_sb3_config()
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hope_envs.curriculum import TaskSpec
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
@@ -40,6 +39,7 @@ from hope_agent.train.config import register_configs
 from hope_agent.train.logger import Logger
 from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VecEnvFactory
 from hope_agent.train.vec import make_vector_env
+from hope_envs.curriculum import TaskSpec
 
 register_configs()
 
@@ -63,8 +63,10 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float =
     is_first = torch.ones(n, dtype=torch.bool)
     valid = torch.ones(n, dtype=torch.bool)
     obs = torch.randn(n, OBS, generator=gen)
+    task = torch.zeros(n, dtype=torch.long)
+    task_arg = task if agent.config.task_id else None
     for t in range(buffer.num_steps):
-        res = agent.act(obs, state, is_first, generator=gen)
+        res = agent.act(obs, state, is_first, generator=gen, task=task_arg)
         next_obs = torch.randn(n, OBS, generator=gen)
         reward = res.action[:, 0].clamp(-1, 1) * valid
         done = valid & (torch.rand(n, generator=gen) < done_prob)
@@ -76,7 +78,7 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float =
             prev_action=state.prev_action,
             prev_reward=state.prev_reward,
             is_first=is_first,
-            task=torch.zeros(n, dtype=torch.long),
+            task=task,
             action=res.action,
             env_action=res.env_action,
             log_prob=res.log_prob,
@@ -88,7 +90,9 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float =
         )
         state = agent.observe_reward(res.state, reward)
         is_first, valid, obs = ~valid, ~done, next_obs
-    out, _ = agent.step(obs, state.prev_action, state.prev_reward, is_first, state.memory)
+    out, _ = agent.step(
+        obs, state.prev_action, state.prev_reward, is_first, state.memory, task=task_arg
+    )
     buffer.compute_advantages(out.value, 0.99, 0.95)
 
 
@@ -213,6 +217,23 @@ def test_bc_replay_distils_the_stored_policy() -> None:
         method.distillation_loss(agent, rows).backward()
         opt.step()
     assert method.distillation_loss(agent, rows).item() < 0.5 * drifted
+
+
+def test_methods_feed_the_task_id_to_oracle_agents() -> None:
+    torch.manual_seed(0)
+    config = AgentConfig(obs_dim=OBS, act_dim=ACT, num_tasks=2, task_id=True)
+    agent = Agent(make_backbone("gru", 16), config)
+    _perturb(agent, 0.3)  # away from the near-zero initial policy head
+    buffer = _filled(agent)  # every step labelled task 0
+    replay = BCReplay(BCReplayConfig(sequences_per_task=4))
+    replay.on_task_end(0, SPEC, agent, buffer)
+    assert replay.distillation_loss(agent, torch.arange(4)).item() == pytest.approx(0.0, abs=1e-6)
+    # The stored task index reaches the agent: relabelled sequences get other answers.
+    replay.store["task"].fill_(1)
+    assert replay.distillation_loss(agent, torch.arange(4)).item() > 1e-3
+    fisher = diagonal_fisher(agent, buffer, max_sequences=8)
+    assert fisher["embed.weight"][:, -2].abs().sum() > 0  # the task-0 one-hot column
+    assert torch.all(fisher["embed.weight"][:, -1] == 0)  # task 1 never seen
 
 
 def test_bc_replay_with_burn_in_and_value_term() -> None:

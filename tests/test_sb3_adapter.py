@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
@@ -23,6 +22,7 @@ from hope_agent.sb3_adapter import (
     train_sb3,
 )
 from hope_agent.train.evaluator import Evaluator
+from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
 
 register_sb3_config()
 

@@ -24,10 +24,10 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
-from hope_envs.curriculum import TaskSpec, make_env
 
 from hope_agent.train.methods import Method
 from hope_agent.train.runner import VecEnvFactory
+from hope_envs.curriculum import TaskSpec, make_env
 
 
 class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hope_envs.curriculum import TaskSpec
 from torch import Tensor
 
 from hope_agent.agents.agent import Agent, AgentOutput
@@ -34,6 +33,7 @@ from hope_agent.methods.replay import (
     sequence_outputs,
 )
 from hope_agent.train.methods import Method
+from hope_envs.curriculum import TaskSpec
 
 ParamTensors = dict[str, Tensor]
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hope_envs.curriculum import TaskSpec
 from torch import Tensor
 
 from hope_agent.agents.agent import Agent, AgentOutput
@@ -38,6 +37,7 @@ from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.ppo import masked_mean
 from hope_agent.models.state import State
 from hope_agent.train.methods import Method
+from hope_envs.curriculum import TaskSpec
 
 # The stored inputs of a sequence, in SequenceBatch's field names.
 _INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")

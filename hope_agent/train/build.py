@@ -18,13 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from hope_agent.agents.agent import Agent, AgentConfig
 from hope_agent.algos.ppo import PPO, PPOConfig
 from hope_agent.io import CheckpointError, load_checkpoint
+from hope_agent.methods import METHODS, make_method, multitask_env_factory
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
 from hope_agent.train.config import Device, OptimizerName, TrainConfig
 from hope_agent.train.evaluator import Evaluator, OnlineCMS
 from hope_agent.train.logger import Logger
-from hope_agent.train.methods import METHODS, make_method
-from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VideoSettings
+from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VecEnvFactory, VideoSettings
+from hope_agent.train.vec import make_vector_env
 from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
 
 
@@ -96,6 +97,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     need(cfg.model.name in BACKBONES, "model.name", f"must be one of {', '.join(BACKBONES)}")
     need(cfg.model.d_model >= 1, "model.d_model", "must be >= 1")
     need(cfg.method in METHODS, "method", f"must be one of {', '.join(sorted(METHODS))}")
+    need(
+        not (cfg.method == "multitask" and cfg.agent.task_id),
+        "method",
+        "multitask does not support agent.task_id=true yet (the runner labels steps by stage)",
+    )
     need(ppo.num_envs >= 1, "ppo.num_envs", "must be >= 1")
     need(ppo.seq_len >= 1, "ppo.seq_len", "must be >= 1")
     need(
@@ -243,7 +249,15 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         raise ConfigError(str(e)) from e
     torch.manual_seed(int(cfg.seed))
     agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
-    method = make_method(str(cfg.method))
+    options = OmegaConf.to_container(cfg.method_options, resolve=True)
+    assert isinstance(options, dict)
+    try:
+        method = make_method(str(cfg.method), {str(k): v for k, v in options.items()})
+    except ValueError as e:
+        raise ConfigError(f"method={cfg.method}: {e}") from e
+    make_envs: VecEnvFactory = make_vector_env
+    if cfg.method == "multitask":
+        make_envs = multitask_env_factory(specs)
     ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
     ppo = PPO(
         agent,
@@ -299,6 +313,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         run_dir=run_dir,
         device=device,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        make_envs=make_envs,
     )
 
 

@@ -166,6 +166,8 @@ class TrainConfig:
     video: VideoSection = field(default_factory=VideoSection)
     logger: LoggerSection = field(default_factory=LoggerSection)
     method: str = "finetune"
+    # Options of the method's config (hope_agent.methods.METHOD_CONFIGS), e.g. {coef: 1000}.
+    method_options: dict[str, Any] = field(default_factory=dict)
     steps_per_task: int = 30_000
     seed: int = 0
     device: Device = Device.auto

@@ -52,12 +52,3 @@ class Finetune(Method):
 
     name = "finetune"
 
-
-METHODS: dict[str, type[Method]] = {"finetune": Finetune}
-
-
-def make_method(name: str) -> Method:
-    """Build a method by name (``method=...`` in the config)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[name]()

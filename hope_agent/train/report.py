@@ -13,6 +13,8 @@ Files (all written atomically): ``perf_matrix.csv``, ``perf_matrix_deterministic
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -174,10 +176,8 @@ def matrix_csv(matrix: np.ndarray, task_names: Sequence[str]) -> str:
 
 def read_matrix_csv(path: Path) -> np.ndarray:
     """Read a matrix written by :func:`matrix_csv` (empty cells are NaN)."""
-    lines = Path(path).read_text().strip().splitlines()
-    return np.array(
-        [[float(c) if c else np.nan for c in line.split(",")[1:]] for line in lines[1:]]
-    )
+    lines = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
+    return np.array([[float(c) if c else np.nan for c in line[1:]] for line in lines if line])
 
 
 def write_results(
