@@ -14,14 +14,17 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import sys  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, TypeVar  # noqa: E402
 
 import hydra  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.errors import HydraException, MissingConfigException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
 from hope_agent.train.build import (  # noqa: E402
@@ -29,10 +32,13 @@ from hope_agent.train.build import (  # noqa: E402
     build_evaluator,
     build_runner,
     load_trained_agent,
+    omegaconf_problem,
     resolve_device,
+    resume_point,
 )
 from hope_agent.train.config import register_configs  # noqa: E402
 from hope_agent.train.evaluator import record_episodes  # noqa: E402
+from hope_agent.train.faults import EnvRestartError, TrainingDiverged  # noqa: E402
 from hope_agent.train.report import EvalEvent, RunRecord, write_results  # noqa: E402
 from hope_agent.train.runner import RunSummary, safe_name  # noqa: E402
 from hope_agent.video import tile_videos, write_video  # noqa: E402
@@ -50,12 +56,17 @@ def _set_threads(n: int) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
-    """Train over ``cfg``'s curriculum, writing every output into ``run_dir``."""
+    """Train over ``cfg``'s curriculum, writing every output into ``run_dir``.
+
+    With ``resume=true`` the run continues from the newest valid checkpoint in ``run_dir``
+    (see :func:`hope_agent.train.build.resume_point`).
+    """
     run_dir = Path(run_dir)
     _set_threads(int(cfg.torch_threads))
+    start = resume_point(cfg, run_dir)
     runner = build_runner(cfg, run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    return runner.run()
+    return runner.run(resume_from=start)
 
 
 def _stage_checkpoints(run_dir: Path, stage: int | None) -> list[Path]:
@@ -86,6 +97,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "give exactly one of run_dir=PATH (optionally with stage=K) or checkpoint=PATH"
         )
+    bad = [
+        f"{key} must be >= 0 (got {value})"
+        for key, value in (
+            ("episodes", cfg.episodes),
+            ("stage", cfg.stage),
+            ("torch_threads", cfg.torch_threads),
+        )
+        if value is not None and value < 0
+    ]
+    if bad:
+        raise ConfigError("; ".join(bad))
     device = resolve_device(cfg.device)
     run_cfg: DictConfig | None = None
     if cfg.run_dir is not None:
@@ -148,6 +170,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 def record(cfg: DictConfig) -> list[Path]:
     """Record an mp4 (or gif) per task and one grid video of all tasks from a checkpoint."""
+    if cfg.torch_threads < 0:
+        raise ConfigError(f"torch_threads must be >= 0 (got {cfg.torch_threads})")
     _set_threads(int(cfg.torch_threads))
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("give checkpoint=PATH (a folder under <run_dir>/checkpoints/)")
@@ -184,32 +208,81 @@ def record(cfg: DictConfig) -> list[Path]:
     return written
 
 
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on a single line (Hydra and OmegaConf messages span several)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def _report_user_errors(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except USER_ERRORS as e:
         # One line, no traceback: these are input mistakes, not bugs.
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {one_line(e)}") from None
+    except (TrainingDiverged, EnvRestartError) as e:
+        # The run stopped on purpose; the warnings logged before say what led there.
+        raise SystemExit(f"error: {one_line(e)}") from None
+
+
+def check_overrides(config_name: str, overrides: Sequence[str]) -> None:
+    """Compose ``config_name`` with command-line ``overrides`` as Hydra will; raise one-line
+    :class:`ConfigError` naming a bad override (unknown key, wrong type, unknown group option).
+    """
+    try:
+        with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+            compose(config_name, overrides=list(overrides))
+    except MissingConfigException as e:
+        options = f"; available: {', '.join(e.options)}" if e.options else ""
+        raise ConfigError(f"{str(e).strip().splitlines()[0]}{options}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__
+        detail = omegaconf_problem(cause) if isinstance(cause, OmegaConfBaseException) else None
+        head = one_line(e)
+        raise ConfigError(f"{head} ({detail})" if detail else head) from None
+
+
+def _precheck(config_name: str) -> None:
+    args = sys.argv[1:]
+    # Flags (--multirun, --cfg, --help, ...) change what Hydra does with the overrides: leave
+    # those command lines to Hydra itself.
+    if any(a.startswith("-") for a in args):
+        return
+    _report_user_errors(lambda: check_overrides(config_name, args))
 
 
 @hydra.main(config_path="pkg://hope_configs", config_name="config", version_base="1.3")
-def train_main(cfg: DictConfig) -> None:
-    """``hope-train`` / ``scripts/train_curriculum.py``."""
+def _train_hydra(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     summary = _report_user_errors(lambda: train(cfg, run_dir))
     print(f"run directory: {summary.run_dir}")
 
 
 @hydra.main(config_path="pkg://hope_configs", config_name="eval", version_base="1.3")
-def evaluate_main(cfg: DictConfig) -> None:
-    """``hope-evaluate`` / ``scripts/evaluate_forgetting.py``."""
+def _evaluate_hydra(cfg: DictConfig) -> None:
     metrics = _report_user_errors(lambda: evaluate(cfg))
     keys = ("average_performance", "forgetting", "backward_transfer", "world_model_error")
     print(", ".join(f"{k}={metrics[k]}" for k in keys), file=sys.stdout)
 
 
 @hydra.main(config_path="pkg://hope_configs", config_name="record", version_base="1.3")
-def record_main(cfg: DictConfig) -> None:
-    """``hope-record`` / ``scripts/record_rollouts.py``."""
+def _record_hydra(cfg: DictConfig) -> None:
     for path in _report_user_errors(lambda: record(cfg)):
         print(path)
+
+
+def train_main() -> None:
+    """``hope-train`` / ``scripts/train_curriculum.py``."""
+    _precheck("config")
+    _train_hydra()
+
+
+def evaluate_main() -> None:
+    """``hope-evaluate`` / ``scripts/evaluate_forgetting.py``."""
+    _precheck("eval")
+    _evaluate_hydra()
+
+
+def record_main() -> None:
+    """``hope-record`` / ``scripts/record_rollouts.py``."""
+    _precheck("record")
+    _record_hydra()

@@ -266,11 +266,16 @@ def table_markdown(
     rows: Sequence[ComparisonRow], curriculum: str = "", confidence: float = 0.9
 ) -> str:
     """A Markdown table: one row per label, ``mean [low, high]`` per metric."""
-    head = ["method", "model", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
+    head = ["method", "model", "task id", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     partial = False
     for row in rows:
-        cells = [row.method, row.model, str(len(row.seeds))]
+        cells = [
+            row.method,
+            row.model,
+            "given" if row.label.endswith("+task_id") else "–",
+            str(len(row.seeds)),
+        ]
         for key in METRICS:
             st = row.stats.get(key)
             if st is None:

@@ -95,7 +95,10 @@ def test_table_of_fake_runs(runs: Path) -> None:
     assert csv_text.splitlines()[1].startswith("ewc+gru,ewc,gru,0 1,2,0.65,")
     assert csv_text.splitlines()[2].endswith(",,,,")  # finetune: forward transfer empty
     md = table_markdown(rows, "fast")
-    assert "| ewc | gru | 2 | 0.65 [" in md and "| finetune | gru | 1 | 0.50 [0.50, 0.50] |" in md
+    assert (
+        "| ewc | gru | – | 2 | 0.65 [" in md
+        and "| finetune | gru | – | 1 | 0.50 [0.50, 0.50] |" in md
+    )
     assert "–" in md and "`fast` curriculum" in md
 
 
@@ -105,7 +108,7 @@ def test_write_comparison_files_and_script(runs: Path, tmp_path: Path) -> None:
     assert len(rows) == 2
     assert (out / "comparison.png").stat().st_size > 5000
     assert (out / "comparison.csv").read_text() == table_csv(rows)
-    assert (out / "comparison.md").read_text().startswith("| method | model | seeds |")
+    assert (out / "comparison.md").read_text().startswith("| method | model | task id | seeds |")
     spec = importlib.util.spec_from_file_location(
         "compare_script", Path(__file__).parents[1] / "scripts" / "compare.py"
     )

@@ -11,6 +11,7 @@ autoreset steps (``valid == False``) are masked out of every loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,6 +46,10 @@ class OptimizerLike(Protocol):
 
     def state_dict(self) -> dict[str, Any]:
         """Serialisable state."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         ...
 
 
@@ -254,19 +259,35 @@ class PPO:
         return loss, stats
 
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """Run the epochs over a filled buffer (advantages computed); return mean diagnostics."""
+        """Run the epochs over a filled buffer (advantages computed); return mean diagnostics.
+
+        A minibatch whose loss or gradient norm is not finite is skipped (no optimizer step, its
+        gradients dropped) and counted in ``nonfinite_steps``; the means are over the steps
+        taken (``updates``).
+        """
         cfg = self.config
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         totals: dict[str, float] = {}
-        n = 0
+        n = skipped = 0
         stop = False
         for _ in range(cfg.epochs):
             for batch in buffer.minibatches(cfg.num_minibatches, self.rng):
                 loss, stats = self.loss(batch)
+                if not bool(torch.isfinite(loss)):
+                    skipped += 1
+                    continue
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # An infinite bound still returns the norm, and scales every gradient by 1.
+                bound = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                norm = nn.utils.clip_grad_norm_(params, bound)
+                if not bool(torch.isfinite(norm)):
+                    # One bad gradient would poison the weights and the optimizer's moments.
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
                 if cfg.max_grad_norm > 0:
-                    stats["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    stats["grad_norm"] = norm
                 self.optimizer.step()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
@@ -281,4 +302,5 @@ class PPO:
             buffer.value, buffer.returns, buffer.valid
         )
         result["updates"] = float(n)
+        result["nonfinite_steps"] = float(skipped)
         return result

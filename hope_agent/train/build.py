@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from hope_agent.agents.agent import Agent, AgentConfig
 from hope_agent.algos.ppo import PPO, PPOConfig
@@ -23,8 +25,15 @@ from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
 from hope_agent.train.config import Device, OptimizerName, TrainConfig
 from hope_agent.train.evaluator import Evaluator, OnlineCMS
+from hope_agent.train.faults import FaultSettings
 from hope_agent.train.logger import Logger
-from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VecEnvFactory, VideoSettings
+from hope_agent.train.runner import (
+    CurriculumRunner,
+    RunnerSettings,
+    VecEnvFactory,
+    VideoSettings,
+    latest_checkpoint,
+)
 from hope_agent.train.vec import make_vector_env
 from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
 
@@ -85,6 +94,12 @@ def resolve_device(device: Device | str) -> torch.device:
 def validate_train_config(cfg: DictConfig) -> None:
     """Check every value the schema's types cannot; raise one :class:`ConfigError` listing all
     problems."""
+    try:
+        # Keys added with a `+key=value` override escape Hydra's struct check: the schema sees
+        # them here.
+        as_train_config(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config: {omegaconf_problem(e)}") from None
     problems: list[str] = []
 
     def need(ok: bool, key: str, rule: str) -> None:
@@ -93,6 +108,7 @@ def validate_train_config(cfg: DictConfig) -> None:
 
     ppo = cfg.ppo
     need(cfg.steps_per_task >= 1, "steps_per_task", "must be >= 1")
+    need(cfg.seed >= 0, "seed", "must be >= 0 (env seeds are derived from it)")
     need(cfg.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = torch's default)")
     need(cfg.model.name in BACKBONES, "model.name", f"must be one of {', '.join(BACKBONES)}")
     need(cfg.model.d_model >= 1, "model.d_model", "must be >= 1")
@@ -116,6 +132,19 @@ def validate_train_config(cfg: DictConfig) -> None:
         f"must lie in [1, {n_chunks}] (rollout_len / seq_len x num_envs chunks)",
     )
     need(ppo.lr > 0, "ppo.lr", "must be > 0")
+    need(ppo.weight_decay >= 0, "ppo.weight_decay", "must be >= 0")
+    m3 = ppo.m3
+    need(m3.lr > 0, "ppo.m3.lr", "must be > 0")
+    need(
+        len(m3.betas) == 3 and all(0 <= b < 1 for b in m3.betas),
+        "ppo.m3.betas",
+        "must be three numbers in [0, 1)",
+    )
+    need(m3.slow_every >= 1, "ppo.m3.slow_every", "must be >= 1")
+    need(m3.ns_steps >= 1, "ppo.m3.ns_steps", "must be >= 1")
+    need(cfg.agent.obs_clip > 0, "agent.obs_clip", "must be > 0")
+    need(cfg.agent.reward_clip > 0, "agent.reward_clip", "must be > 0")
+    need(cfg.eval.seed >= 0, "eval.seed", "must be >= 0")
     need(cfg.eval.every >= 0, "eval.every", "must be >= 0 (0 = at task ends only)")
     need(cfg.eval.episodes >= 0, "eval.episodes", "must be >= 0")
     need(
@@ -133,8 +162,24 @@ def validate_train_config(cfg: DictConfig) -> None:
         PPOConfig(**{f.name: ppo[f.name] for f in fields(PPOConfig)})
     except ValueError as e:
         problems.append(str(e))
+    try:
+        fault_settings(cfg)
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def omegaconf_problem(error: OmegaConfBaseException) -> str:
+    """One line naming the key and the problem of an OmegaConf error (its message spans lines)."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {first}" if key else first
+
+
+def fault_settings(cfg: DictConfig) -> FaultSettings:
+    """The ``faults`` section as :class:`FaultSettings` (``ValueError`` for a bad value)."""
+    return FaultSettings(**{f.name: cfg.faults[f.name] for f in fields(FaultSettings)})
 
 
 def as_train_config(raw: DictConfig | dict[str, Any] | str) -> DictConfig:
@@ -235,7 +280,14 @@ def build_evaluator(
         except ValueError as e:
             raise ConfigError(str(e)) from e
     return Evaluator(
-        specs, obs_dim, act_dim, int(cfg.eval.episodes), int(cfg.eval.seed), device, online
+        specs,
+        obs_dim,
+        act_dim,
+        int(cfg.eval.episodes),
+        int(cfg.eval.seed),
+        device,
+        online,
+        obs_limit=float(cfg.faults.obs_limit),
     )
 
 
@@ -255,13 +307,18 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         method = make_method(str(cfg.method), {str(k): v for k, v in options.items()})
     except ValueError as e:
         raise ConfigError(f"method={cfg.method}: {e}") from e
-    make_envs: VecEnvFactory = make_vector_env
+    faults = fault_settings(cfg)
+    make_envs: VecEnvFactory = partial(make_vector_env, obs_limit=faults.obs_limit)
     if cfg.method == "multitask":
         make_envs = multitask_env_factory(specs)
     ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
+    try:
+        optimizer = build_optimizer(agent, cfg)
+    except ValueError as e:
+        raise ConfigError(f"ppo.optimizer={cfg.ppo.optimizer.name}: {e}") from e
     ppo = PPO(
         agent,
-        build_optimizer(agent, cfg),
+        optimizer,
         ppo_cfg,
         np.random.default_rng(int(cfg.seed)),
         extra_loss=method.extra_loss,
@@ -290,6 +347,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         )
         if v.enabled
         else None,
+        faults=faults,
     )
     total = sum(
         -(-s.steps // (settings.rollout_len * settings.num_envs))
@@ -318,6 +376,76 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# Keys a resumed run may change: they alter where and how it runs, not what it computes.
+RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "logger", "faults")
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint a run in ``run_dir`` continues from, or ``None`` for a fresh start.
+
+    Without ``resume=true`` a run directory that already holds checkpoints is refused (its
+    files would be mixed with the new run's). With it, the most advanced valid checkpoint is
+    chosen (defective ones are skipped with a warning); none at all means a fresh start, but
+    checkpoints that are all defective, or a config that differs from the checkpoint's in
+    anything but :data:`RESUMABLE_CHANGES`, raise :class:`ConfigError` /
+    :class:`~hope_agent.io.CheckpointError`.
+    """
+    validate_train_config(cfg)
+    folder = Path(run_dir) / "checkpoints"
+    existing = (
+        sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+        if folder.is_dir()
+        else []
+    )
+    if not cfg.resume:
+        if existing:
+            raise ConfigError(
+                f"{run_dir} already holds checkpoints ({', '.join(existing[:3])}...); pass "
+                "resume=true to continue that run, or choose a new hydra.run.dir"
+            )
+        return None
+    found = latest_checkpoint(folder)
+    if found is None:
+        if existing:
+            raise CheckpointError(
+                f"resume=true but no checkpoint under {folder} is valid ({', '.join(existing)}; "
+                "see the warnings above); remove the defective ones or start a new run directory"
+            )
+        return None
+    saved = load_checkpoint(found).get("config")
+    if not isinstance(saved, str):
+        raise CheckpointError(f"{found} holds no run config; it cannot be resumed")
+    diff = config_differences(saved, cfg)
+    if diff:
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from its checkpoint's at "
+            f"{'; '.join(diff)}; resume with the run's own overrides"
+        )
+    return found
+
+
+def config_differences(saved_yaml: str, cfg: DictConfig) -> list[str]:
+    """``key (checkpoint X, now Y)`` for every value that differs between a checkpoint's config
+    and ``cfg``, ignoring :data:`RESUMABLE_CHANGES`."""
+    before = _flatten(OmegaConf.to_container(as_train_config(saved_yaml), resolve=True))
+    after = _flatten(OmegaConf.to_container(as_train_config(cfg), resolve=True))
+    keys = sorted(set(before) | set(after))
+    return [
+        f"{k} (checkpoint {before.get(k)!r}, now {after.get(k)!r})"
+        for k in keys
+        if before.get(k) != after.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
+    ]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
 def load_trained_agent(
     checkpoint: Path, cfg: DictConfig | None, device: torch.device
 ) -> tuple[Agent, DictConfig, list[TaskSpec], int, int, dict[str, Any]]:

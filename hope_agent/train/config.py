@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from hope_agent.algos.ppo import PPOConfig
+from hope_agent.train.faults import FaultSettings
 
 
 class Device(Enum):
@@ -127,9 +128,19 @@ class EvalSection:
 
 @dataclass
 class CheckpointSection:
-    """Checkpoints at every task end, and every ``every`` env steps when positive."""
+    """Checkpoints at every task end, and every ``every`` env steps when positive.
+
+    A periodic checkpoint is a *sync point*: every training env is reset there (seeds derived
+    from the run seed, the stage and the step), in interrupted and uninterrupted runs alike, so
+    that ``resume=true`` continues exactly (docs/reliability.md).
+    """
 
     every: int = 0
+
+
+@dataclass
+class FaultsSection(FaultSettings):
+    """Reactions to non-finite numbers and failing environments (docs/reliability.md)."""
 
 
 @dataclass
@@ -165,6 +176,7 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     video: VideoSection = field(default_factory=VideoSection)
     logger: LoggerSection = field(default_factory=LoggerSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
     method: str = "finetune"
     # Options of the method's config (hope_agent.methods.METHOD_CONFIGS), e.g. {coef: 1000}.
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +184,9 @@ class TrainConfig:
     seed: int = 0
     device: Device = Device.auto
     torch_threads: int = 1  # 0 = torch's default; small models run fastest on one thread
+    # Continue the run in the run directory from its newest valid checkpoint (a fresh start when
+    # it has none); without it, a run directory that already holds checkpoints is refused.
+    resume: bool = False
 
 
 @dataclass

@@ -32,6 +32,7 @@ from torch import Tensor
 from hope_agent.agents.agent import Agent
 from hope_agent.metrics import normalized_score
 from hope_agent.optim import MultiTimescaleOptimizer
+from hope_agent.train.faults import EnvFaultGuard
 from hope_envs.curriculum import TaskSpec, defines_success, make_env, reference_returns
 
 
@@ -135,6 +136,9 @@ class Evaluator:
         seed: base seed of the per-(task, episode) seeds.
         device: where the agent runs.
         online_cms: optional deployment-clock adaptation.
+        obs_limit: largest plausible absolute observation value; each env is wrapped in an
+            :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that
+            episode (with a logged warning) instead of stopping the run.
     """
 
     def __init__(
@@ -146,18 +150,20 @@ class Evaluator:
         seed: int,
         device: torch.device,
         online_cms: OnlineCMS | None = None,
+        obs_limit: float = 1e6,
     ) -> None:
         if episodes < 0:
             raise ValueError(f"eval.episodes must be >= 0, got {episodes}")
         self.specs, self.obs_dim, self.act_dim = list(specs), obs_dim, act_dim
         self.episodes, self.seed, self.device = episodes, seed, device
         self.online_cms = online_cms
+        self.obs_limit = obs_limit
         self._envs: dict[int, list[gym.Env]] = {}
 
     def _task_envs(self, j: int) -> list[gym.Env]:
         if j not in self._envs:
             self._envs[j] = [
-                make_env(self.specs[j], self.obs_dim, self.act_dim)
+                EnvFaultGuard(make_env(self.specs[j], self.obs_dim, self.act_dim), self.obs_limit)
                 for _ in range(self.episodes + 1)
             ]
         return self._envs[j]
@@ -277,7 +283,7 @@ def record_episodes(
         raise ValueError(
             f"video: episodes and frame_skip must be >= 1, got {episodes}, {frame_skip}"
         )
-    env = make_env(spec, obs_dim, act_dim, render_mode="rgb_array", render_size=size)
+    env = EnvFaultGuard(make_env(spec, obs_dim, act_dim, render_mode="rgb_array", render_size=size))
     dev = agent.log_std.device
     frames: list[np.ndarray] = []
     task: Tensor | None = None

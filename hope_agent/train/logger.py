@@ -1,8 +1,10 @@
 """Run logging: TensorBoard events, a CSV of training scalars, a rich progress bar and a summary.
 
 Metric keys are namespaced the cleanrl way (``charts/episodic_return``, ``losses/policy``,
-``eval/<task>/perf``). The CSV is kept in memory and rewritten atomically at each :meth:`flush`,
-so a crash never leaves a half-written row.
+``eval/<task>/perf``, ``faults/nonfinite_updates``). The CSV is kept in memory and rewritten
+atomically at each :meth:`flush`, so a crash never leaves a half-written row. A resumed run
+(:meth:`Logger.restore`) cuts the CSV back to the rows its checkpoint had written and tells
+TensorBoard to drop the events logged after it (``purge_step``), so no step appears twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.console import Console
@@ -30,6 +33,9 @@ from rich.table import Table
 
 from hope_agent.io import atomic_write_text
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 
 def rows_to_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
     """CSV text of ``rows`` (missing cells empty); columns default to first-seen key order."""
@@ -44,6 +50,16 @@ def rows_to_csv(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | N
     for row in rows:
         writer.writerow({k: _cell(row.get(k)) for k in columns})
     return buf.getvalue()
+
+
+def _parse_row(row: Mapping[str, str]) -> dict[str, object]:
+    # The inverse of rows_to_csv for Logger rows: global_step is an int, every other cell a float
+    # written with repr (exact round trip); an empty cell was a missing value or a NaN.
+    out: dict[str, object] = {}
+    for key, cell in row.items():
+        if cell:
+            out[key] = int(cell) if key == "global_step" else float(cell)
+    return out
 
 
 def _cell(value: object) -> object:
@@ -74,11 +90,11 @@ class Logger:
         self.run_dir = Path(run_dir)
         self.console = console or Console()
         self.rows: list[dict[str, object]] = []
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # slow import: only when enabled
-
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+        self.columns: list[str] = []  # first-seen order of every key, the CSV's header
+        self._column_set: set[str] = set()
+        self.tensorboard = tensorboard
+        self._writer: SummaryWriter | None = None
+        self._purge_step: int | None = None
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
         self._sps_window: list[tuple[float, int]] = []
@@ -123,22 +139,65 @@ class Logger:
         if self._progress is not None and self._bar is not None:
             self._progress.update(self._bar, completed=global_step, sps=sps)
 
+    def _tb(self) -> SummaryWriter | None:
+        # Opened on first use, so building a run writes nothing and a restore can set the purge.
+        if self.tensorboard and self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when enabled
+
+            self._writer = SummaryWriter(
+                log_dir=str(self.run_dir / "tb"), purge_step=self._purge_step
+            )
+        return self._writer
+
     def log(self, global_step: int, values: Mapping[str, float]) -> None:
         """Record scalars at ``global_step`` (TensorBoard and the CSV rows)."""
         row: dict[str, object] = {"global_step": global_step}
+        writer = self._tb()
         for key, value in values.items():
             v = float(value)
             row[key] = v
-            if self._writer is not None and np.isfinite(v):
-                self._writer.add_scalar(key, v, global_step)
+            if writer is not None and np.isfinite(v):
+                writer.add_scalar(key, v, global_step)
+        for key in row:
+            if key not in self._column_set:
+                self._column_set.add(key)
+                self.columns.append(key)
         self.rows.append(row)
 
     def flush(self) -> None:
         """Rewrite ``train.csv`` atomically and flush TensorBoard."""
         if self.rows:
-            atomic_write_text(self.run_dir / "train.csv", rows_to_csv(self.rows))
+            atomic_write_text(self.run_dir / "train.csv", rows_to_csv(self.rows, self.columns))
         if self._writer is not None:
             self._writer.flush()
+
+    def restore(self, rows: int, columns: Sequence[str], purge_step: int) -> None:
+        """Continue a run from a checkpoint: keep the first ``rows`` rows of ``train.csv`` (and
+        the checkpoint's ``columns``), and hide TensorBoard events at steps >= ``purge_step``.
+
+        Raises ``ValueError`` when ``train.csv`` holds fewer rows than the checkpoint wrote.
+        """
+        path = self.run_dir / "train.csv"
+        kept: list[dict[str, object]] = []
+        if rows > 0:
+            text = path.read_text(encoding="utf-8") if path.is_file() else ""
+            kept = [_parse_row(r) for r in csv.DictReader(io.StringIO(text))][:rows]
+            if len(kept) < rows:
+                raise ValueError(
+                    f"{path} holds {len(kept)} rows but the checkpoint was saved after {rows}; "
+                    "the run directory was modified, resume from a copy of the whole run"
+                )
+        self.rows = kept
+        self.columns = list(columns)
+        self._column_set = set(self.columns)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._purge_step = purge_step
+        if kept:
+            self.flush()
+        else:
+            path.unlink(missing_ok=True)
 
     def print_summary(
         self, task_names: Sequence[str], perf: np.ndarray, metrics: Mapping[str, float | None]

@@ -10,26 +10,56 @@ Per stage: rollouts of ``rollout_len`` steps x ``num_envs`` envs until the task'
 reached (so a stage runs a whole number of rollouts), a PPO update after each; an evaluation of
 every task each ``eval_every`` env steps and at the task end; a checkpoint each
 ``checkpoint_every`` env steps and at the task end; rollout videos of every task at the task end.
+
+Reliability (``docs/reliability.md``):
+
+- A checkpoint holds everything the run needs to continue: weights, normalisers, optimizer
+  (multi-timescale accumulators included), the method's state, every RNG, the rollout carry,
+  the evaluation record, the fault counters and the logger offsets. A periodic checkpoint is a
+  *sync point*: right after it every training env is reset with a seed derived from
+  ``(seed, stage, step)``, in interrupted and uninterrupted runs alike, so what follows depends
+  only on what the checkpoint holds and :meth:`CurriculumRunner.run` with ``resume_from``
+  continues bit for bit (deterministic CPU mode).
+- An update whose rollout holds non-finite numbers (backbone memory, values) is skipped, and so
+  is each minibatch with a non-finite loss or gradient; after ``max_nonfinite_in_a_row`` such
+  updates, or as soon as the agent's own weights are non-finite, the run rolls back to its last
+  good checkpoint with a lowered learning rate.
+- Simulator blow-ups end the faulty env's episode; a failing vector env is rebuilt
+  (:mod:`hope_agent.train.faults`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
 
 from hope_agent.agents.agent import Agent, AgentState
 from hope_agent.algos.buffer import RolloutBuffer
 from hope_agent.algos.ppo import PPO
-from hope_agent.io import save_checkpoint
-from hope_agent.train.evaluator import Evaluator, record_episodes
+from hope_agent.io import CheckpointError, latest_valid_checkpoint, load_checkpoint, save_checkpoint
+from hope_agent.train.evaluator import Evaluator, TaskEvaluation, record_episodes
+from hope_agent.train.faults import (
+    FaultCounters,
+    FaultSettings,
+    RestartingVectorEnv,
+    TrainingDiverged,
+    count_flag,
+    first_nonfinite,
+    nonfinite_rows,
+)
 from hope_agent.train.logger import Logger
 from hope_agent.train.methods import Method
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
@@ -37,7 +67,12 @@ from hope_agent.train.vec import make_vector_env
 from hope_agent.video import tile_videos, write_video
 from hope_envs.curriculum import TaskSpec
 
+log = logging.getLogger(__name__)
+
 VecEnvFactory = Callable[[TaskSpec, int, int, int, bool], gym.vector.VectorEnv]
+
+# The tree layout of a training checkpoint; version 1 (before resume support) cannot resume.
+CHECKPOINT_FORMAT = "hope_agent.train/2"
 
 
 @dataclass
@@ -68,6 +103,7 @@ class RunnerSettings:
     reference_auc: list[float] | None = None
     eval_seed: int = 100_000
     video: VideoSettings | None = None
+    faults: FaultSettings = field(default_factory=FaultSettings)
 
 
 @dataclass
@@ -86,6 +122,37 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
 
 
+def step_checkpoint_name(global_step: int) -> str:
+    """Folder name of the periodic checkpoint at ``global_step`` (``step_0000012345``)."""
+    return f"step_{global_step:010d}"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The most advanced checkpoint of a run that loads and verifies, or ``None``.
+
+    Stage checkpoints (``stage_XX``) and periodic ones (``step_XXXXXXXXXX``) are ranked together
+    by their global step, a finished stage ranking after an unfinished one at the same step.
+    Defective checkpoints are skipped with a warning naming them
+    (:func:`hope_agent.io.latest_valid_checkpoint`).
+    """
+    best: tuple[tuple[int, bool], Path] | None = None
+    for pattern in ("stage_*", "step_*"):
+        path = latest_valid_checkpoint(folder, pattern)
+        if path is None:
+            continue
+        progress = load_checkpoint(path).get("progress")
+        if not isinstance(progress, dict):
+            continue
+        key = (int(progress["global_step"]), bool(progress["stage_done"]))
+        if best is None or key > best[0]:
+            best = (key, path)
+    return None if best is None else best[1]
+
+
+class _Rollback(Exception):
+    """Raised inside a stage to return to the last good checkpoint."""
+
+
 class CurriculumRunner:
     """Trains an agent over a curriculum (see the module docstring).
 
@@ -98,7 +165,7 @@ class CurriculumRunner:
         evaluator: evaluates every task.
         logger: logging sinks.
         method: continual-learning plug-in.
-        settings: sizes and schedules.
+        settings: sizes, schedules and fault handling.
         run_dir: where every output goes.
         device: where the agent runs.
         config_yaml: the resolved config, stored in every checkpoint.
@@ -128,7 +195,6 @@ class CurriculumRunner:
         self.run_dir, self.device, self.config_yaml = Path(run_dir), device, config_yaml
         self.make_envs = make_envs
         self.record = RunRecord(task_names=[s.name for s in self.specs])
-        self.global_step = 0
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.buffer = RolloutBuffer(
             settings.rollout_len,
@@ -138,18 +204,34 @@ class CurriculumRunner:
             settings.seq_len,
             device,
         )
+        self.faults = FaultCounters()
+        # Position in the curriculum: the stage, env steps into it, whether its end-of-stage
+        # work (task-end evaluation, method hook, stage checkpoint) is done.
+        self.global_step = 0
+        self.stage = 0
+        self.task_step = 0
+        self.stage_done = False
+        self.state: AgentState | None = None  # the agent's rollout carry
+        self._bad_in_a_row = 0
         self._episode_stats: list[tuple[float, float, float]] = []
 
     # ----------------------------------------------------------------- main loop
-    def run(self) -> RunSummary:
-        """Train every stage; return the final performance matrix and metrics."""
+    def run(self, resume_from: Path | None = None) -> RunSummary:
+        """Train every stage (continuing from checkpoint ``resume_from`` if given); return the
+        final performance matrix and metrics."""
         start = time.perf_counter()
-        state: AgentState | None = None
         try:
-            for stage, spec in enumerate(self.specs):
-                if not self.settings.carry_state_across_tasks:
-                    state = None
-                state = self._train_stage(stage, spec, state)
+            if resume_from is not None:
+                self._restore(Path(resume_from), rollback=False)
+            else:
+                # The rollback target until the first periodic checkpoint exists.
+                self._save(step_checkpoint_name(0))
+            while True:
+                try:
+                    self._run_stages()
+                    break
+                except _Rollback as r:
+                    self._rollback(str(r))
         finally:
             self.evaluator.close()
         wall = time.perf_counter() - start
@@ -173,62 +255,97 @@ class CurriculumRunner:
         self.logger.close()
         return RunSummary(self.run_dir, self.record.matrix("perf"), metrics, wall, self.global_step)
 
-    def _train_stage(self, stage: int, spec: TaskSpec, state: AgentState | None) -> AgentState:
-        s = self.settings
+    def _run_stages(self) -> None:
+        while self.stage < len(self.specs):
+            if not self.stage_done:
+                self._train_stage(self.specs[self.stage])
+            self._finish_stage()
+            self.stage, self.task_step, self.stage_done = self.stage + 1, 0, False
+            if not self.settings.carry_state_across_tasks:
+                self.state = None
+
+    def _train_stage(self, spec: TaskSpec) -> None:
+        s, stage = self.settings, self.stage
         n = s.num_envs
-        self.record.stage_starts.append(self.global_step)
         self.logger.set_stage(f"{stage + 1}/{len(self.specs)} {spec.name}")
-        self.method.on_task_start(stage, spec, self.agent)
-        envs = self.make_envs(spec, self.obs_dim, self.act_dim, n, s.async_envs)
-        try:
+        if self.task_step == 0:
+            self.record.stage_starts.append(self.global_step)
+            self.method.on_task_start(stage, spec, self.agent)
             # Env i of stage k starts from seed * 1_000_003 + 10_000 * k + i (vector envs add i).
-            raw, _ = envs.reset(seed=s.seed * 1_000_003 + 10_000 * stage)
-            if state is None:
-                state = self.agent.init_state(n, self.device)
-            carry = _Carry(
-                raw=np.asarray(raw, dtype=np.float32),
-                is_first=np.ones(n, dtype=bool),
-                valid=np.ones(n, dtype=bool),
-                ret_acc=np.zeros(n),
-                ep_return=np.zeros(n),
-                ep_length=np.zeros(n),
-                ep_success=np.zeros(n, dtype=bool),
-            )
-            task_step = 0
-            while task_step < spec.steps:
-                state = self._rollout(envs, stage, state, carry)
+            seed = s.seed * 1_000_003 + 10_000 * stage
+        else:
+            seed = self._sync_seed()
+        envs = RestartingVectorEnv(
+            partial(self.make_envs, spec, self.obs_dim, self.act_dim, n, s.async_envs),
+            s.faults.max_env_restarts,
+        )
+        checkpoint_due = False
+        try:
+            carry = self._start_segment(envs, seed)
+            while self.task_step < spec.steps:
+                self._rollout(envs, stage, carry)
                 steps = s.rollout_len * n
-                task_step += steps
+                self.task_step += steps
                 previous = self.global_step
                 self.global_step += steps
                 self._update(stage)
                 self.logger.advance(self.global_step)
-                last = task_step >= spec.steps
+                last = self.task_step >= spec.steps
                 if (
                     s.eval_every > 0
                     and not last
                     and _crossed(previous, self.global_step, s.eval_every)
                 ):
                     self._evaluate(stage, task_end=False)
-                if s.checkpoint_every > 0 and _crossed(
+                checkpoint_due = s.checkpoint_every > 0 and _crossed(
                     previous, self.global_step, s.checkpoint_every
-                ):
-                    self._save(f"step_{self.global_step:010d}", stage, task_step, stage_done=last)
+                )
+                if checkpoint_due and not last:
+                    self._save(step_checkpoint_name(self.global_step))
+                    carry = self._start_segment(envs, self._sync_seed())
         finally:
             envs.close()
         self._evaluate(stage, task_end=True)
         self.method.on_task_end(stage, spec, self.agent, self.buffer)
-        self._save(f"stage_{stage:02d}", stage, task_step, stage_done=True)
-        if s.video is not None:
-            self._videos(stage)
+        self.stage_done = True
+        self._save(f"stage_{stage:02d}")
+        if checkpoint_due:
+            # Written after the task-end work, so resuming from it resumes the finished stage.
+            self._save(step_checkpoint_name(self.global_step))
+
+    def _finish_stage(self) -> None:
+        if self.settings.video is not None:
+            self._videos(self.stage)
         self._write_results()
-        return state
+
+    def _sync_seed(self) -> int:
+        """Env seed of the sync point at the current position (vector envs add the env index)."""
+        entropy = [self.settings.seed, self.stage, self.task_step]
+        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+    def _start_segment(self, envs: gym.vector.VectorEnv, seed: int) -> _Carry:
+        """Reset every env with ``seed``: the start of a stage or a sync point."""
+        n = self.settings.num_envs
+        raw, _ = envs.reset(seed=seed)
+        if self.state is None:
+            self.state = self.agent.init_state(n, self.device)
+        # Episodes cut by the reset never finished: they leave the episode charts.
+        self._episode_stats.clear()
+        return _Carry(
+            raw=np.asarray(raw, dtype=np.float32),
+            is_first=np.ones(n, dtype=bool),
+            valid=np.ones(n, dtype=bool),
+            ret_acc=np.zeros(n),
+            ep_return=np.zeros(n),
+            ep_length=np.zeros(n),
+            ep_success=np.zeros(n, dtype=bool),
+        )
 
     @torch.no_grad()
-    def _rollout(
-        self, envs: gym.vector.VectorEnv, stage: int, state: AgentState, c: _Carry
-    ) -> AgentState:
+    def _rollout(self, envs: gym.vector.VectorEnv, stage: int, c: _Carry) -> None:
         agent, buf, s, dev = self.agent, self.buffer, self.settings, self.device
+        assert self.state is not None
+        state = self.state
         gamma = self.ppo.config.gamma
         task = torch.full((s.num_envs,), stage, dtype=torch.long, device=dev)
         task_arg = task if agent.config.task_id else None
@@ -287,24 +404,47 @@ class CurriculumRunner:
             task=task_arg,
         )
         buf.compute_advantages(out.value, gamma, self.ppo.config.gae_lambda)
-        return state
+        self.state = state
 
     def _episode_bookkeeping(
         self, c: _Carry, reward: np.ndarray, done: np.ndarray, infos: dict, valid: np.ndarray
     ) -> None:
+        self.faults.env_resets += count_flag(infos, "env_fault")
+        restarted = "env_restart" in infos
+        self.faults.env_restarts += int(restarted)
+        faulty = np.zeros_like(done)
+        if "env_fault" in infos:
+            faulty |= np.asarray(infos["env_fault"], dtype=bool)
+        if restarted:
+            faulty[:] = True
         c.ep_return += reward
         c.ep_length += valid
         if "success" in infos:
             mask = np.asarray(infos.get("_success", np.ones_like(valid)), dtype=bool) & valid
             c.ep_success |= np.asarray(infos["success"], dtype=bool) & mask
-        for i in np.flatnonzero(done):
+        # An episode cut short by a fault is no sample of the policy's return.
+        for i in np.flatnonzero(done & ~faulty):
             self._episode_stats.append((c.ep_return[i], c.ep_length[i], float(c.ep_success[i])))
         c.ep_return[done] = 0.0
         c.ep_length[done] = 0.0
         c.ep_success[done] = False
 
     def _update(self, stage: int) -> None:
-        stats = self.ppo.update(self.buffer)
+        f = self.settings.faults
+        problem = self._nonfinite_rollout()
+        stats: dict[str, float] = {}
+        if problem is None:
+            stats = self.ppo.update(self.buffer)
+            skipped = int(stats.pop("nonfinite_steps"))
+            self.faults.skipped_steps += skipped
+            if skipped:
+                problem = f"{skipped} minibatches with a non-finite loss or gradient were skipped"
+        if problem is None:
+            self._bad_in_a_row = 0
+        else:
+            self.faults.nonfinite_updates += 1
+            self._bad_in_a_row += 1
+            log.warning("non-finite update at step %d: %s", self.global_step, problem)
         values = {f"losses/{k}": v for k, v in stats.items()}
         if self._episode_stats:
             ep = np.array(self._episode_stats)
@@ -317,7 +457,29 @@ class CurriculumRunner:
             )
             self._episode_stats.clear()
         values["charts/stage"] = float(stage)
+        values.update(self.faults.as_log())
         self.logger.log(self.global_step, values)
+        broken = first_nonfinite(
+            itertools.chain(self.agent.named_parameters(), self.agent.named_buffers())
+        )
+        if broken is not None:
+            raise _Rollback(f"the agent's {broken} is not finite")
+        if self._bad_in_a_row >= f.max_nonfinite_in_a_row:
+            raise _Rollback(f"{self._bad_in_a_row} non-finite updates in a row (last: {problem})")
+
+    def _nonfinite_rollout(self) -> str | None:
+        """Check the rollout's memories, values and log-probs; reset poisoned memory rows."""
+        n, buf, state = self.settings.num_envs, self.buffer, self.state
+        assert state is not None
+        leaves = [leaf for m in buf.memories if m is not None for leaf in m.leaves()]
+        bad = nonfinite_rows([*leaves, *state.leaves()], n)
+        bad |= ~torch.isfinite(buf.value).all(0).cpu() | ~torch.isfinite(buf.log_prob).all(0).cpu()
+        if not bool(bad.any()):
+            return None
+        # Poisoned memory would poison every later step of those envs: start them afresh.
+        self.state = state.where(bad.to(self.device), self.agent.init_state(n, self.device))
+        rows = np.flatnonzero(bad.numpy()).tolist()
+        return f"non-finite backbone memory or outputs in the rollout of envs {rows}"
 
     # ----------------------------------------------------------------- evaluation & outputs
     def _evaluate(self, stage: int, task_end: bool) -> None:
@@ -337,41 +499,14 @@ class CurriculumRunner:
         self.logger.log(self.global_step, values)
         self.logger.flush()
 
-    def _save(self, name: str, stage: int, task_step: int, stage_done: bool) -> None:
-        ppo = self.ppo
-        tree = {
-            "agent": self.agent.state_dict(),
-            "optimizer": ppo.optimizer.state_dict(),
-            "method": {"name": self.method.name, "state": self.method.state_dict()},
-            "rng": {
-                "action_noise": self.generator.get_state(),
-                # PCG64's state holds 128-bit ints: stored as strings to stay JSON-safe.
-                "minibatch": _stringify(ppo.rng.bit_generator.state),
-            },
-            "progress": {
-                "stage": stage,
-                "task_step": task_step,
-                "global_step": self.global_step,
-                "stage_done": stage_done,
-                "stage_starts": list(self.record.stage_starts),
-                "logger_rows": len(self.logger.rows),
-            },
-            "meta": {
-                "format": "hope_agent.train/1",
-                "obs_dim": self.obs_dim,
-                "act_dim": self.act_dim,
-                "tasks": [s.name for s in self.specs],
-                "task_ids": [s.id for s in self.specs],
-            },
-            "config": self.config_yaml,
-        }
-        save_checkpoint(self.run_dir / "checkpoints" / name, tree)
-
     def _videos(self, stage: int) -> None:
         v = self.settings.video
         assert v is not None
         folder = self.run_dir / "videos" / f"stage_{stage:02d}"
         suffix = ".gif" if v.gif else ".mp4"
+        if (folder / f"all_tasks{suffix}").is_file():
+            # Written last, atomically: a resumed run already made this stage's videos.
+            return
         clips = []
         for j, spec in enumerate(self.specs):
             frames = record_episodes(
@@ -391,18 +526,157 @@ class CurriculumRunner:
         write_video(folder / f"all_tasks{suffix}", grid, fps=v.fps)
 
     def _write_results(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        faults = {f"faults/{k}": v for k, v in dataclasses.asdict(self.faults).items()}
         return write_results(
             self.run_dir,
             self.record,
             self.settings.smooth_last,
             self.settings.reference_auc,
-            extra=extra,
+            extra={**faults, **(extra or {})},
         )
+
+    # ----------------------------------------------------------------- checkpoints
+    def _save(self, name: str) -> None:
+        # The CSV on disk must hold every row the checkpoint counts, for a resume to cut back to.
+        self.logger.flush()
+        ppo = self.ppo
+        tree = {
+            "agent": self.agent.state_dict(),
+            "optimizer": ppo.optimizer.state_dict(),
+            "method": {"name": self.method.name, "state": self.method.state_dict()},
+            "rng": {
+                "action_noise": self.generator.get_state(),
+                # PCG64's state holds 128-bit ints: stored as strings to stay JSON-safe.
+                "minibatch": _stringify(ppo.rng.bit_generator.state),
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(legacy=False),  # noqa: NPY002  (the global one)
+            },
+            "progress": {
+                "stage": self.stage,
+                "task_step": self.task_step,
+                "global_step": self.global_step,
+                "stage_done": self.stage_done,
+                "stage_starts": list(self.record.stage_starts),
+                "logger_rows": len(self.logger.rows),
+                "logger_columns": list(self.logger.columns),
+            },
+            "carry": None if self.state is None else self.state.leaves(),
+            "record": [_encode_event(e) for e in self.record.events],
+            "faults": dataclasses.asdict(self.faults),
+            "meta": {
+                "format": CHECKPOINT_FORMAT,
+                "obs_dim": self.obs_dim,
+                "act_dim": self.act_dim,
+                "num_envs": self.settings.num_envs,
+                "tasks": [s.name for s in self.specs],
+                "task_ids": [s.id for s in self.specs],
+            },
+            "config": self.config_yaml,
+        }
+        save_checkpoint(self.run_dir / "checkpoints" / name, tree)
+
+    def _restore(self, path: Path, rollback: bool) -> None:
+        """Load every piece of state from checkpoint ``path``.
+
+        ``rollback`` keeps this run's fault counters and scales every learning rate from the
+        checkpoint's to the current ``lr_scale``.
+        """
+        tree = load_checkpoint(path, map_location=self.device)
+        self._check_resumable(path, tree)
+        self.agent.load_state_dict(tree["agent"])
+        self.ppo.optimizer.load_state_dict(tree["optimizer"])
+        self.method.load_state_dict(tree["method"]["state"])
+        rng = tree["rng"]
+        self.generator.set_state(rng["action_noise"].cpu())
+        self.ppo.rng.bit_generator.state = _unstringify(rng["minibatch"])
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])  # noqa: NPY002  (the global one)
+        p = tree["progress"]
+        self.stage, self.task_step = int(p["stage"]), int(p["task_step"])
+        self.global_step, self.stage_done = int(p["global_step"]), bool(p["stage_done"])
+        self.record = RunRecord(
+            task_names=[s.name for s in self.specs],
+            stage_starts=[int(x) for x in p["stage_starts"]],
+            events=[_decode_event(e) for e in tree["record"]],
+        )
+        self.state = None if tree["carry"] is None else self._carry_from(path, tree["carry"])
+        saved = FaultCounters(**tree["faults"])
+        if rollback:
+            scale = self.faults.lr_scale / saved.lr_scale
+            for group in self.ppo.optimizer.param_groups:
+                group["lr"] = group["lr"] * scale
+        else:
+            self.faults = saved
+        self._bad_in_a_row = 0
+        self._episode_stats.clear()
+        try:
+            self.logger.restore(
+                int(p["logger_rows"]), list(p["logger_columns"]), self.global_step + 1
+            )
+        except ValueError as e:
+            raise CheckpointError(f"cannot resume from {path}: {e}") from None
+        log.info("continuing from %s (stage %d, step %d)", path, self.stage, self.global_step)
+
+    def _check_resumable(self, path: Path, tree: dict[str, Any]) -> None:
+        meta = tree.get("meta")
+        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise CheckpointError(
+                f"{path} has training-checkpoint format {found!r}, resuming needs "
+                f"{CHECKPOINT_FORMAT!r} (written by this version); start a new run directory"
+            )
+        expected = {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "num_envs": self.settings.num_envs,
+            "tasks": [s.name for s in self.specs],
+        }
+        found_meta = {k: meta.get(k) for k in expected}
+        if found_meta != expected or tree["method"]["name"] != self.method.name:
+            raise CheckpointError(
+                f"{path} does not belong to this run: saved for {found_meta} with method "
+                f"{tree['method']['name']!r}, this run has {expected} with method "
+                f"{self.method.name!r}; resume with the run's own config"
+            )
+
+    def _carry_from(self, path: Path, leaves: list[Tensor]) -> AgentState:
+        template = self.agent.init_state(self.settings.num_envs, self.device)
+        shapes = [tuple(t.shape) for t in template.leaves()]
+        if [tuple(t.shape) for t in leaves] != shapes:
+            raise CheckpointError(
+                f"{path}: the saved rollout carry has shapes {[tuple(t.shape) for t in leaves]}, "
+                f"the agent's is {shapes}; resume with the run's own config"
+            )
+        it = iter(leaves)
+        return template.map(lambda t: next(it).to(t))
+
+    def _rollback(self, reason: str) -> None:
+        f = self.settings.faults
+        self.faults.rollbacks += 1
+        if self.faults.rollbacks > f.max_rollbacks:
+            raise TrainingDiverged(
+                f"training diverged: {reason}, after {f.max_rollbacks} rollbacks "
+                f"(learning rate x{self.faults.lr_scale:g}); lower ppo.lr or raise "
+                "faults.max_rollbacks"
+            )
+        path = latest_checkpoint(self.run_dir / "checkpoints")
+        if path is None:
+            raise TrainingDiverged(
+                f"training diverged: {reason}; no valid checkpoint to roll back to"
+            )
+        self.faults.lr_scale *= f.lr_factor
+        log.warning(
+            "%s: rolling back to %s with the learning rate x%g",
+            reason,
+            path,
+            self.faults.lr_scale,
+        )
+        self._restore(path, rollback=True)
 
 
 @dataclass
 class _Carry:
-    """Per-env loop state of the current stage (numpy, one entry per env)."""
+    """Per-env loop state of the current segment (numpy, one entry per env)."""
 
     raw: np.ndarray
     is_first: np.ndarray
@@ -418,9 +692,39 @@ def _crossed(previous: int, current: int, every: int) -> bool:
     return current // every > previous // every
 
 
+def _encode_event(event: EvalEvent) -> dict[str, Any]:
+    reset = event.reset_every_step
+    return {
+        "global_step": event.global_step,
+        "stage": event.stage,
+        "task_end": event.task_end,
+        "results": [dataclasses.asdict(r) for r in event.results],
+        "reset_every_step": None if reset is None else [dataclasses.asdict(r) for r in reset],
+    }
+
+
+def _decode_event(data: dict[str, Any]) -> EvalEvent:
+    reset = data["reset_every_step"]
+    return EvalEvent(
+        global_step=int(data["global_step"]),
+        stage=int(data["stage"]),
+        task_end=bool(data["task_end"]),
+        results=[TaskEvaluation(**r) for r in data["results"]],
+        reset_every_step=None if reset is None else [TaskEvaluation(**r) for r in reset],
+    )
+
+
 def _stringify(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _stringify(v) for k, v in value.items()}
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    return value
+
+
+def _unstringify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unstringify(v) for k, v in value.items()}
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
     return value
