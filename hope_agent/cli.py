@@ -24,7 +24,11 @@ from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.errors import HydraException, MissingConfigException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from omegaconf.errors import (  # noqa: E402
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
 
 from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
 from hope_agent.train.build import (  # noqa: E402
@@ -63,8 +67,8 @@ def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     """
     run_dir = Path(run_dir)
     _set_threads(int(cfg.torch_threads))
-    start = resume_point(cfg, run_dir)
     runner = build_runner(cfg, run_dir)
+    start = resume_point(cfg, run_dir)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return runner.run(resume_from=start)
 
@@ -236,9 +240,13 @@ def check_overrides(config_name: str, overrides: Sequence[str]) -> None:
         raise ConfigError(f"{str(e).strip().splitlines()[0]}{options}") from None
     except (HydraException, OmegaConfBaseException) as e:
         cause = e.__cause__
-        detail = omegaconf_problem(cause) if isinstance(cause, OmegaConfBaseException) else None
+        if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+            # Hydra's own advice (append with +key=...) would only move the error to later.
+            raise ConfigError(omegaconf_problem(cause)) from None
         head = one_line(e)
-        raise ConfigError(f"{head} ({detail})" if detail else head) from None
+        if isinstance(cause, OmegaConfBaseException):
+            head = f"{head} ({omegaconf_problem(cause)})"
+        raise ConfigError(head) from None
 
 
 def _precheck(config_name: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from hope_agent.agents.agent import Agent, AgentConfig
 from hope_agent.algos.ppo import PPO, PPOConfig
@@ -95,9 +95,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     """Check every value the schema's types cannot; raise one :class:`ConfigError` listing all
     problems."""
     try:
-        # Keys added with a `+key=value` override escape Hydra's struct check: the schema sees
-        # them here.
-        as_train_config(cfg)
+        # Keys added with a `+key=value` override escape Hydra's struct check, and a typed
+        # config merged into the schema keeps them: only plain data meets the schema's check.
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), plain)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config: {omegaconf_problem(e)}") from None
     problems: list[str] = []
@@ -174,6 +175,11 @@ def omegaconf_problem(error: OmegaConfBaseException) -> str:
     """One line naming the key and the problem of an OmegaConf error (its message spans lines)."""
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     key = getattr(error, "full_key", None)
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        return (
+            f"unknown key {key or ''} ({first}); check its spelling against the schemas in "
+            "hope_agent/train/config.py"
+        )
     return f"{key}: {first}" if key else first
 
 

@@ -291,11 +291,22 @@ class RestartingVectorEnv(gym.vector.VectorWrapper):
         return self._last_obs, np.zeros(n), np.zeros(n, dtype=bool), np.ones(n, dtype=bool), info
 
     def _close_broken(self) -> None:
-        # Worker processes of a broken AsyncVectorEnv may never answer a polite close.
-        is_async = isinstance(self.env.unwrapped, gym.vector.AsyncVectorEnv)
-        kwargs = {"terminate": True} if is_async else {}
+        env = self.env.unwrapped
+        if isinstance(env, gym.vector.AsyncVectorEnv):
+            # Its own close first waits for the pending step, which a dead worker never answers
+            # (and then skips the termination): end the workers directly.
+            for process in env.processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in env.processes:
+                process.join()
+            for pipe in env.parent_pipes:
+                if pipe is not None:
+                    pipe.close()
+            env.closed = True
+            return
         try:
-            self.env.close(**kwargs)
+            self.env.close()
         # The env is already broken: a failing close must not hide the restart.
         except Exception as e:
             log.warning("closing the broken vector env failed: %s: %s", type(e).__name__, e)

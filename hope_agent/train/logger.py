@@ -109,8 +109,8 @@ class Logger:
                 TimeRemainingColumn(),
                 console=self.console,
             )
-            self._progress.start()
             self._bar = self._progress.add_task("starting", total=total_steps, sps="-")
+        self._started = False
 
     def __enter__(self) -> Logger:
         return self
@@ -124,8 +124,12 @@ class Logger:
         self.close()
 
     def set_stage(self, description: str) -> None:
-        """Show which stage (task) is training."""
+        """Show which stage (task) is training (the progress bar appears at the first call)."""
         if self._progress is not None and self._bar is not None:
+            if not self._started:
+                # Not at construction: a run that fails its checks never draws a bar.
+                self._progress.start()
+                self._started = True
             self._progress.update(self._bar, description=description)
 
     def advance(self, global_step: int) -> None:

@@ -1,0 +1,248 @@
+"""Resume: a run killed at any moment and resumed with resume=true ends exactly like an
+uninterrupted one; defective or planted checkpoints are refused, never executed."""
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from hope_agent.cli import evaluate, train
+from hope_agent.io import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint
+from hope_agent.train.build import ConfigError, resume_point
+from hope_agent.train.runner import CurriculumRunner, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = (
+    "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]},name:east},"
+    "{id:hope/PointReach-v0,kwargs:{goal:[-0.6,0.0]},name:west}]"
+)
+# 2 tasks x 256 steps, 64 env steps per update; evaluations and sync-point checkpoints every 128.
+TINY = [
+    TASKS,
+    "model=gru",
+    "steps_per_task=256",
+    "ppo.num_envs=2",
+    "ppo.rollout_len=32",
+    "ppo.seq_len=16",
+    "ppo.num_minibatches=2",
+    "ppo.epochs=1",
+    "eval.episodes=1",
+    "eval.every=128",
+    "checkpoint.every=128",
+    "video.enabled=false",
+    "logger.progress=false",
+    "device=cpu",
+]
+COMPARED = (
+    "perf_matrix.csv",
+    "wm_error_matrix.csv",
+    "return_matrix.csv",
+    "curves.csv",
+    "train.csv",
+)
+
+
+def config(*overrides: str, base: list[str] = TINY) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        return compose("config", overrides=[*base, *overrides])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    train(config(), out)
+    return out
+
+
+def assert_same_results(run: Path, reference: Path) -> None:
+    for name in COMPARED:
+        assert (run / name).read_text() == (reference / name).read_text(), name
+    ours, theirs = (json.loads((p / "metrics.json").read_text()) for p in (run, reference))
+    for m in (ours, theirs):
+        m.pop("wall_time_s")
+    assert ours == theirs
+
+
+class _Payload:
+    """Unpickling this object creates ``marker``: proof that a loader executed pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(
+    reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = tmp_path / "run"
+    log_file = tmp_path / "stderr.txt"
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    command = [sys.executable, str(ROOT / "scripts" / "train_curriculum.py"), *TINY]
+    with open(log_file, "wb") as stderr:
+        proc = subprocess.Popen(
+            [*command, f"hydra.run.dir={run}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        first = run / "checkpoints" / "step_0000000128" / META_FILE
+        deadline = time.monotonic() + 240
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: no cleanup, no final flush
+        proc.wait()
+    assert proc.returncode == -9, f"the run ended before the kill: {log_file.read_text()}"
+    with caplog.at_level(logging.INFO, logger="hope_agent.train.runner"):
+        train(config("resume=true"), run)
+    assert any("continuing from" in r.message for r in caplog.records)
+    assert_same_results(run, reference)
+
+
+@pytest.mark.parametrize(
+    ("crash_after_update", "corrupt_newest"),
+    [(5, False), (7, True)],  # in stage 1 after stage_00 / after step 384, whose file is then cut
+)
+def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
+    reference: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    crash_after_update: int,
+    corrupt_newest: bool,
+) -> None:
+    update = CurriculumRunner._update
+    calls = [0]
+
+    def crashing(self: CurriculumRunner, stage: int) -> None:
+        update(self, stage)
+        calls[0] += 1
+        if calls[0] == crash_after_update:
+            raise KeyboardInterrupt("simulated preemption")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CurriculumRunner, "_update", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(), tmp_path)
+    if corrupt_newest:
+        newest = latest_checkpoint(tmp_path / "checkpoints")
+        assert newest is not None and newest.name == "step_0000000384"
+        data = (newest / TENSORS_FILE).read_bytes()
+        (newest / TENSORS_FILE).write_bytes(data[: len(data) // 2])  # a torn write
+        with pytest.warns(UserWarning, match="step_0000000384.*truncated"):
+            found = resume_point(config("resume=true"), tmp_path)
+        assert found is not None and found.name in ("stage_00", "step_0000000256")
+    expect_warning = pytest.warns(UserWarning, match="step_0000000384")
+    with expect_warning if corrupt_newest else contextlib.nullcontext():
+        train(config("resume=true"), tmp_path)
+    assert_same_results(tmp_path, reference)
+
+
+def test_resume_works_with_hope_multi_timescale_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("hope_agent.models.hope")
+    keep = ("ppo.", "eval.episodes", "video.", "logger.", "device")
+    one_task = "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]}}]"
+    base = [o for o in TINY if o.startswith(keep)]
+    # CMS periods 1, 3, 4 and 2 optimizer steps per update: the checkpoint after update 2 (4
+    # steps) holds the period-3 level's partial gradient sum, which step 6 applies after the
+    # resume; dropping it changes the results.
+    base += [one_task, "model=hope", "model.kwargs.cms_periods=[1,3,4]"]
+    base += ["steps_per_task=256", "checkpoint.every=128"]
+    train(config(base=base), tmp_path / "reference")
+    update = CurriculumRunner._update
+    calls = [0]
+
+    def crashing(self: CurriculumRunner, stage: int) -> None:
+        update(self, stage)
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt("simulated preemption")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CurriculumRunner, "_update", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(base=base), tmp_path / "run")
+    tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000128")
+    multitimescale = tree["optimizer"]["multitimescale"]
+    assert multitimescale["calls"] == 4 and multitimescale["grad_sum"]
+    train(config("resume=true", base=base), tmp_path / "run")
+    assert_same_results(tmp_path / "run", tmp_path / "reference")
+
+
+def test_a_checkpoint_holds_everything(reference: Path) -> None:
+    tree = load_checkpoint(reference / "checkpoints" / "step_0000000384")
+    assert {"agent", "optimizer", "method", "rng", "progress", "carry", "record", "faults"} <= set(
+        tree
+    )
+    assert set(tree["rng"]) == {"action_noise", "minibatch", "torch", "numpy"}
+    assert {"obs_norm.rms.count", "reward_scale.rms.var"} <= set(tree["agent"])
+    p = tree["progress"]
+    assert (p["stage"], p["task_step"], p["global_step"], p["stage_done"]) == (1, 128, 384, False)
+    assert p["logger_rows"] > 0 and "faults/nonfinite_updates" in p["logger_columns"]
+    assert [e["global_step"] for e in tree["record"]] == [128, 256, 384]
+    assert all(isinstance(t, torch.Tensor) for t in tree["carry"])
+
+
+def test_resume_refuses_mismatched_configs_and_plain_reruns(
+    reference: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    with pytest.raises(ConfigError, match="resume=true"):
+        resume_point(config(), run)
+    with pytest.raises(ConfigError, match=r"ppo\.lr \(checkpoint 0\.0003, now 0\.001\)"):
+        resume_point(config("resume=true", "ppo.lr=0.001"), run)
+    # Where and how it runs may change.
+    assert resume_point(config("resume=true", "logger.tensorboard=false"), run) is not None
+    assert resume_point(config("resume=true"), tmp_path / "empty") is None  # a fresh start
+
+
+def test_planted_pickles_are_refused_never_executed(reference: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(marker))
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    # As the newest resume checkpoint: skipped with a warning naming it.
+    planted = run / "checkpoints" / "step_9999999999"
+    planted.mkdir()
+    (planted / META_FILE).write_bytes(payload)
+    (planted / TENSORS_FILE).write_bytes(payload)
+    with pytest.warns(UserWarning, match="step_9999999999"):
+        found = resume_point(config("resume=true"), run)
+    assert found is not None and found.name in ("stage_01", "step_0000000512")
+    # As the only checkpoints: refused with one error.
+    only = tmp_path / "only"
+    (only / "checkpoints").mkdir(parents=True)
+    shutil.copytree(planted, only / "checkpoints" / planted.name)
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="no checkpoint"):
+        resume_point(config("resume=true"), only)
+    # As evaluate_forgetting's checkpoint=PATH, a file or a stage folder of a run.
+    (tmp_path / "model.pt").write_bytes(payload)
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        evaluate(_eval_config(f"checkpoint={tmp_path / 'model.pt'}"))
+    shutil.rmtree(run / "checkpoints" / "stage_00")
+    shutil.copytree(planted, run / "checkpoints" / "stage_00")
+    with pytest.raises(CheckpointError, match="stage_00"):
+        evaluate(_eval_config(f"run_dir={run}"))
+    assert not marker.exists()
+
+
+def _eval_config(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        return compose("eval", overrides=["device=cpu", *overrides])
