@@ -152,6 +152,30 @@ def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
     assert_same_results(tmp_path, reference)
 
 
+def test_resume_keeps_the_methods_replay_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = [*TINY, "method=bc_replay"]
+    train(config(base=base), tmp_path / "reference")
+    update = CurriculumRunner._update
+    calls = [0]
+
+    def crashing(self: CurriculumRunner, stage: int) -> None:
+        update(self, stage)
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt("simulated preemption")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CurriculumRunner, "_update", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(base=base), tmp_path / "run")
+    tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000384")
+    assert tree["method"]["name"] == "bc_replay" and tree["method"]["state"]["store"]
+    train(config("resume=true", base=base), tmp_path / "run")
+    assert_same_results(tmp_path / "run", tmp_path / "reference")
+
+
 def test_resume_works_with_hope_multi_timescale_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
