@@ -76,6 +76,25 @@ def assert_same_results(run: Path, reference: Path) -> None:
     assert ours == theirs
 
 
+def crash_after(
+    monkeypatch: pytest.MonkeyPatch, updates: int, cfg: DictConfig, run_dir: Path
+) -> None:
+    """Run ``cfg`` until an exception ends it right after update number ``updates``."""
+    update = CurriculumRunner._update
+    calls = [0]
+
+    def crashing(self: CurriculumRunner, stage: int) -> None:
+        update(self, stage)
+        calls[0] += 1
+        if calls[0] == updates:
+            raise KeyboardInterrupt("simulated preemption")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(CurriculumRunner, "_update", crashing)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run_dir)
+
+
 class _Payload:
     """Unpickling this object creates ``marker``: proof that a loader executed pickled code."""
 
@@ -125,19 +144,7 @@ def test_crash_anywhere_then_resume_equals_an_uninterrupted_run(
     crash_after_update: int,
     corrupt_newest: bool,
 ) -> None:
-    update = CurriculumRunner._update
-    calls = [0]
-
-    def crashing(self: CurriculumRunner, stage: int) -> None:
-        update(self, stage)
-        calls[0] += 1
-        if calls[0] == crash_after_update:
-            raise KeyboardInterrupt("simulated preemption")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CurriculumRunner, "_update", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train(config(), tmp_path)
+    crash_after(monkeypatch, crash_after_update, config(), tmp_path)
     if corrupt_newest:
         newest = latest_checkpoint(tmp_path / "checkpoints")
         assert newest is not None and newest.name == "step_0000000384"
@@ -157,19 +164,7 @@ def test_resume_keeps_the_methods_replay_buffer(
 ) -> None:
     base = [*TINY, "method=bc_replay"]
     train(config(base=base), tmp_path / "reference")
-    update = CurriculumRunner._update
-    calls = [0]
-
-    def crashing(self: CurriculumRunner, stage: int) -> None:
-        update(self, stage)
-        calls[0] += 1
-        if calls[0] == 7:
-            raise KeyboardInterrupt("simulated preemption")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CurriculumRunner, "_update", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train(config(base=base), tmp_path / "run")
+    crash_after(monkeypatch, 7, config(base=base), tmp_path / "run")
     tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000384")
     assert tree["method"]["name"] == "bc_replay" and tree["method"]["state"]["store"]
     train(config("resume=true", base=base), tmp_path / "run")
@@ -189,19 +184,7 @@ def test_resume_works_with_hope_multi_timescale_state(
     base += [one_task, "model=hope", "model.kwargs.cms_periods=[1,3,4]"]
     base += ["steps_per_task=256", "checkpoint.every=128"]
     train(config(base=base), tmp_path / "reference")
-    update = CurriculumRunner._update
-    calls = [0]
-
-    def crashing(self: CurriculumRunner, stage: int) -> None:
-        update(self, stage)
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt("simulated preemption")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(CurriculumRunner, "_update", crashing)
-        with pytest.raises(KeyboardInterrupt):
-            train(config(base=base), tmp_path / "run")
+    crash_after(monkeypatch, 3, config(base=base), tmp_path / "run")
     tree = load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000000128")
     multitimescale = tree["optimizer"]["multitimescale"]
     assert multitimescale["calls"] == 4 and multitimescale["grad_sum"]
