@@ -24,8 +24,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import load_env_creator
-from hope_envs.wrappers import CommonSpaces, action_dim, observation_dim
 from omegaconf import OmegaConf
+
+from hope_envs.wrappers import CommonSpaces, action_dim, observation_dim
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 

@@ -35,6 +35,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
+
 from hope_envs.curriculum import (  # noqa: E402
     REFERENCE_DIR,
     TaskSpec,
@@ -44,9 +48,6 @@ from hope_envs.curriculum import (  # noqa: E402
     make_env,
     resolve_tasks,
 )
-from stable_baselines3 import PPO  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
 # PPO settings. `short`: short-episode tasks (the point mass), tuned so one goal is solved in a
 # few ten thousand steps. `mujoco`: the setting of the forgetting baseline in CONTINUAL_RL.md

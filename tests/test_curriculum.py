@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import hope_envs
 import numpy as np
 import pytest
 from gymnasium.spaces import Box
+from hydra import compose, initialize_config_dir
+
+import hope_envs
 from hope_envs import curriculum
 from hope_envs.curriculum import (
     CurriculumError,
@@ -26,7 +28,6 @@ from hope_envs.curriculum import (
     resolve_tasks,
 )
 from hope_envs.wrappers import action_dim, to_common_action, to_task_action
-from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 POINT = "hope/PointReach-v0"

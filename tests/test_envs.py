@@ -5,14 +5,15 @@ from __future__ import annotations
 import pickle
 
 import gymnasium as gym
-import hope_envs
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import hope_envs
 from hope_envs.cheetah import REST_HEIGHT
 from hope_envs.curriculum import load_curriculum
 from hope_envs.metaworld_tasks import METAWORLD_ID
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 OWN_IDS = [env_id for env_id in hope_envs.registered_ids() if env_id != METAWORLD_ID]
 CHEETAH_IDS = [env_id for env_id in OWN_IDS if "Cheetah" in env_id]

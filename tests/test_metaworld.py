@@ -6,6 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
 from hope_envs.curriculum import (
     common_spaces,
     defines_success,
@@ -14,7 +16,6 @@ from hope_envs.curriculum import (
     resolve_tasks,
 )
 from hope_envs.metaworld_tasks import CW10_TASKS, CW20_TASKS, METAWORLD_ID
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 metaworld = pytest.importorskip("metaworld")
 policies = pytest.importorskip("metaworld.policies")

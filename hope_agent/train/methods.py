@@ -51,4 +51,3 @@ class Finetune(Method):
     """Plain sequential fine-tuning: no regulariser, no replay."""
 
     name = "finetune"
-
