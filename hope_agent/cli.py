@@ -1,9 +1,13 @@
 """Hydra entry points: ``hope-train``, ``hope-evaluate``, ``hope-record`` (and the scripts/ files).
 
-Each ``*_main`` is a thin Hydra wrapper around a plain function (:func:`train`, :func:`evaluate`,
-:func:`record`) that tests and notebooks call directly with a composed config. User errors (bad
-config values, unknown task ids or models, missing or mismatched checkpoints) end the program
-with one line on stderr and exit status 1, before any work starts where possible.
+Each ``*_main`` first composes the config with the command-line overrides
+(:func:`check_overrides`, so that an unknown key, a wrong type or an unknown option gives one
+line instead of Hydra's multi-line report), then runs a thin Hydra wrapper around a plain
+function (:func:`train`, :func:`evaluate`, :func:`record`) that tests and notebooks call
+directly with a composed config. User errors (bad config values, unknown task ids or models,
+missing, mismatched, defective or planted checkpoints) and runs stopped by the fault handling
+end the program with one line on stderr and exit status 1, before any work starts where
+possible.
 """
 
 from __future__ import annotations
@@ -220,11 +224,9 @@ def one_line(error: BaseException) -> str:
 def _report_user_errors(fn: Callable[[], T]) -> T:
     try:
         return fn()
-    except USER_ERRORS as e:
-        # One line, no traceback: these are input mistakes, not bugs.
-        raise SystemExit(f"error: {one_line(e)}") from None
-    except (TrainingDiverged, EnvRestartError) as e:
-        # The run stopped on purpose; the warnings logged before say what led there.
+    # One line, no traceback: input mistakes are not bugs, and a run stopped by the fault
+    # handling has logged warnings saying what led there.
+    except (*USER_ERRORS, TrainingDiverged, EnvRestartError) as e:
         raise SystemExit(f"error: {one_line(e)}") from None
 
 

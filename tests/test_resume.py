@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from hope_agent.cli import evaluate, train
+from hope_agent.cli import evaluate, record, train
 from hope_agent.io import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint
 from hope_agent.train.build import ConfigError, resume_point
 from hope_agent.train.runner import CurriculumRunner, latest_checkpoint
@@ -243,6 +243,8 @@ def test_planted_pickles_are_refused_never_executed(reference: Path, tmp_path: P
     (tmp_path / "model.pt").write_bytes(payload)
     with pytest.raises(CheckpointError, match="never unpickles"):
         evaluate(_eval_config(f"checkpoint={tmp_path / 'model.pt'}"))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        record(_compose("record", "device=cpu", f"checkpoint={tmp_path / 'model.pt'}"))
     shutil.rmtree(run / "checkpoints" / "stage_00")
     shutil.copytree(planted, run / "checkpoints" / "stage_00")
     with pytest.raises(CheckpointError, match="stage_00"):
@@ -250,6 +252,10 @@ def test_planted_pickles_are_refused_never_executed(reference: Path, tmp_path: P
     assert not marker.exists()
 
 
-def _eval_config(*overrides: str) -> DictConfig:
+def _compose(name: str, *overrides: str) -> DictConfig:
     with initialize_config_module(config_module="hope_configs", version_base="1.3"):
-        return compose("eval", overrides=["device=cpu", *overrides])
+        return compose(name, overrides=list(overrides))
+
+
+def _eval_config(*overrides: str) -> DictConfig:
+    return _compose("eval", "device=cpu", *overrides)

@@ -158,14 +158,14 @@ class EnvFaultGuard(gym.Wrapper[Any, Any, Any, Any]):
         self.obs_limit = obs_limit
         self.faults = 0
         self._last_obs: Any = None
+        # MujocoEnv keeps one MjData for its lifetime: look its warning stats up once.
+        data = getattr(env.unwrapped, "data", None)
+        stats = getattr(data, "warning", None)
+        self._stats = [] if stats is None else [stats[w] for w in _INSTABILITY_WARNINGS]
         self._warnings = self._warning_counts()
 
-    def _warning_counts(self) -> tuple[int, ...]:
-        data = getattr(self.env.unwrapped, "data", None)
-        warnings = getattr(data, "warning", None)
-        if warnings is None:
-            return ()
-        return tuple(int(warnings[w].number) for w in _INSTABILITY_WARNINGS)
+    def _warning_counts(self) -> list[int]:
+        return [s.number for s in self._stats]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -189,11 +189,14 @@ class EnvFaultGuard(gym.Wrapper[Any, Any, Any, Any]):
         elif not math.isfinite(float(reward)):
             problem = f"non-finite reward {reward}"
         else:
-            arr = np.asarray(obs, dtype=np.float64)
-            if not np.all(np.isfinite(arr)):
-                problem = "non-finite observation"
-            elif arr.size and float(np.abs(arr).max()) > self.obs_limit:
-                problem = f"observation beyond faults.obs_limit={self.obs_limit:g}"
+            arr = np.abs(np.asarray(obs))
+            # One comparison catches both: NaN compares false, infinity exceeds any limit.
+            if arr.size and not float(arr.max()) <= self.obs_limit:
+                problem = (
+                    "non-finite observation"
+                    if not np.all(np.isfinite(arr))
+                    else f"observation beyond faults.obs_limit={self.obs_limit:g}"
+                )
         self._warnings = counts
         if problem is not None:
             return self._fault(problem)

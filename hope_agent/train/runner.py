@@ -232,6 +232,10 @@ class CurriculumRunner:
                     break
                 except _Rollback as r:
                     self._rollback(str(r))
+        except BaseException:
+            # Stop the progress bar and keep the rows logged so far (a resume cuts them back).
+            self.logger.close()
+            raise
         finally:
             self.evaluator.close()
         wall = time.perf_counter() - start
