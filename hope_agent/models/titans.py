@@ -388,22 +388,23 @@ def _fp32(device: torch.device) -> Iterator[None]:
         yield
 
 
-def _row_weight(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask (B,)`` viewed to broadcast over the trailing dims of ``like``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Row-wise select: ``a`` where ``mask (B,)``, else ``b`` (``a`` may broadcast over rows).
 
-    ``lerp`` with a 0/1 weight is exact (it returns ``start`` or ``end`` bit for bit) and runs
-    3-4x faster than ``torch.where`` on CPU for the weight-sized tensors it selects here.
+    A select, not arithmetic (``lerp`` or a 0/1 product): a non-finite value in the row that is
+    not taken must not leak into the result, so that a reset recovers a diverged row.
     """
-    return torch.lerp(b, a, _row_weight(mask, b))
+    return torch.where(_rows(mask, b), a, b)
 
 
 def _zero_rows(mask: Tensor, b: Tensor) -> Tensor:
-    """``b`` with the rows where ``mask (B,)`` set to zero."""
-    return b * _row_weight(~mask, b)
+    """``b`` with the rows where ``mask (B,)`` set to zero (NaN rows included)."""
+    return b.masked_fill(_rows(mask, b), 0.0)
 
 
 def _logit(p: float) -> float:
