@@ -6,7 +6,6 @@ treat ``is_first`` exactly like a fresh state, and be causal.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -16,6 +15,7 @@ from torch.nn import functional as F
 from hope_agent.models.base import Backbone
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.models.gru import GRUBackbone, GRUConfig, GRUState
+from hope_agent.models.hope import Hope, HopeAttention
 from hope_agent.models.mlp import MLPBackbone, MLPConfig, MLPState
 from hope_agent.models.state import State
 from hope_agent.models.transformer import (
@@ -302,13 +302,7 @@ def test_factory_errors() -> None:
         make_backbone("gru", 8, hidden_mult=2)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hope_agent.models.hope") is None,
-    reason="hope_agent.models.hope is not written yet",
-)
 def test_factory_builds_hope_variants() -> None:
-    from hope_agent.models.hope import Hope, HopeAttention
-
     assert type(make_backbone("hope", 16)) is Hope
     assert isinstance(make_backbone("hope_attention", 16), HopeAttention)
     no_cms = make_backbone("hope_no_cms", 16)

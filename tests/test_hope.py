@@ -114,6 +114,44 @@ def test_reset_equals_fresh_state_and_leaves_other_rows_alone(cls: type, kw: dic
     assert (y[1, t0:] - y_plain[1, t0:]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize(("cls", "kw"), MODELS)
+def test_reset_recovers_a_non_finite_row(cls: type, kw: dict) -> None:
+    """A row whose state went NaN (weights, momenta, conv buffer or KV cache) is a fresh row
+    after ``is_first``, in ``forward`` and in ``step``; the other rows do not see it."""
+    model = cls(_config(**kw)).double()
+    b, t = 2, 9
+    x = torch.randn(b, t, D, dtype=F64)
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[1, 0] = True
+
+    def poison(leaf: torch.Tensor) -> torch.Tensor:
+        leaf = leaf.clone()
+        if leaf.is_floating_point():
+            leaf[1] = float("nan")
+        elif leaf.dtype == torch.bool:
+            leaf[1] = True  # every KV-cache slot claims to be valid
+        else:
+            leaf[1] = 2  # chunk positions off 0
+        return leaf
+
+    with torch.no_grad():
+        _, warm = model(torch.randn(b, 7, D, dtype=F64), model.init_state(b))
+        bad = warm.map(poison)
+        y_fresh, s_fresh = model(x[1:], model.init_state(1))
+        y_warm, _ = model(x[:1], warm.index(0))
+        y, state = model(x, bad, first)
+        ys, s_step = [], bad
+        for i in range(t):
+            y_t, s_step = model.step(x[:, i], s_step, first[:, i])
+            ys.append(y_t)
+    for out, end in ((y, state), (torch.stack(ys, 1), s_step)):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[1:], y_fresh, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[:1], y_warm, rtol=1e-12, atol=1e-12)
+        for a, c in zip(end.index(1).leaves(), s_fresh.leaves(), strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+
+
 def test_attention_sees_exactly_its_window() -> None:
     model = HopeAttention(_config(n_layers=1, attn_window=4)).double()
     x = torch.randn(1, 12, D, dtype=F64)

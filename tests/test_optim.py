@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from hope_agent.models.hope import Hope, HopeConfig
 from hope_agent.optim import M3, MultiTimescaleOptimizer, newton_schulz, split_matrix_params
 
 
@@ -266,6 +267,47 @@ def test_newton_schulz_transposes_tall_matrices() -> None:
     torch.testing.assert_close(newton_schulz(g), newton_schulz(g.T).T, atol=0, rtol=0)
 
 
+def test_newton_schulz_orthogonalises_each_matrix_of_a_stack() -> None:
+    g = torch.randn(2, 3, 6, 4)
+    g[0, 1] *= 100.0  # the normalisation is per matrix, not over the stack
+    out = newton_schulz(g)
+    for i in range(2):
+        for j in range(3):
+            torch.testing.assert_close(out[i, j], newton_schulz(g[i, j]), atol=1e-6, rtol=1e-5)
+
+
+def test_m3_updates_a_stack_of_matrices_as_separate_matrices() -> None:
+    stack = nn.Parameter(torch.randn(2, 3, 5, 4))
+    parts = [nn.Parameter(stack.detach()[i, j].clone()) for i in range(2) for j in range(3)]
+    opt_stack = M3([stack], lr=0.05, slow_every=2)
+    opt_parts = M3(parts, lr=0.05, slow_every=2)
+    for _ in range(5):
+        g = torch.randn(2, 3, 5, 4)
+        stack.grad = g.clone()
+        for n, p in enumerate(parts):
+            p.grad = g[n // 3, n % 3].clone()
+        opt_stack.step()
+        opt_parts.step()
+    torch.testing.assert_close(
+        stack.detach(), torch.stack([p.detach() for p in parts]).view(2, 3, 5, 4)
+    )
+
+
+def test_split_matrix_params_sends_hope_stacked_matrices_to_m3() -> None:
+    model = Hope(HopeConfig(d_model=16, n_layers=1, n_heads=2, chunk_size=4, cms_periods=(1,)))
+    matrices, others = split_matrix_params(model.parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    to_m3 = {names[id(p)].rsplit(".", 1)[-1] for p in matrices}
+    assert {"proj_w_in", "proj_w_out", "mem_w_in", "mem_w_out", "w_q", "conv_weight"} <= to_m3
+    assert all(p.dim() == 1 for p in others) and others
+    opt = M3(matrices, lr=0.01)  # accepted as they are
+    y, _ = model(torch.randn(2, 5, 16), model.init_state(2))
+    y.square().mean().backward()
+    before = [p.detach().clone() for p in matrices]
+    opt.step()
+    assert all(not torch.equal(p, b) for p, b in zip(matrices, before, strict=True))
+
+
 def test_m3_decreases_least_squares_loss() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(256, 16, generator=gen)
@@ -364,7 +406,7 @@ def test_m3_with_adamw_on_the_rest_of_a_model() -> None:
 
 def test_m3_rejects_non_matrix_params_and_bad_hyperparameters() -> None:
     with pytest.raises(
-        ValueError, match=r"2-D matrix parameters only.*\(8,\).*split_matrix_params"
+        ValueError, match=r"matrix parameters \(dim >= 2\) only.*\(8,\).*split_matrix_params"
     ):
         M3(nn.Linear(4, 8).parameters())
     w = nn.Parameter(torch.zeros(2, 2))

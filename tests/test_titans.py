@@ -15,8 +15,8 @@ from hope_agent.models.titans import (
     clip_factors,
     dgd_chunk,
     dgd_token,
-    inner_grad_factors,
     memory_read,
+    read_and_inner_grad,
     segment_layout,
 )
 
@@ -45,17 +45,26 @@ def _resets(b: int, t: int) -> torch.Tensor:
 
 
 def test_closed_form_inner_gradient_equals_autograd() -> None:
+    """``read_and_inner_grad``: the gradient at the target ``M(v)`` (stop-gradient) and ``M(z)``."""
     m, h, d, n = 2, 3, 4, 5
     w_in = torch.randn(m, h, d, dtype=F64)
     w_out = torch.randn(m, d, h, dtype=F64)
     k = F.normalize(torch.randn(m, n, d, dtype=F64), dim=-1)
-    v_hat = torch.randn(m, n, d, dtype=F64)
-    p_in, p_out, s = inner_grad_factors(w_in, w_out, k, v_hat)
+    v = torch.randn(m, n, d, dtype=F64)
+    z = torch.randn(m, n, d, dtype=F64)
+    p_in, p_out, s, read = read_and_inner_grad(w_in, w_out, k, v, z)
+    assert read is not None
+    torch.testing.assert_close(read, memory_read(w_in, w_out, z), rtol=1e-12, atol=1e-12)
+    no_read = read_and_inner_grad(w_in, w_out, k, v)
+    assert no_read[3] is None
+    for a, b in zip(no_read[:3], (p_in, p_out, s), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     for i in range(m):
         for t in range(n):
             wi = w_in[i].clone().requires_grad_(True)
             wo = w_out[i].clone().requires_grad_(True)
-            loss = (memory_read(wi, wo, k[i, t : t + 1]) - v_hat[i, t]).square().sum()
+            v_hat = memory_read(wi, wo, v[i, t : t + 1]).detach()
+            loss = (memory_read(wi, wo, k[i, t : t + 1]) - v_hat).square().sum()
             g_in, g_out = torch.autograd.grad(loss, (wi, wo))
             torch.testing.assert_close(torch.outer(p_in[i, t], k[i, t]), g_in)
             torch.testing.assert_close(torch.outer(p_out[i, t], s[i, t]), g_out)
@@ -150,6 +159,169 @@ def test_dgd_chunk_matches_per_token_reference(delta: bool) -> None:
     torch.testing.assert_close(s_t, ref_s, rtol=1e-10, atol=1e-10)
 
 
+# ----------------------------------------------------------------------------- naive reference
+
+
+def _mlp(w_in: torch.Tensor, w_out: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``M(z) = z + W_out silu(W_in z)`` for one head and one token (docs/hope.md decision 2)."""
+    return z + w_out @ F.silu(w_in @ z)
+
+
+def _naive_titans(
+    layer: SelfModifyingTitans, u: torch.Tensor, first: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[float]]:
+    """HOPE.md section 2 token by token, one row, head and memory at a time, from scratch.
+
+    Shares nothing with the layer's code but its parameters: gradients by ``torch.autograd.grad``,
+    the ``W_in`` rule as the literal product ``W (alpha I - eta k k^T)``, the conv as a sum over the
+    episode's history. Returns the outputs, the final state (named as ``TitansState``'s fields,
+    stacked over rows) and every inner gradient norm seen (to check that clipping was exercised).
+    """
+    b, t_len, _ = u.shape
+    n_h, d, width = layer.n_heads, layer.head_dim, layer.conv_width
+    names = [*layer.memories, "mem"]
+    init = {
+        name: (layer.proj_w_in[i], layer.proj_w_out[i]) for i, name in enumerate(layer.memories)
+    }
+    init["mem"] = (layer.mem_w_in[0], layer.mem_w_out[0])
+    eye = torch.eye(d, dtype=u.dtype)
+    ys = torch.zeros_like(u)
+    norms: list[float] = []
+    finals = []
+
+    def fresh() -> dict[str, list[dict[str, torch.Tensor]]]:
+        # per memory and head: chunk-start weights w0_*, running weights w_*, momenta s_*
+        return {
+            name: [
+                {
+                    "w0_in": init[name][0][h],
+                    "w0_out": init[name][1][h],
+                    "w_in": init[name][0][h],
+                    "w_out": init[name][1][h],
+                    "s_in": torch.zeros_like(init[name][0][h]),
+                    "s_out": torch.zeros_like(init[name][1][h]),
+                }
+                for h in range(n_h)
+            ]
+            for name in names
+        }
+
+    for row in range(b):
+        mems, pos_proj, pos_mem = fresh(), 0, 0
+        history: list[torch.Tensor] = []  # pre-conv (q, k, v) of this episode: (3, H, d) each
+        for t in range(t_len):
+            if first[row, t]:
+                mems, pos_proj, pos_mem, history = fresh(), 0, 0, []
+            x = (layer.in_proj.weight @ u[row, t]).view(n_h, d)
+            reads = {
+                name: torch.stack(
+                    [
+                        _mlp(mems[name][h]["w0_in"], mems[name][h]["w0_out"], x[h])
+                        for h in range(n_h)
+                    ]
+                )
+                for name in layer.memories
+            }  # (H, d) each, at the chunk-start weights
+            q_src = reads["q"] if layer.adaptive_q else torch.einsum("hed,hd->he", layer.w_q, x)
+            history.append(torch.stack([q_src, reads["k"], reads["v"]]))
+            # causal depthwise conv: tap width - 1 is the current token, zeros before the episode
+            post = torch.zeros(3, n_h, d, dtype=u.dtype)
+            for j in range(width):
+                back = width - 1 - j
+                if back < len(history):
+                    post = post + layer.conv_weight[..., j] * history[-1 - back]
+            q = post[0] / post[0].norm(dim=-1, keepdim=True)
+            k = post[1] / post[1].norm(dim=-1, keepdim=True)
+            v = post[2]
+            eta = layer.eta_max * torch.sigmoid(
+                (layer.eta_readout * reads["eta"]).sum(-1) + layer.eta_bias
+            )
+            alpha = torch.sigmoid((layer.alpha_readout * reads["alpha"]).sum(-1) + layer.alpha_bias)
+            beta = torch.sigmoid((layer.beta_weight * x).sum(-1) + layer.beta_bias)
+            # read before the write, at M_mem's chunk-start weights
+            o = torch.stack(
+                [_mlp(mems["mem"][h]["w0_in"], mems["mem"][h]["w0_out"], q[h]) for h in range(n_h)]
+            )
+            ys[row, t] = layer.out_proj.weight @ o.reshape(-1)
+            for name in names:
+                for h in range(n_h):
+                    m = mems[name][h]
+                    w_in = m["w0_in"].detach().requires_grad_(True)
+                    w_out = m["w0_out"].detach().requires_grad_(True)
+                    target = _mlp(w_in, w_out, v[h]).detach()  # self-generated, stop-gradient
+                    loss = (_mlp(w_in, w_out, k[h]) - target).square().sum()
+                    g_in, g_out = torch.autograd.grad(loss, (w_in, w_out))
+                    norm = (g_in.square().sum() + g_out.square().sum()).sqrt()
+                    norms.append(float(norm))
+                    scale = torch.clamp(layer.max_inner_grad_norm / norm, max=1.0)
+                    m["s_in"] = beta[h] * m["s_in"] - eta[h] * scale * g_in
+                    m["s_out"] = beta[h] * m["s_out"] - eta[h] * scale * g_out
+                    kk = torch.outer(k[h], k[h])
+                    m["w_in"] = m["w_in"] @ (alpha[h] * eye - eta[h] * kk) + m["s_in"]
+                    m["w_out"] = alpha[h] * m["w_out"] + m["s_out"]
+            pos_proj, pos_mem = pos_proj + 1, pos_mem + 1
+            # a completed chunk's writes become the chunk-start weights of the next chunk
+            for group, done in (
+                (layer.memories, pos_proj == layer.chunk_size),
+                (["mem"], pos_mem == layer.mem_chunk_size),
+            ):
+                if done:
+                    for name in group:
+                        for m in mems[name]:
+                            m["w0_in"], m["w0_out"] = m["w_in"], m["w_out"]
+            pos_proj %= layer.chunk_size
+            pos_mem %= layer.mem_chunk_size
+        padded = [torch.zeros(3, n_h, d, dtype=u.dtype)] * (width - 1) + history
+        conv = torch.stack(padded[len(padded) - (width - 1) :], dim=2)  # (3, H, K-1, d)
+        final = {"proj.pos": torch.tensor(pos_proj), "mem.pos": torch.tensor(pos_mem), "conv": conv}
+        for group, mem_names in (("proj", layer.memories), ("mem", ["mem"])):
+            for field in ("w0_in", "w0_out", "w_in", "w_out", "s_in", "s_out"):
+                final[f"{group}.{field}"] = torch.stack(
+                    [torch.stack([m[field] for m in mems[name]]) for name in mem_names]
+                )
+        finals.append(final)
+    return ys, {key: torch.stack([f[key] for f in finals]) for key in finals[0]}, norms
+
+
+@pytest.mark.parametrize(
+    "opts", [{}, {"adaptive_q": True, "mem_hidden_mult": 2}], ids=["default", "adaptive_q"]
+)
+def test_forward_matches_a_naive_per_token_reference_float64(opts: dict) -> None:
+    """The whole layer against HOPE.md section 2 written out per token (no shared code path)."""
+    layer = SelfModifyingTitans(
+        8, 2, chunk_size=4, mem_chunk_size=3, eta_max=0.5, max_inner_grad_norm=3.0, **opts
+    ).double()
+    with torch.no_grad():  # move every parameter off its special init (identity conv and W_q)
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    b, t = 2, 11  # 2.75 chunks of C = 4, 3.7 of C_mem = 3
+    u = torch.randn(b, t, 8, dtype=F64)
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[1, 5] = True  # mid-chunk for both chunk sizes
+    with torch.no_grad():
+        y, state = layer(u, layer.initial_state(b), first)
+    ref_y, ref, norms = _naive_titans(layer, u, first)
+    assert min(norms) < 3.0 < max(norms)  # clipping both applied and not applied
+    torch.testing.assert_close(y, ref_y.detach(), rtol=1e-10, atol=1e-10)
+    got = {
+        "conv": state.conv,
+        "proj.pos": state.proj.pos,
+        "mem.pos": state.mem.pos,
+    }
+    for group, mem in (("proj", state.proj), ("mem", state.mem)):
+        got |= {
+            f"{group}.w0_in": mem.w_in,
+            f"{group}.w0_out": mem.w_out,
+            f"{group}.w_in": mem.w_in_run,
+            f"{group}.w_out": mem.w_out_run,
+            f"{group}.s_in": mem.s_in,
+            f"{group}.s_out": mem.s_out,
+        }
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        torch.testing.assert_close(got[key], value.detach(), rtol=1e-10, atol=1e-10, msg=key)
+
+
 # ----------------------------------------------------------------------------- segments
 
 
@@ -218,6 +390,43 @@ def test_chunk_writes_take_effect_from_the_next_chunk() -> None:
     _, s4 = layer(u[:, 3:4], s3)
     torch.testing.assert_close(s4.mem.w_in, s4.mem.w_in_run)
     assert int(s4.mem.pos) == 0 and int(s3.mem.pos) == 3
+
+
+def _poison_row(state: TitansState, row: int) -> TitansState:
+    """``state`` with every float leaf of ``row`` (weights, momenta, conv buffer) set to NaN and
+    its chunk positions moved off 0."""
+
+    def poison(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        t[row] = float("nan") if t.is_floating_point() else 2
+        return t
+
+    return state.map(poison)
+
+
+def test_reset_recovers_a_non_finite_row_in_forward_and_step() -> None:
+    layer = SelfModifyingTitans(8, 2, chunk_size=4, mem_chunk_size=3).double()
+    b, t = 2, 9
+    u = torch.randn(b, t, 8, dtype=F64)
+    first = torch.zeros(b, t, dtype=torch.bool)
+    first[1, 0] = True
+    with torch.no_grad():
+        _, warm = layer(torch.randn(b, 6, 8, dtype=F64), layer.initial_state(b))
+        bad = _poison_row(warm, 1)
+        assert all(torch.isnan(x[1]).all() for x in bad.leaves() if x.is_floating_point())
+        y_fresh, s_fresh = layer(u[1:], layer.initial_state(1))
+        y_warm, _ = layer(u[:1], warm.index(0))
+        y, state = layer(u, bad, first)
+        ys, s_step = [], bad
+        for i in range(t):
+            y_t, s_step = layer.step(u[:, i], s_step, first[:, i])
+            ys.append(y_t)
+    for out, end in ((y, state), (torch.stack(ys, 1), s_step)):
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[1:], y_fresh, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out[:1], y_warm, rtol=1e-12, atol=1e-12)  # row 0 untouched
+        for a, c in zip(end.index(1).leaves(), s_fresh.leaves(), strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
 
 
 def test_persistent_memory_reset_commits_chunk_and_clears_conv_only() -> None:

@@ -157,16 +157,21 @@ class SlidingWindowAttention(nn.Module):
         b, t_len, _ = u.shape
         w = self.window
         q, k, v = self.qkv(u).view(b, t_len, 3, self.n_heads, self.head_dim).unbind(2)
-        keys = torch.cat([state.k.to(k.dtype), k], dim=1)  # (B, W + T, H, d)
-        vals = torch.cat([state.v.to(v.dtype), v], dim=1)
         first = (
             torch.zeros(b, t_len, dtype=torch.bool, device=u.device)
             if is_first is None
             else is_first.to(torch.bool)
         )
+        # cached slots no query may use (empty, or the row starts an episode at t = 0) are zeroed,
+        # not only masked: a NaN key or value survives a -inf mask (NaN - inf, 0 * NaN), and a
+        # reset must recover a row whose cache diverged
+        usable = (state.valid & ~first[:, :1]).view(b, w, 1, 1)
+        # (B, W + T, H, d)
+        keys = torch.cat([torch.where(usable, state.k.to(k.dtype), 0.0), k], dim=1)
+        vals = torch.cat([torch.where(usable, state.v.to(v.dtype), 0.0), v], dim=1)
         episode = first.long().cumsum(1)  # (B, T): the cache is episode 0
         key_episode = torch.cat([torch.zeros_like(episode[:, :1]).expand(b, w), episode], 1)
-        key_valid = torch.cat([state.valid, torch.ones_like(first)], 1)  # (B, W + T)
+        key_valid = torch.cat([usable.view(b, w), torch.ones_like(first)], 1)  # (B, W + T)
         dist = (torch.arange(t_len, device=u.device) + w).unsqueeze(1) - torch.arange(
             w + t_len, device=u.device
         )  # (T, W + T): query index minus key index
@@ -181,11 +186,13 @@ class SlidingWindowAttention(nn.Module):
             q.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2), attn_mask=mask
         )  # (B, H, T, d)
         y = self.out_proj(out.transpose(1, 2).reshape(b, t_len, self.d_model))
-        keep = key_valid & (key_episode == episode[:, -1:])
+        keep = (key_valid & (key_episode == episode[:, -1:]))[:, -w:]
+        # slots of another episode are dropped (zeroed), so the cache matches a fresh row's
+        drop = ~keep.view(b, w, 1, 1)
         new = AttentionState(
-            k=keys[:, -w:].to(state.k.dtype),
-            v=vals[:, -w:].to(state.v.dtype),
-            valid=keep[:, -w:],
+            k=keys[:, -w:].masked_fill(drop, 0.0).to(state.k.dtype),
+            v=vals[:, -w:].masked_fill(drop, 0.0).to(state.v.dtype),
+            valid=keep,
         )
         return y, new
 

@@ -79,50 +79,31 @@ def memory_read(w_in: Tensor, w_out: Tensor, z: Tensor) -> Tensor:
     return z + F.silu(z @ w_in.mT) @ w_out.mT
 
 
-def inner_grad_factors(
-    w_in: Tensor, w_out: Tensor, k: Tensor, v_hat: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Closed-form gradient of ``||M(k) - v_hat||^2`` w.r.t. both matrices, as rank-1 factors.
-
-    For one token ``grad W_in = p_in k^T`` and ``grad W_out = p_out s^T``; returns
-    ``(p_in (..., L, h), p_out (..., L, d), s (..., L, h))`` for keys ``k (..., L, d)``.
-    ``v_hat`` is a constant of the inner loss (stop-gradient inside the inner problem) but stays
-    differentiable for the outer loss, as are the factors themselves.
-    """
-    a = k @ w_in.mT  # (..., L, h)
-    s = F.silu(a)
-    return _factors(a, s, k + s @ w_out.mT, v_hat, w_out)
-
-
-def _factors(
-    a: Tensor, s: Tensor, m_k: Tensor, v_hat: Tensor, w_out: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradient factors from the pre-activation ``a``, ``s = silu(a)`` and ``m_k = M(k)``."""
-    sig = torch.sigmoid(a)
-    err2 = 2.0 * (m_k - v_hat)  # (..., L, d): dl/dM(k)
-    dsilu = sig * (1.0 + a * (1.0 - sig))
-    p_in = dsilu * (err2 @ w_out)  # (..., L, h): W_out^T err2, gated by silu'
-    return p_in, err2, s
-
-
 def read_and_inner_grad(
     w_in: Tensor, w_out: Tensor, k: Tensor, v: Tensor, z: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """:func:`inner_grad_factors` at the self-generated target ``v_hat = M(v)``, and ``M(z)``.
+    """Closed-form gradient of ``||M(k) - v_hat||^2`` at ``v_hat = M(v)``, and the read ``M(z)``.
 
-    The keys, values and optional reads ``k, v, z (..., L, d)`` go through the memory as one
-    stacked block, so each weight matrix is read once for all three (instead of once per read,
-    target and gradient): fewer and larger matmuls. Returns ``(p_in, p_out, s, M(z) or None)``.
+    For one token ``grad W_in = p_in k^T`` and ``grad W_out = p_out s^T``; returns ``(p_in (...,
+    L, h), p_out (..., L, d), s (..., L, h), M(z) or None)`` for ``k, v, z (..., L, d)``. The
+    self-generated target ``v_hat`` is a constant of the inner loss (stop-gradient inside the inner
+    problem) but stays differentiable for the outer loss, as are the factors themselves.
+
+    The keys, values and optional reads go through the memory as one stacked block, so each weight
+    matrix is read once for all three (instead of once per read, target and gradient): fewer and
+    larger matmuls.
     """
     n = k.shape[-2]
     rows = torch.cat([k, v] if z is None else [k, v, z], dim=-2)  # (..., 2L or 3L, d)
-    a = rows @ w_in.mT
-    act = F.silu(a)
+    a_all = rows @ w_in.mT
+    act = F.silu(a_all)
     out = rows + act @ w_out.mT  # M(rows)
-    p_in, p_out, s = _factors(
-        a[..., :n, :], act[..., :n, :], out[..., :n, :], out[..., n : 2 * n, :], w_out
-    )
-    return p_in, p_out, s, None if z is None else out[..., 2 * n :, :]
+    a, s = a_all[..., :n, :], act[..., :n, :]
+    sig = torch.sigmoid(a)
+    err2 = 2.0 * (out[..., :n, :] - out[..., n : 2 * n, :])  # (..., L, d): dl/dM(k)
+    dsilu = sig * (1.0 + a * (1.0 - sig))
+    p_in = dsilu * (err2 @ w_out)  # (..., L, h): W_out^T err2, gated by silu'
+    return p_in, err2, s, None if z is None else out[..., 2 * n :, :]
 
 
 def clip_factors(
@@ -794,7 +775,7 @@ __all__: list[str] = [
     "clip_factors",
     "dgd_chunk",
     "dgd_token",
-    "inner_grad_factors",
     "memory_read",
+    "read_and_inner_grad",
     "segment_layout",
 ]

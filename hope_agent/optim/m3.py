@@ -15,6 +15,12 @@ step like ``lr``.
 NS_T is the quintic Newton-Schulz iteration of Muon (Jordan et al. 2024), coefficients
 (3.4445, -4.7750, 2.0315), on the Frobenius-normalised matrix, transposing tall matrices so that
 the Gram matrix is the small one.
+
+A parameter with more than two dims is a stack of matrices over its last two dims: HOPE's per-head
+memory weights ``(M, H, h, d)`` and ``W_q (H, d, d)``; its depthwise conv ``(3, H, d, K)`` becomes
+one channels x taps matrix per q/k/v and head, the shape Muon gives a flattened depthwise filter.
+Each matrix is orthogonalised on its own and the rest of the update is elementwise, so a stack is
+updated as its matrices would be one by one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 def newton_schulz(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     """Approximately orthogonalise ``matrix`` (..., m, n): push its singular values towards 1.
 
+    Leading dims are a batch: every ``m x n`` matrix is normalised and iterated on its own.
     Returns a tensor of the same shape and dtype. The iteration runs in fp32. The quintic
     coefficients trade exactness for speed: after 5 steps the singular values lie roughly in
     [0.7, 1.2] rather than exactly at 1, which is what Muon relies on.
@@ -59,11 +66,12 @@ def newton_schulz(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
 
 
 def split_matrix_params(params: Iterable[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-    """Split parameters into (2-D matrices for M3, everything else for e.g. AdamW)."""
+    """Split parameters into (matrices and stacks of matrices, dim >= 2, for M3; vectors and
+    scalars for e.g. AdamW)."""
     matrices: list[Tensor] = []
     others: list[Tensor] = []
     for p in params:
-        (matrices if p.dim() == 2 else others).append(p)
+        (matrices if p.dim() >= 2 else others).append(p)
     return matrices, others
 
 
@@ -90,7 +98,7 @@ def _check_hyper(
 
 
 class M3(Optimizer):
-    """Multi-scale Momentum Muon for 2-D (matrix) parameters.
+    """Multi-scale Momentum Muon for matrix parameters (dim >= 2: leading dims stack matrices).
 
     Args:
         params: matrix parameters, or param-group dicts of them (use :func:`split_matrix_params`
@@ -129,7 +137,7 @@ class M3(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of 2-D parameters; other shapes raise ``ValueError``."""
+        """Add a group of matrix parameters (dim >= 2); vectors and scalars raise ``ValueError``."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -142,9 +150,9 @@ class M3(Optimizer):
                 group["eps"],
             )
             for p in group["params"]:
-                if p.dim() != 2:
+                if p.dim() < 2:
                     raise ValueError(
-                        f"M3 optimises 2-D matrix parameters only; param group "
+                        f"M3 optimises matrix parameters (dim >= 2) only; param group "
                         f"{len(self.param_groups) - 1} holds a parameter of shape "
                         f"{tuple(p.shape)}. Use split_matrix_params(params) and give the "
                         "non-matrix parameters to AdamW"
