@@ -6,12 +6,15 @@ every task and does not name the task, so a policy fine-tuned on one task after 
 the earlier skills unless it keeps them on purpose: the main curriculum for GPU runs.
 
 Every task shares `CheetahEnv`'s body, observation, reset and control cost; a subclass adds its
-task reward terms through `_task_reward`. None of them defines success: curricula score them by
-normalised return.
+task reward terms through `_task_reward` and its success criterion through `_success`. Each task
+reports `info["success"]`, but curricula score locomotion by normalised return
+(`defines_success = False`): the success thresholds are this package's choice, a coarse check of
+the behaviour, not a measure of how well it is done.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +37,10 @@ DEFAULT_CAMERA_CONFIG: dict[str, Any] = {
 
 # Torso height (m) when the body stands at rest on its passive joint stiffness.
 REST_HEIGHT = 0.6
+# Success criteria of held behaviours (a speed, a pose) judge the last 2 s (40 env steps): long
+# enough that a random policy's lurches do not pass, short enough to be met early in a 50 s
+# episode.
+SUCCESS_WINDOW_STEPS = 40
 
 _COMMON_DOC = """
     ## Body
@@ -60,7 +67,9 @@ _COMMON_DOC = """
 
     ## Info
     `x_position`, `x_velocity`, `z_torso`, `pitch`, `z_rear` (height of the torso's rear end),
-    and every reward term (`reward_*`, summing to the reward).
+    every reward term (`reward_*`, summing to the reward) and `success` (bool, the task's
+    criterion at that step; `False` at reset). Curricula score these tasks by normalised return
+    and drop `success` (`defines_success = False`).
 """
 
 
@@ -74,6 +83,7 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
         "render_fps": 20,
     }
+    # Curricula score locomotion by normalised return; `info["success"]` is a coarse check only.
     defines_success: ClassVar[bool] = False
 
     def __init__(
@@ -87,6 +97,8 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
             raise ValueError(f"reset_noise_scale must be >= 0, got {reset_noise_scale}.")
         self._ctrl_cost_weight = ctrl_cost_weight
         self._reset_noise_scale = reset_noise_scale
+        # x positions of the last SUCCESS_WINDOW_STEPS steps and the one before them.
+        self._x_history: deque[float] = deque(maxlen=SUCCESS_WINDOW_STEPS + 1)
         MujocoEnv.__init__(
             self,
             str(_XML),
@@ -98,10 +110,28 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         # Heights come from qpos (exact after the step; site and body poses lag one substep).
         self._base_height = float(self.model.body("torso").pos[2])
         self._rear_offset = float(self.model.site("rear").pos[0])
+        self._floor_id = self.model.geom("floor").id
+        back_leg = [self.model.body(f"back_{part}").id for part in ("thigh", "shin", "foot")]
+        self._back_leg_geoms = np.flatnonzero(np.isin(self.model.geom_bodyid, back_leg))
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
         """The task's reward terms, keyed `reward_<term>`, evaluated after the physics step."""
         raise NotImplementedError
+
+    def _success(self) -> bool:
+        """The task's success criterion, evaluated after the physics step."""
+        raise NotImplementedError
+
+    def _window_speed(self) -> float | None:
+        """Mean x velocity (m/s) over the last 2 s; None until the episode is 2 s old."""
+        if len(self._x_history) < SUCCESS_WINDOW_STEPS + 1:
+            return None
+        return (self._x_history[-1] - self._x_history[0]) / (SUCCESS_WINDOW_STEPS * self.dt)
+
+    def _floor_contacts(self) -> NDArray[np.int_]:
+        """Ids of the body geoms touching the floor (only body-floor contacts are enabled)."""
+        pairs = self.data.contact.geom
+        return np.asarray(pairs[pairs != self._floor_id], dtype=np.int_)
 
     def _torso_height(self) -> float:
         return self._base_height + float(self.data.qpos[1])
@@ -126,9 +156,11 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         x_before = float(self.data.qpos[0])
         self.do_simulation(action, self.frame_skip)
         x_velocity = (float(self.data.qpos[0]) - x_before) / self.dt
+        self._x_history.append(float(self.data.qpos[0]))
         reward_info = self._task_reward(x_velocity)
         reward_info["reward_ctrl"] = -self._ctrl_cost_weight * float(np.sum(np.square(action)))
         reward = float(sum(reward_info.values()))
+        success = self._success()
         if self.render_mode == "human":
             self.render()
         # Truncation comes from the TimeLimit wrapper added by `gymnasium.make`.
@@ -137,7 +169,7 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
             reward,
             False,
             False,
-            {**self._state_info(x_velocity), **reward_info},
+            {**self._state_info(x_velocity), **reward_info, "success": success},
         )
 
     def _get_obs(self) -> NDArray[np.float64]:
@@ -149,10 +181,12 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         qpos = self.init_qpos + self.np_random.uniform(-noise, noise, size=self.model.nq)
         qvel = self.init_qvel + noise * self.np_random.standard_normal(self.model.nv)
         self.set_state(qpos, qvel)
+        self._x_history.clear()
+        self._x_history.append(float(self.data.qpos[0]))
         return self._get_obs()
 
-    def _get_reset_info(self) -> dict[str, float]:
-        return self._state_info(0.0)
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {**self._state_info(0.0), "success": False}
 
 
 class CheetahRunEnv(CheetahEnv):
@@ -164,9 +198,15 @@ class CheetahRunEnv(CheetahEnv):
     - `reward_forward = forward_reward_weight * x_velocity`,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
+    ## Success
+    `info["success"]`: the mean forward speed over the last 2 s is at least `success_speed`
+    (1.5 m/s). Random actions never met it in 50 episodes; a scripted gait does
+    (tests/test_envs.py).
+
     ## Arguments
     `forward_reward_weight: float = 1.0`, `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, plus `MujocoEnv` rendering arguments.
+    `reset_noise_scale: float = 0.1`, `success_speed: float = 1.5` (m/s), plus `MujocoEnv`
+    rendering arguments.
     """
         + _COMMON_DOC
     )
@@ -176,16 +216,27 @@ class CheetahRunEnv(CheetahEnv):
         forward_reward_weight: float = 1.0,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
+        success_speed: float = 1.5,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(
-            self, forward_reward_weight, ctrl_cost_weight, reset_noise_scale, **kwargs
+            self,
+            forward_reward_weight,
+            ctrl_cost_weight,
+            reset_noise_scale,
+            success_speed,
+            **kwargs,
         )
         self._forward_reward_weight = forward_reward_weight
+        self._success_speed = _positive(success_speed, "success_speed")
         super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
         return {"reward_forward": self._forward_reward_weight * x_velocity}
+
+    def _success(self) -> bool:
+        speed = self._window_speed()
+        return speed is not None and speed >= self._success_speed
 
 
 class CheetahRunBackwardEnv(CheetahEnv):
@@ -197,9 +248,15 @@ class CheetahRunBackwardEnv(CheetahEnv):
     - `reward_backward = -backward_reward_weight * x_velocity`,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
+    ## Success
+    `info["success"]`: the mean backward speed over the last 2 s is at least `success_speed`
+    (1.5 m/s, i.e. mean x velocity <= -1.5 m/s). Random actions never met it in 50 episodes; a
+    scripted gait does (tests/test_envs.py).
+
     ## Arguments
     `backward_reward_weight: float = 1.0`, `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, plus `MujocoEnv` rendering arguments.
+    `reset_noise_scale: float = 0.1`, `success_speed: float = 1.5` (m/s), plus `MujocoEnv`
+    rendering arguments.
     """
         + _COMMON_DOC
     )
@@ -209,16 +266,27 @@ class CheetahRunBackwardEnv(CheetahEnv):
         backward_reward_weight: float = 1.0,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
+        success_speed: float = 1.5,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(
-            self, backward_reward_weight, ctrl_cost_weight, reset_noise_scale, **kwargs
+            self,
+            backward_reward_weight,
+            ctrl_cost_weight,
+            reset_noise_scale,
+            success_speed,
+            **kwargs,
         )
         self._backward_reward_weight = backward_reward_weight
+        self._success_speed = _positive(success_speed, "success_speed")
         super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
         return {"reward_backward": -self._backward_reward_weight * x_velocity}
+
+    def _success(self) -> bool:
+        speed = self._window_speed()
+        return speed is not None and -speed >= self._success_speed
 
 
 class CheetahJumpEnv(CheetahEnv):
@@ -227,15 +295,25 @@ class CheetahJumpEnv(CheetahEnv):
 
     ## Rewards
     `reward = reward_height + reward_drift + reward_ctrl`:
-    - `reward_height = height_reward_weight * max(z_torso - rest_height, 0)` (the torso is only
-      above its rest height while the legs push off or the body is airborne),
+    - `reward_height = height_reward_weight * max(z_torso - rest_height, 0)`. It pays any torso
+      height above rest, not only a jump: a constant torque that straightens the legs holds the
+      torso still at 0.67 m with both feet on the floor, earning over 0.6 per step
+      (tests/test_envs.py); rearing up on the back leg raises the torso too. Hopping higher
+      earns more,
     - `reward_drift = -drift_cost_weight * x_velocity^2` (so running is not a way to jump),
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
+
+    ## Success
+    `info["success"]`: the body is airborne (no part touches the floor) with the torso at least
+    `success_height` (1.0 m, 0.4 m above rest) high at that step: standing tall does not count.
+    Random actions never met it in 50 episodes; a scripted crouch-and-extend does
+    (tests/test_envs.py).
 
     ## Arguments
     `height_reward_weight: float = 10.0`, `drift_cost_weight: float = 0.1`,
     `rest_height: float = 0.6` (m), `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, plus `MujocoEnv` rendering arguments.
+    `reset_noise_scale: float = 0.1`, `success_height: float = 1.0` (m), plus `MujocoEnv`
+    rendering arguments.
     """
         + _COMMON_DOC
     )
@@ -247,6 +325,7 @@ class CheetahJumpEnv(CheetahEnv):
         rest_height: float = REST_HEIGHT,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
+        success_height: float = 1.0,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(
@@ -256,11 +335,13 @@ class CheetahJumpEnv(CheetahEnv):
             rest_height,
             ctrl_cost_weight,
             reset_noise_scale,
+            success_height,
             **kwargs,
         )
         self._height_reward_weight = height_reward_weight
         self._drift_cost_weight = drift_cost_weight
         self._rest_height = rest_height
+        self._success_height = _positive(success_height, "success_height")
         super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
@@ -269,6 +350,10 @@ class CheetahJumpEnv(CheetahEnv):
             "reward_height": self._height_reward_weight * height,
             "reward_drift": -self._drift_cost_weight * x_velocity**2,
         }
+
+    def _success(self) -> bool:
+        airborne = self._floor_contacts().size == 0
+        return airborne and self._torso_height() >= self._success_height
 
 
 class CheetahFrontStandEnv(CheetahEnv):
@@ -282,10 +367,18 @@ class CheetahFrontStandEnv(CheetahEnv):
     - `reward_drift = -drift_cost_weight * x_velocity^2`,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
+    ## Success
+    `info["success"]`: for the last 2 s the rear end of the torso has been at least
+    `success_height` (1.0 m) high with no part of the back leg touching the floor (the body
+    rests on its front leg, or on front leg and head in a headstand). Random actions met it in 2
+    of 50 episodes, by tipping over nose-first and staying there; a scripted gait does
+    (tests/test_envs.py).
+
     ## Arguments
     `stand_reward_weight: float = 5.0`, `drift_cost_weight: float = 0.1`,
     `rest_height: float = 0.6` (m), `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, plus `MujocoEnv` rendering arguments.
+    `reset_noise_scale: float = 0.1`, `success_height: float = 1.0` (m), plus `MujocoEnv`
+    rendering arguments.
     """
         + _COMMON_DOC
     )
@@ -297,6 +390,7 @@ class CheetahFrontStandEnv(CheetahEnv):
         rest_height: float = REST_HEIGHT,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
+        success_height: float = 1.0,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(
@@ -306,11 +400,15 @@ class CheetahFrontStandEnv(CheetahEnv):
             rest_height,
             ctrl_cost_weight,
             reset_noise_scale,
+            success_height,
             **kwargs,
         )
         self._stand_reward_weight = stand_reward_weight
         self._drift_cost_weight = drift_cost_weight
         self._rest_height = rest_height
+        self._success_height = _positive(success_height, "success_height")
+        # Consecutive steps (up to now) in the front-stand pose.
+        self._stand_steps = 0
         super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
@@ -318,6 +416,17 @@ class CheetahFrontStandEnv(CheetahEnv):
             "reward_stand": self._stand_reward_weight * (self._rear_height() - self._rest_height),
             "reward_drift": -self._drift_cost_weight * x_velocity**2,
         }
+
+    def _success(self) -> bool:
+        back_leg_down = bool(np.isin(self._floor_contacts(), self._back_leg_geoms).any())
+        in_pose = not back_leg_down and self._rear_height() >= self._success_height
+        self._stand_steps = self._stand_steps + 1 if in_pose else 0
+        return self._stand_steps >= SUCCESS_WINDOW_STEPS
+
+    def reset_model(self) -> NDArray[np.float64]:
+        """Rest pose plus seeded noise; the pose must be held anew."""
+        self._stand_steps = 0
+        return super().reset_model()
 
 
 class CheetahTargetSpeedEnv(CheetahEnv):
@@ -329,10 +438,15 @@ class CheetahTargetSpeedEnv(CheetahEnv):
     - `reward_speed = -speed_cost_weight * |x_velocity - target_speed|`,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
+    ## Success
+    `info["success"]`: the mean forward speed over the last 2 s is within `success_tolerance`
+    (0.2 m/s) of `target_speed`. Random actions never met it (target 1.5 m/s) in 50 episodes; a
+    scripted gait holds it (tests/test_envs.py).
+
     ## Arguments
     `target_speed: float = 1.5` (m/s, negative = backward), `speed_cost_weight: float = 1.0`,
-    `ctrl_cost_weight: float = 0.1`, `reset_noise_scale: float = 0.1`, plus `MujocoEnv`
-    rendering arguments.
+    `ctrl_cost_weight: float = 0.1`, `reset_noise_scale: float = 0.1`,
+    `success_tolerance: float = 0.2` (m/s), plus `MujocoEnv` rendering arguments.
     """
         + _COMMON_DOC
     )
@@ -343,14 +457,33 @@ class CheetahTargetSpeedEnv(CheetahEnv):
         speed_cost_weight: float = 1.0,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
+        success_tolerance: float = 0.2,
         **kwargs: Any,
     ) -> None:
         utils.EzPickle.__init__(
-            self, target_speed, speed_cost_weight, ctrl_cost_weight, reset_noise_scale, **kwargs
+            self,
+            target_speed,
+            speed_cost_weight,
+            ctrl_cost_weight,
+            reset_noise_scale,
+            success_tolerance,
+            **kwargs,
         )
         self._target_speed = target_speed
         self._speed_cost_weight = speed_cost_weight
+        self._success_tolerance = _positive(success_tolerance, "success_tolerance")
         super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
         return {"reward_speed": -self._speed_cost_weight * abs(x_velocity - self._target_speed)}
+
+    def _success(self) -> bool:
+        speed = self._window_speed()
+        return speed is not None and abs(speed - self._target_speed) <= self._success_tolerance
+
+
+def _positive(value: float, name: str) -> float:
+    """`value` if it is a positive number, else one ValueError naming the argument."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}.")
+    return float(value)

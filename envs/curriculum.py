@@ -15,6 +15,7 @@ import inspect
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +41,10 @@ _LIST_IDS_HINT = (
 
 class CurriculumError(ValueError):
     """A curriculum that cannot run: bad entry, unknown id, rejected kwargs, unmatched spaces."""
+
+
+class ReferenceBudgetWarning(UserWarning):
+    """The stored reference of a task was measured at another budget than the task trains for."""
 
 
 @dataclass(frozen=True)
@@ -146,12 +151,59 @@ def make_env(
 
 
 def defines_success(spec: TaskSpec) -> bool:
-    """Whether the task reports a success criterion in `info["success"]`.
+    """Whether curricula score the task by `info["success"]` (else by normalised return).
 
-    An env class declares one with the class attribute `defines_success = True` (this package's
-    point-mass and Meta-World tasks); tasks without it are scored by normalised return.
+    An env class declares it with the class attribute `defines_success = True` (this package's
+    point-mass and Meta-World tasks); `make_env` then keeps `info["success"]` and drops it
+    otherwise. The cheetah tasks report a success flag of their own but are scored by return.
     """
     return bool(getattr(_env_creator(spec.id), "defines_success", False))
+
+
+@dataclass(frozen=True)
+class ReferenceEntry:
+    """One stored measurement of a task's reference returns.
+
+    Attributes:
+        random: R_random, the mean return of uniform random actions.
+        reference: R_reference, the mean return of the single-task reference policy.
+        budget: environment steps the reference policy was trained for.
+        stored_budgets: every budget stored for this task (id and kwargs), ascending.
+        path: the file it was read from.
+    """
+
+    random: float
+    reference: float
+    budget: int
+    stored_budgets: tuple[int, ...]
+    path: Path
+
+
+def reference_entry(spec: TaskSpec, *, directory: Path = REFERENCE_DIR) -> ReferenceEntry | None:
+    """The stored reference of this task whose budget is closest to `spec.steps`, if any.
+
+    The files are written by `scripts/make_reference.py` (default directory: `envs/reference`).
+    A stored task matches on `id` and `kwargs`; among matches, the one whose training budget is
+    closest to `spec.steps` wins (a larger budget on ties). None if the task was never measured.
+    `budget` says which budget was taken; it may differ from `spec.steps`.
+    """
+    matches: list[tuple[int, float, float, Path]] = []
+    for path in sorted(directory.glob("*.json")):
+        for task in json.loads(path.read_text())["tasks"]:
+            if task["id"] == spec.id and task["kwargs"] == spec.kwargs:
+                matches.append(
+                    (
+                        int(task["budget"]),
+                        float(task["random"]["return_mean"]),
+                        float(task["reference"]["return_mean"]),
+                        path,
+                    )
+                )
+    if not matches:
+        return None
+    budget, random, reference, path = min(matches, key=lambda m: (abs(m[0] - spec.steps), -m[0]))
+    stored = tuple(sorted({m[0] for m in matches}))
+    return ReferenceEntry(random, reference, budget, stored, path)
 
 
 def reference_returns(
@@ -159,23 +211,25 @@ def reference_returns(
 ) -> tuple[float, float] | None:
     """`(R_random, R_reference)` stored for this task in `directory/*.json`, if any.
 
-    The files are written by `scripts/make_reference.py` (default directory: `envs/reference`).
-    A stored task matches on `id` and `kwargs`; among matches, the one whose training budget is
-    closest to `spec.steps` wins (a larger budget on ties). None if the task was never measured.
+    The entry is `reference_entry(spec)`'s (closest stored budget). CONTINUAL_RL.md defines
+    R_reference as a single-task run of the same budget, so when the stored budget differs from
+    `spec.steps` this warns (`ReferenceBudgetWarning`, naming both budgets and the command that
+    measures the missing one); `reference_entry` gives the budget without warning.
     """
-    best: tuple[tuple[int, int], tuple[float, float]] | None = None
-    for path in sorted(directory.glob("*.json")):
-        for task in json.loads(path.read_text())["tasks"]:
-            if task["id"] != spec.id or task["kwargs"] != spec.kwargs:
-                continue
-            rank = (abs(task["budget"] - spec.steps), -task["budget"])
-            returns = (
-                float(task["random"]["return_mean"]),
-                float(task["reference"]["return_mean"]),
-            )
-            if best is None or rank < best[0]:
-                best = (rank, returns)
-    return None if best is None else best[1]
+    entry = reference_entry(spec, directory=directory)
+    if entry is None:
+        return None
+    if entry.budget != spec.steps:
+        warnings.warn(
+            f"task {spec.name!r} ({spec.id}) trains for {spec.steps} steps but its stored "
+            f"reference returns were measured at budgets {list(entry.stored_budgets)}; "
+            f"normalising with the closest, {entry.budget} ({entry.path.name}), so R_reference "
+            f"is not a single-task run of the same budget. Measure one with `python "
+            f"scripts/make_reference.py --curriculum <name> --steps {spec.steps}`.",
+            ReferenceBudgetWarning,
+            stacklevel=2,
+        )
+    return entry.random, entry.reference
 
 
 def curriculum_names() -> list[str]:
@@ -307,7 +361,11 @@ def _probe(key: str) -> _Probe:
     env_id, kwargs = json.loads(key)
     try:
         env = gym.make(env_id, **kwargs)
-    except (TypeError, ValueError, ImportError, gym.error.Error) as err:
+    except ImportError as err:
+        # An optional dependency is missing: its message names what to install, and the kwargs
+        # are not at fault.
+        raise CurriculumError(f"the env needs a package that is not installed: {err}") from err
+    except (TypeError, ValueError, gym.error.Error) as err:
         raise CurriculumError(
             f"the env could not be built ({type(err).__name__}: {err}); check the kwargs against "
             f"the docstring of its entry point {gym.spec(env_id).entry_point}."

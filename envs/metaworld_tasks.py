@@ -20,8 +20,13 @@ import gymnasium as gym
 import numpy as np
 from numpy.typing import NDArray
 
-METAWORLD_ID = "hope/MetaWorld-v0"
-INSTALL_HINT = 'pip install -e ".[metaworld]"'
+from hope_envs.registration import NAMESPACE
+
+METAWORLD_ID = f"{NAMESPACE}/MetaWorld-v0"
+INSTALL_HINT = (
+    'from a checkout run `pip install -e ".[metaworld]"`, otherwise '
+    '`pip install "hope-agent[metaworld]"`'
+)
 
 # Continual World's CW10 sequence (Wołczyk et al. 2021) in Meta-World v3 names; CW20 repeats it.
 CW10_TASKS: tuple[str, ...] = (
@@ -50,7 +55,7 @@ def require_metaworld() -> ModuleType:
     except ImportError as err:
         raise ImportError(
             f"Meta-World tasks ({METAWORLD_ID}, curricula cw10/cw20) need the optional "
-            f"`metaworld` extra (metaworld 3.1.1): run `{INSTALL_HINT}`."
+            f"`metaworld` extra (metaworld 3.1.1): {INSTALL_HINT}."
         ) from err
     return metaworld
 

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
+# The id prefix of every task of this package: ids are `{NAMESPACE}/<Task>-v<n>`.
 NAMESPACE = "hope"
 
 # (id, entry point, episode length in steps)
-_TASKS: tuple[tuple[str, str, int], ...] = (
-    ("hope/PointReach-v0", "hope_envs.point:PointReachEnv", 100),
-    ("hope/CheetahRun-v0", "hope_envs.cheetah:CheetahRunEnv", 1000),
-    ("hope/CheetahRunBackward-v0", "hope_envs.cheetah:CheetahRunBackwardEnv", 1000),
-    ("hope/CheetahJump-v0", "hope_envs.cheetah:CheetahJumpEnv", 1000),
-    ("hope/CheetahFrontStand-v0", "hope_envs.cheetah:CheetahFrontStandEnv", 1000),
-    ("hope/CheetahTargetSpeed-v0", "hope_envs.cheetah:CheetahTargetSpeedEnv", 1000),
-    # Continual World: 200-step episodes, as CW used.
-    ("hope/MetaWorld-v0", "hope_envs.metaworld_tasks:MetaWorldTaskEnv", 200),
+_TASKS: tuple[tuple[str, str, int], ...] = tuple(
+    (f"{NAMESPACE}/{name}", entry_point, max_episode_steps)
+    for name, entry_point, max_episode_steps in (
+        ("PointReach-v0", "hope_envs.point:PointReachEnv", 100),
+        ("CheetahRun-v0", "hope_envs.cheetah:CheetahRunEnv", 1000),
+        ("CheetahRunBackward-v0", "hope_envs.cheetah:CheetahRunBackwardEnv", 1000),
+        ("CheetahJump-v0", "hope_envs.cheetah:CheetahJumpEnv", 1000),
+        ("CheetahFrontStand-v0", "hope_envs.cheetah:CheetahFrontStandEnv", 1000),
+        ("CheetahTargetSpeed-v0", "hope_envs.cheetah:CheetahTargetSpeedEnv", 1000),
+        # Continual World: 200-step episodes, as CW used.
+        ("MetaWorld-v0", "hope_envs.metaworld_tasks:MetaWorldTaskEnv", 200),
+    )
 )
 
 

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.errors import HydraException, MissingConfigException  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from omegaconf.errors import (  # noqa: E402
     ConfigAttributeError,
@@ -77,6 +78,24 @@ def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     return runner.run(resume_from=start)
 
 
+def check_resume_dir(resume: bool, run_dir: Path, dir_key: str, dir_template: str) -> None:
+    """Refuse ``resume=true`` in a run directory named by a timestamp (the default
+    ``hydra.run.dir``, template ``dir_template`` of config key ``dir_key``) that holds no
+    checkpoints: the run to continue lies elsewhere, and training would quietly start afresh.
+
+    Raises :class:`~hope_agent.train.build.ConfigError` naming the fix.
+    """
+    if not resume or "${now:" not in dir_template:
+        return
+    folder = run_dir / "checkpoints"
+    if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        return
+    raise ConfigError(
+        f"resume=true, but {dir_key} is the timestamped default ({dir_template}), a new "
+        f"directory without checkpoints ({run_dir}): give {dir_key}=<the run's directory>"
+    )
+
+
 def _stage_checkpoints(run_dir: Path, stage: int | None) -> list[Path]:
     folder = run_dir / "checkpoints"
     if stage is not None:
@@ -98,6 +117,10 @@ def _stage_checkpoints(run_dir: Path, stage: int | None) -> list[Path]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate saved checkpoints on every task without training; write matrix, metrics, plots.
 
+    ``run_dir`` alone evaluates every checkpoint of the run in global-step order: the stage
+    checkpoints give the matrix rows, the periodic ``step_*`` ones fill each stage's window (its
+    curve and AUC). ``stage=K`` or ``checkpoint=PATH`` evaluates one checkpoint, whose
+    evaluation is the row of its stage even when it was taken before the stage's end.
     Returns the metrics (also written to ``<out_dir>/metrics.json``).
     """
     _set_threads(int(cfg.torch_threads))
@@ -125,6 +148,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"{config_file} not found; is {run_dir} a run directory?")
         run_cfg = OmegaConf.load(config_file)  # type: ignore[assignment]
         checkpoints = _stage_checkpoints(run_dir, cfg.stage)
+        if cfg.stage is None:
+            checkpoints += sorted((run_dir / "checkpoints").glob("step_*"))
         out_dir = Path(cfg.out_dir) if cfg.out_dir else run_dir / "evaluation"
     else:
         checkpoints = [Path(cfg.checkpoint)]
@@ -133,11 +158,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             if cfg.out_dir
             else Path(cfg.checkpoint).parent.parent / (f"evaluation_{Path(cfg.checkpoint).name}")
         )
+    single = cfg.run_dir is None or cfg.stage is not None
     record: RunRecord | None = None
     evaluator = None
     run_settings: DictConfig | None = None
+    seen: set[tuple[int, bool]] = set()
+    evaluated: list[tuple[EvalEvent, Path]] = []
+    notes: list[str] = []
     for path in checkpoints:
         agent, loaded, specs, obs_dim, act_dim, tree = load_trained_agent(path, run_cfg, device)
+        progress = tree["progress"]
+        step, stage, done = (
+            int(progress["global_step"]),
+            int(progress["stage"]),
+            bool(progress["stage_done"]),
+        )
+        # A periodic checkpoint written at a stage end holds that stage checkpoint's state, and
+        # one at a stage's start (step 0) precedes any training of it: neither is a new point of
+        # a window.
+        if not single and ((step, done) in seen or (not done and int(progress["task_step"]) == 0)):
+            continue
+        seen.add((step, done))
         if cfg.episodes is not None:
             loaded.eval.episodes = int(cfg.episodes)
         if cfg.online_cms is not None:
@@ -150,29 +191,31 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             run_settings = loaded
             evaluator = build_evaluator(loaded, specs, obs_dim, act_dim, device, agent)
         assert evaluator is not None
-        progress = tree["progress"]
         starts = [int(s) for s in progress["stage_starts"]]
         if len(starts) > len(record.stage_starts):
             record.stage_starts = starts
-        results = evaluator.evaluate(agent)
-        reset = evaluator.evaluate(agent, reset_every_step=True) if reset_too else None
-        record.events.append(
-            EvalEvent(
-                int(progress["global_step"]),
-                int(progress["stage"]),
-                bool(progress["stage_done"]),
-                results,
-                reset,
+        if single and not done:
+            notes.append(
+                f"{path} was saved at env step {step}, before the end of stage {stage}: row "
+                f"{stage} holds its evaluation, not the stage's task-end one"
             )
-        )
+        task_end = done or single
+        results = evaluator.evaluate(agent)
+        # The in-context control is measured at task ends only, as in training.
+        reset = evaluator.evaluate(agent, reset_every_step=True) if reset_too and task_end else None
+        evaluated.append((EvalEvent(step, stage, task_end, results, reset), path))
     assert record is not None and evaluator is not None and run_settings is not None
     evaluator.close()
+    evaluated.sort(key=lambda item: (item[0].global_step, item[0].task_end))
+    record.events = [event for event, _ in evaluated]
     ref = run_settings.eval.reference_auc
     return write_results(
         out_dir,
         record,
+        smooth_last=run_settings.eval.smooth_last,
         reference_auc=None if ref is None else list(ref),
-        extra={"checkpoints": [str(p) for p in checkpoints]},
+        extra={"checkpoints": [str(path) for _, path in evaluated]},
+        notes=notes,
     )
 
 
@@ -262,7 +305,16 @@ def _precheck(config_name: str) -> None:
 
 @hydra.main(config_path="pkg://hope_configs", config_name="config", version_base="1.3")
 def _train_hydra(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    node = hydra_cfg.sweep if multirun else hydra_cfg.run
+    # Unresolved, so that a timestamp in the directory name shows as ${now:...}.
+    raw = OmegaConf.to_container(node, resolve=False)
+    assert isinstance(raw, dict)
+    template = str(raw["dir"])
+    _report_user_errors(lambda: check_resume_dir(bool(cfg.resume), run_dir, key, template))
     summary = _report_user_errors(lambda: train(cfg, run_dir))
     print(f"run directory: {summary.run_dir}")
 

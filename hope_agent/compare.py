@@ -11,12 +11,19 @@ resamples, as Continual World reports). A metric a run could not compute (forwar
 without a reference AUC) is left out of that run's group; a group where no run has it shows an
 empty cell.
 
+The runs of one label must differ only in their seed (and in what changes where or how a run
+runs, :data:`IGNORED_KEYS`): a config that differs in anything else, or another number of env
+steps, is refused, since the interval would mix settings. Forward transfer can also be computed
+here from single-task reference runs (:func:`load_references`, ``--reference`` of
+``scripts/compare.py``): ``AUC_ref`` of each task is the mean AUC of its reference runs.
+
 Outputs: ``comparison.csv``, ``comparison.md`` and ``comparison.png`` (:func:`write_comparison`).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
+from hope_agent.train.build import RESUMABLE_CHANGES
 from hope_agent.train.logger import rows_to_csv
 
 METRICS: tuple[str, ...] = (
@@ -47,6 +55,9 @@ METRIC_TITLES: dict[str, str] = {
     "forward_transfer": "fwd transfer ↑",
 }
 CONFIG_FILES = ("config.yaml", ".hydra/config.yaml")
+# Config keys (top-level sections) the runs of one row may differ in: the seed, and what changes
+# where or how a run runs (as for resuming) or what it records, not what it learns.
+IGNORED_KEYS: tuple[str, ...] = ("seed", *RESUMABLE_CHANGES, "video")
 
 
 @dataclass
@@ -62,6 +73,10 @@ class RunResult:
     tasks: list[str]
     perf: np.ndarray  # (N, N)
     metrics: dict[str, float | None]
+    settings: dict[str, Any] = field(default_factory=dict)  # flat config less IGNORED_KEYS
+    env_steps: int | None = None  # from metrics.json
+    task_steps: list[int] = field(default_factory=list)  # each task's step budget
+    auc: list[float] | None = None  # per-task AUC (metrics.json)
 
     @property
     def label(self) -> str:
@@ -127,6 +142,23 @@ def find_runs(paths: Iterable[PathLike]) -> list[Path]:
     return sorted(found)
 
 
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _task_steps(cfg: DictConfig) -> list[int]:
+    """Each curriculum task's step budget: its own ``steps``, else the run's ``steps_per_task``."""
+    default = OmegaConf.select(cfg, "steps_per_task", default=None)
+    tasks = OmegaConf.select(cfg, "curriculum.tasks", default=None) or []
+    steps = [OmegaConf.select(t, "steps", default=None) for t in tasks]
+    return [int(v) for v in (default if v is None else v for v in steps) if v is not None]
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -174,6 +206,12 @@ def load_run(run_dir: PathLike) -> RunResult:
     for key, value in computed.items():
         if values.get(key) is None:
             values[key] = value
+    raw_config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw_config, dict)
+    settings = {
+        k: v for k, v in _flatten(raw_config).items() if k.split(".")[0] not in IGNORED_KEYS
+    }
+    auc = metrics.get("auc")
     model = OmegaConf.select(cfg, "model.name", default=None)
     if model is None:
         raise ValueError(f"{path}: the run's config has no model.name; cannot label it")
@@ -192,7 +230,111 @@ def load_run(run_dir: PathLike) -> RunResult:
         tasks=tasks,
         perf=perf,
         metrics=values,
+        settings=settings,
+        env_steps=None if metrics.get("env_steps") is None else int(metrics["env_steps"]),
+        task_steps=_task_steps(cfg),
+        auc=None if auc is None else [float(a) for a in auc],
     )
+
+
+def _check_same_setup(label: str, members: Sequence[RunResult]) -> None:
+    """Raise ``ValueError`` naming two runs of ``label`` and the keys where they differ, unless
+    every run has the first one's settings and env steps."""
+    first = members[0]
+    for other in members[1:]:
+        a, b = first.settings, other.settings
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        diff = [f"{k} ({a.get(k)!r} vs {b.get(k)!r})" for k in keys[:3]]
+        if len(keys) > 3:
+            diff.append(f"{len(keys) - 3} more")
+        if not keys and first.env_steps != other.env_steps:
+            diff = [f"env_steps ({first.env_steps} vs {other.env_steps})"]
+        if diff:
+            raise ValueError(
+                f"{label}: runs {first.run_dir} and {other.run_dir} differ at {', '.join(diff)}; "
+                "the runs of one row may differ only in their seed: leave out the runs of the "
+                "other setting"
+            )
+
+
+@dataclass
+class References:
+    """Single-task reference runs for forward transfer (:func:`load_references`)."""
+
+    label: str  # the references' method+model label
+    auc: dict[str, float]  # task name -> AUC_ref, the mean AUC of its reference runs
+    steps: dict[str, int]  # task name -> its reference runs' step budget
+    eval_every: dict[str, Any]  # task name -> their eval.every (the AUC's sampling)
+    runs: dict[str, list[Path]]
+
+
+def load_references(paths: Iterable[PathLike]) -> References:
+    """Read single-task reference runs (run directories or folders of them), by task name.
+
+    Each must train exactly one task and hold its AUC; all must share one label (one method and
+    model), so that ``AUC_ref`` means one thing; the runs of one task (several seeds) must differ
+    only in their seed. ``ValueError`` otherwise.
+    """
+    refs = [load_run(p) for p in find_runs(paths)]
+    for ref in refs:
+        if len(ref.tasks) != 1 or not ref.auc:
+            raise ValueError(
+                f"reference run {ref.run_dir} trains {len(ref.tasks)} tasks (with AUC "
+                f"{ref.auc}); a reference is a single-task run: curriculum.tasks=[ONE TASK] with "
+                "the task's name and budget"
+            )
+    labels = sorted({r.label for r in refs})
+    if len(labels) > 1:
+        raise ValueError(
+            f"reference runs of several methods/models ({', '.join(labels)}); give the "
+            "single-task runs of one of them"
+        )
+    groups: dict[str, list[RunResult]] = {}
+    for ref in refs:
+        groups.setdefault(ref.tasks[0], []).append(ref)
+    out = References(labels[0], {}, {}, {}, {})
+    for task, group in sorted(groups.items()):
+        _check_same_setup(f"reference runs of {task}", group)
+        assert all(r.auc is not None for r in group)
+        out.auc[task] = float(np.mean([r.auc[0] for r in group if r.auc is not None]))
+        if group[0].task_steps:
+            out.steps[task] = group[0].task_steps[0]
+        out.eval_every[task] = group[0].settings.get("eval.every")
+        out.runs[task] = [r.run_dir for r in group]
+    return out
+
+
+def with_forward_transfer(runs: Sequence[RunResult], refs: References) -> list[RunResult]:
+    """``runs`` with ``forward_transfer`` recomputed against ``refs``
+    (:func:`hope_agent.metrics.forward_transfer` of each run's per-task AUCs).
+
+    Raises ``ValueError`` when a run's task has no reference, or its budget or evaluation
+    interval (what the AUC averages over) differs from its references', or it lacks AUCs.
+    """
+    out = []
+    for run in runs:
+        missing = [t for t in run.tasks if t not in refs.auc]
+        if missing:
+            raise ValueError(
+                f"no reference run for task(s) {missing} of {run.run_dir}; the references cover "
+                f"{sorted(refs.auc)} (a reference run's task needs the same name)"
+            )
+        for j, task in enumerate(run.tasks):
+            budget = run.task_steps[j] if j < len(run.task_steps) else None
+            ref_budget = refs.steps.get(task)
+            every = run.settings.get("eval.every")
+            if (budget, every) != (ref_budget, refs.eval_every[task]):
+                raise ValueError(
+                    f"{run.run_dir} trains {task} for {budget} steps with eval.every={every}, "
+                    f"its reference runs {[str(p) for p in refs.runs[task]]} for {ref_budget} "
+                    f"with eval.every={refs.eval_every[task]}; forward transfer needs the same "
+                    "budget and evaluation interval"
+                )
+        if run.auc is None or len(run.auc) != len(run.tasks):
+            raise ValueError(f"{run.run_dir} has no per-task AUC in metrics.json")
+        ft = M.forward_transfer(run.auc, [refs.auc[t] for t in run.tasks])
+        out.append(dataclasses.replace(run, metrics={**run.metrics, "forward_transfer": ft}))
+    return out
 
 
 def compare_runs(
@@ -203,8 +345,9 @@ def compare_runs(
 ) -> list[ComparisonRow]:
     """Group ``runs`` by label and summarise every metric over seeds; rows sorted by label.
 
-    Raises ``ValueError`` when the runs come from different curricula or when one label holds
-    the same seed twice (a duplicate would shrink the interval).
+    Raises ``ValueError`` when the runs come from different curricula, when one label holds
+    the same seed twice (a duplicate would shrink the interval), or runs whose configs differ in
+    more than :data:`IGNORED_KEYS` or whose env steps differ (the interval would mix settings).
     """
     if not runs:
         raise ValueError("compare_runs needs at least one run")
@@ -225,6 +368,7 @@ def compare_runs(
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
             dirs = [str(r.run_dir) for r in members if r.seed in dup]
             raise ValueError(f"{label}: seed(s) {dup} appear more than once ({dirs}); keep one")
+        _check_same_setup(label, members)
         row = ComparisonRow(label, members[0].method, members[0].model, seeds)
         for key in METRICS:
             values = [v for r in members if (v := r.metrics.get(key)) is not None]
@@ -263,9 +407,13 @@ def table_csv(rows: Sequence[ComparisonRow]) -> str:
 
 
 def table_markdown(
-    rows: Sequence[ComparisonRow], curriculum: str = "", confidence: float = 0.9
+    rows: Sequence[ComparisonRow],
+    curriculum: str = "",
+    confidence: float = 0.9,
+    reference: str | None = None,
 ) -> str:
-    """A Markdown table: one row per label, ``mean [low, high]`` per metric."""
+    """A Markdown table: one row per label, ``mean [low, high]`` per metric; ``reference`` names
+    the label of the single-task reference runs when forward transfer was computed from them."""
     head = ["method", "model", "task id", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     partial = False
@@ -287,11 +435,16 @@ def table_markdown(
             cells.append(f"{st.mean:.2f} [{st.low:.2f}, {st.high:.2f}]{mark}")
         lines.append("| " + " | ".join(cells) + " |")
     where = f" on the `{curriculum}` curriculum" if curriculum else ""
+    ft = (
+        f"Forward transfer against single-task reference runs of `{reference}`"
+        if reference is not None
+        else "Forward transfer needs single-task reference AUCs (`--reference` runs or "
+        "`eval.reference_auc`)"
+    )
     notes = [
         "",
         f"Mean over seeds{where} with a {round(100 * confidence)}% percentile-bootstrap "
-        "confidence interval. Forward transfer needs single-task reference AUCs "
-        "(`eval.reference_auc`); – marks a metric no run of the row could compute.",
+        f"confidence interval. {ft}; – marks a metric no run of the row could compute.",
     ]
     if partial:
         notes.append("(n=k): only k of the row's runs could compute that metric.")
@@ -340,15 +493,21 @@ def write_comparison(
     out_dir: PathLike,
     confidence: float = 0.9,
     n_resamples: int = 4000,
+    references: Iterable[PathLike] | None = None,
 ) -> list[ComparisonRow]:
     """Find the runs under ``paths``, compare them, write ``comparison.{csv,md,png}`` into
-    ``out_dir``; returns the rows."""
+    ``out_dir``; returns the rows. With ``references`` (single-task run directories or folders
+    of them, :func:`load_references`) forward transfer is computed against them."""
     runs = [load_run(p) for p in find_runs(paths)]
+    refs = None if references is None else load_references(references)
+    if refs is not None:
+        runs = with_forward_transfer(runs, refs)
     rows = compare_runs(runs, confidence, n_resamples)
     out = Path(out_dir)
     curriculum = runs[0].curriculum
+    label = None if refs is None else refs.label
     atomic_write_text(out / "comparison.csv", table_csv(rows))
-    atomic_write_text(out / "comparison.md", table_markdown(rows, curriculum, confidence))
+    atomic_write_text(out / "comparison.md", table_markdown(rows, curriculum, confidence, label))
     plot_comparison(
         rows,
         out / "comparison.png",

@@ -10,6 +10,10 @@ A checkpoint is a directory with two files:
   skeleton: its dicts (str or int keys, order kept), lists, tuples and scalars, with a reference
   to a safetensors key in place of each tensor or array.
 
+The two files check each other: ``meta.json`` holds the sha256 of the tensors file, and the
+tensors file's own metadata holds the sha256 of ``meta.json``'s canonical JSON less those two
+fields, so an edit of either file (a step count, a learning rate, a weight) is detected.
+
 Loading reads only JSON and safetensors, so a malicious file cannot run code: nothing is ever
 unpickled. Any defect raises :class:`CheckpointError`, and :func:`latest_valid_checkpoint` skips
 defective checkpoints so that a resume falls back to the previous good one.
@@ -26,7 +30,7 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,8 @@ from hope_agent import __version__
 PathLike = str | os.PathLike[str]
 
 CHECKPOINT_FORMAT = "hope_agent.checkpoint"
-CHECKPOINT_VERSION = 1
+# Version 2: the tensors file's metadata holds the sha256 of meta.json (version 1 had none).
+CHECKPOINT_VERSION = 2
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
 
@@ -53,6 +58,10 @@ _ARRAY_MARKERS = (_TENSOR, _NDARRAY, _NPSCALAR)
 
 # numpy dtype kinds that map onto a safetensors dtype: bool, signed/unsigned int, float.
 _NUMPY_KINDS = "biuf"
+
+# The fields of meta.json that describe the tensors file: checked against that file, and left out
+# of the checksum of meta.json that the tensors file stores (each file cannot hold its own hash).
+_TENSORS_FIELDS = ("tensors_sha256", "tensors_bytes")
 
 _RESUME_FIX = (
     "resume from an earlier checkpoint (latest_valid_checkpoint(run_dir) finds the newest good "
@@ -153,6 +162,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def atomic_remove(path: PathLike) -> None:
+    """Remove the file or directory ``path`` as one step: it is renamed to a hidden scratch name
+    (which :func:`latest_valid_checkpoint` skips) and then deleted, so a crash never leaves half
+    of a checkpoint under its own name. A missing ``path`` is no error."""
+    target = Path(path)
+    if not target.exists():
+        return
+    scratch = _scratch_path(target, "old")
+    os.replace(target, scratch)
+    _fsync_dir(target.parent)
+    _remove(scratch)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
@@ -256,22 +278,34 @@ def save_checkpoint(path: PathLike, tree: Mapping[str, Any]) -> Path:
         )
     encoder = _Encoder()
     skeleton = encoder.encode(tree, ())
-    data = safetensors.torch.save(encoder.tensors, metadata={"format": CHECKPOINT_FORMAT})
-    meta = {
+    body = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
         "library_version": __version__,
         "torch_version": torch.__version__,
-        "tensors_sha256": hashlib.sha256(data).hexdigest(),
-        "tensors_bytes": len(data),
         "tree": skeleton,
     }
+    # One key only: safetensors writes its metadata map in no fixed order, and a save must be
+    # byte for byte reproducible.
+    data = safetensors.torch.save(encoder.tensors, metadata={"meta_sha256": _meta_sha256(body)})
+    meta = {**body, "tensors_sha256": hashlib.sha256(data).hexdigest(), "tensors_bytes": len(data)}
     meta_text = json.dumps(meta, allow_nan=False)
     with atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / TENSORS_FILE).write_bytes(data)
         (tmp / META_FILE).write_text(meta_text, encoding="utf-8")
     return target
+
+
+def _meta_sha256(meta: Mapping[str, Any]) -> str:
+    """sha256 of ``meta``'s canonical JSON, less the fields that describe the tensors file.
+
+    JSON floats, ints and strings round-trip exactly, so the value recomputed from a parsed
+    ``meta.json`` equals the one computed from the dict it was written from.
+    """
+    body = {k: v for k, v in meta.items() if k not in _TENSORS_FIELDS}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
@@ -327,7 +361,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
+def _read_tensors(path: Path, meta: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The verified tensors of ``path`` and the metadata of its header."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -344,11 +379,32 @@ def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, Tensor]:
             f"{path} is corrupted: its sha256 does not match {META_FILE}; {_RESUME_FIX}"
         )
     try:
-        return safetensors.torch.load(data)
+        tensors = safetensors.torch.load(data)
     except (SafetensorError, ValueError, RuntimeError) as e:
         raise CheckpointError(
             f"{path} is not a valid safetensors file ({e}); {_RESUME_FIX}"
         ) from None
+    # The header parsed above: 8 bytes of little-endian length, then JSON.
+    size = int.from_bytes(data[:8], "little")
+    metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+    return tensors, metadata
+
+
+def _verify_meta(path: Path, meta: dict[str, Any], metadata: dict[str, str]) -> None:
+    expected = metadata.get("meta_sha256")
+    if not isinstance(expected, str):
+        raise CheckpointError(
+            f"{path.parent / TENSORS_FILE} records no checksum of {META_FILE}; {_RESUME_FIX}"
+        )
+    try:
+        found = _meta_sha256(meta)
+    except ValueError:  # a NaN or infinity written in as a bare JSON number
+        found = ""
+    if found != expected:
+        raise CheckpointError(
+            f"{path} was edited or corrupted after it was saved: its sha256 does not match the "
+            f"one {TENSORS_FILE} records; {_RESUME_FIX}"
+        )
 
 
 class _Decoder:
@@ -406,8 +462,9 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     """Verify and load a checkpoint written by :func:`save_checkpoint`, tensors on ``map_location``.
 
     Raises :class:`CheckpointError` naming the faulty file for a missing directory or file, a
-    truncated or corrupted tensors file (size and sha256 checked), bad JSON, an unknown format
-    version, or a pickle / torch.save file given instead (refused, never unpickled).
+    truncated or corrupted tensors file (size and sha256 checked), an edited or corrupted
+    ``meta.json`` (sha256 checked), bad JSON, an unknown format version, or a pickle /
+    torch.save file given instead (refused, never unpickled).
     """
     root = Path(path)
     if not root.exists():
@@ -415,7 +472,8 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") ->
     if not root.is_dir():
         raise _refuse_file(root)
     meta = _read_meta(root / META_FILE)
-    tensors = _read_tensors(root / TENSORS_FILE, meta)
+    tensors, metadata = _read_tensors(root / TENSORS_FILE, meta)
+    _verify_meta(root / META_FILE, meta, metadata)
     decoder = _Decoder(tensors, torch.device(map_location), root / META_FILE)
     tree = decoder.decode(meta["tree"])
     if decoder.unused:
@@ -430,7 +488,11 @@ def _natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((1, int(tok)) if tok.isdigit() else (0, tok) for tok in re.split(r"(\d+)", name))
 
 
-def latest_valid_checkpoint(directory: PathLike, pattern: str = "*") -> Path | None:
+def latest_valid_checkpoint(
+    directory: PathLike,
+    pattern: str = "*",
+    accept: Callable[[dict[str, Any]], bool] | None = None,
+) -> Path | None:
     """The newest checkpoint under ``directory`` that loads and verifies, or ``None``.
 
     Candidates are the directories matching ``pattern`` (a glob relative to ``directory``) that
@@ -438,7 +500,8 @@ def latest_valid_checkpoint(directory: PathLike, pattern: str = "*") -> Path | N
     "Newest" is by name in natural order (``step_10`` after ``step_9``), so name checkpoints by a
     step count; modification time only breaks ties, since copies and restores change it. Each
     defective candidate is skipped with a warning, so a resume falls back to the previous good
-    one. A missing ``directory`` gives ``None`` (nothing to resume).
+    one. A checkpoint that loads but whose tree ``accept`` (if given) rejects is passed over
+    silently. A missing ``directory`` gives ``None`` (nothing to resume).
     """
     root = Path(directory)
     if not root.exists():
@@ -455,9 +518,10 @@ def latest_valid_checkpoint(directory: PathLike, pattern: str = "*") -> Path | N
     candidates.sort(key=lambda p: (_natural_key(p.name), p.stat().st_mtime), reverse=True)
     for candidate in candidates:
         try:
-            load_checkpoint(candidate)
+            tree = load_checkpoint(candidate)
         except CheckpointError as e:
             warnings.warn(f"skipping a defective checkpoint: {e}", stacklevel=2)
             continue
-        return candidate
+        if accept is None or accept(tree):
+            return candidate
     return None

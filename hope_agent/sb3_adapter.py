@@ -19,14 +19,18 @@ state is empty and its world-model error is NaN (reported as unavailable).
 (through :func:`hope_agent.train.report.write_results`): ``perf_matrix.csv``, ``curves.csv``,
 ``metrics.json``, plots, videos of every task after each stage, and pickle-free checkpoints of
 the policy and normaliser statistics (:func:`hope_agent.io.save_checkpoint`), reloadable with
-:func:`load_sb3_agent`.
+:func:`load_sb3_agent`; ``hope-evaluate`` and ``hope-record`` load them too
+(:func:`hope_agent.train.build.load_trained_agent` dispatches on the checkpoint's format).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import time
+import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,6 +43,7 @@ import torch
 from gymnasium.spaces import Box
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -60,7 +65,7 @@ from hope_agent.agents.agent import (
 )
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
-from hope_agent.train.config import CurriculumSection, VideoSection
+from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection
 from hope_agent.train.evaluator import Evaluator, record_episodes
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.runner import RunSummary, VideoSettings, safe_name
@@ -69,6 +74,10 @@ from hope_envs.curriculum import TaskSpec, common_spaces, make_env, resolve_task
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES: dict[str, type[BasePolicy]] = {"ppo": ActorCriticPolicy, "sac": SACPolicy}
+# Arguments of PPO(...) / SAC(...) that the adapter passes itself.
+ADAPTER_SETS = ("policy", "env", "seed", "device")
+# Arguments of the policy's constructor that PPO / SAC pass themselves.
+ALGO_SETS_IN_POLICY = ("observation_space", "action_space", "lr_schedule", "use_sde")
 CHECKPOINT_FORMAT = "hope_agent.sb3/1"
 
 
@@ -364,14 +373,19 @@ class _SB3Run:
         old_venv = self.venv
         self.venv = self.make_venv(stage)
         if self.model is None:
-            self.model = ALGOS[self.algo](
-                "MlpPolicy",
-                self.venv,
-                seed=self.seed,
-                device=self.evaluator.device,
-                # SB3 writes into policy_kwargs: give it a copy of ours.
-                **copy.deepcopy(s.algo_kwargs),
-            )
+            try:
+                self.model = ALGOS[self.algo](
+                    "MlpPolicy",
+                    self.venv,
+                    seed=self.seed,
+                    device=self.evaluator.device,
+                    # SB3 writes into policy_kwargs: give it a copy of ours.
+                    **copy.deepcopy(s.algo_kwargs),
+                )
+            except TypeError as e:
+                # Names and annotated types were checked (algo_kwargs_problems); left are values
+                # SB3 rejects deeper down, e.g. policy_kwargs.net_arch=5.
+                raise ValueError(f"{self.algo}_kwargs: {e}") from e
             self.model.set_logger(configure(str(self.run_dir / "sb3"), ["csv", "tensorboard"]))
         else:
             self.model.set_env(self.venv, force_reset=True)
@@ -503,7 +517,7 @@ def run_sb3_curriculum(
     if not specs:
         raise ValueError("run_sb3_curriculum needs at least one task")
     problems = [
-        rule
+        f"need {rule}"
         for rule, ok in (
             ("n_envs >= 1", s.n_envs >= 1),
             ("eval_every >= 0", s.eval_every >= 0),
@@ -512,11 +526,11 @@ def run_sb3_curriculum(
         )
         if not ok
     ]
+    problems += algo_kwargs_problems(algo, s.algo_kwargs)
     if problems:
-        raise ValueError(f"run_sb3_curriculum: need {', '.join(problems)}")
+        raise ValueError(f"run_sb3_curriculum: {'; '.join(problems)}")
     if steps_per_task is not None:
         specs = [dataclasses.replace(spec, steps=int(steps_per_task)) for spec in specs]
-    _plain_policy_kwargs(s.algo_kwargs.get("policy_kwargs"))
     run_dir = Path(run_dir)
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -554,6 +568,12 @@ def load_sb3_agent(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Agen
             f"{checkpoint} is not an SB3 checkpoint of run_sb3_curriculum (format "
             f"{meta.get('format')!r}); our agent's checkpoints load with hope-evaluate"
         )
+    return sb3_agent_from_tree(tree, device), tree
+
+
+def sb3_agent_from_tree(tree: dict[str, Any], device: torch.device | str = "cpu") -> SB3Agent:
+    """The :class:`SB3Agent` of a loaded SB3 checkpoint tree (format :data:`CHECKPOINT_FORMAT`)."""
+    meta = tree["meta"]
     obs_space = Box(-np.inf, np.inf, (int(meta["obs_dim"]),), np.float32)
     act_space = Box(-1.0, 1.0, (int(meta["act_dim"]),), np.float32)
     policy_cls = cast(Any, POLICIES[str(meta["algo"])])
@@ -568,15 +588,49 @@ def load_sb3_agent(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Agen
         rms.var = np.asarray(stats["var"], dtype=np.float64)
         rms.count = float(stats["count"])
         clip = float(stats["clip"])
-    return SB3Agent(policy, rms, clip), tree
+    return SB3Agent(policy, rms, clip)
+
+
+def sb3_eval_config(saved: DictConfig | str) -> DictConfig:
+    """An SB3 run's saved config (:class:`SB3TrainConfig`, yaml text or loaded) as a
+    :class:`~hope_agent.train.config.TrainConfig` for ``hope-evaluate`` and ``hope-record``.
+
+    It carries what evaluating and recording read: the curriculum, budget, seed, evaluation and
+    video settings, device and threads, and the run's labels (``method``, ``model.name``);
+    everything else keeps the schema's defaults (no online CMS, no in-context gain: an MLP
+    policy has no memory). Raises ``ValueError`` naming a key the saved config lacks.
+    """
+    raw = OmegaConf.create(saved) if isinstance(saved, str) else saved
+    try:
+        picked = {
+            "curriculum": raw.curriculum,
+            "steps_per_task": raw.steps_per_task,
+            "seed": raw.seed,
+            "eval": {
+                k: raw.eval[k]
+                for k in ("every", "episodes", "seed", "smooth_last", "reference_auc")
+            },
+            "video": raw.video,
+            "device": raw.device,
+            "torch_threads": raw.torch_threads,
+            "method": raw.method,
+            "model": {"name": raw.model.name},
+        }
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), picked)
+    except OmegaConfBaseException as e:
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"its config lacks what scripts/train_sb3.py saves ({first})") from None
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 # ----------------------------------------------------------------------------- Hydra entry point
 @dataclass
 class SB3EvalSection:
-    """Evaluation options (the meaning of :class:`hope_agent.train.config.EvalSection`)."""
+    """Evaluation options (the meaning of :class:`hope_agent.train.config.EvalSection`); the
+    interval is the trainer's (``configs/config.yaml``), so that AUCs sample alike."""
 
-    every: int = 0
+    every: int = 10_000
     episodes: int = 10
     seed: int = 100_000
     smooth_last: int | None = None
@@ -602,7 +656,7 @@ class SB3TrainConfig:
     defaults: list[Any] = field(default_factory=lambda: [{"curriculum": "fast"}, "_self_"])
     curriculum: CurriculumSection = MISSING
     algo: str = "ppo"
-    steps_per_task: int = 30_000
+    steps_per_task: int = 40_000  # the trainer's (configs/config.yaml): same budget
     seed: int = 0
     n_envs: int | None = None
     normalize: bool = True
@@ -647,28 +701,144 @@ def register_sb3_config() -> None:
     ConfigStore.instance().store(name="sb3_config", node=SB3TrainConfig)
 
 
+# What a config can give, by annotation member of SB3's constructors (anything else, such as a
+# schedule function or a class, takes a Python object).
+_CONFIG_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
+    bool: ("true or false", (bool,)),
+    int: ("an integer", (int,)),
+    float: ("a number", (int, float)),
+    str: ("a string", (str,)),
+    type(None): ("null", (type(None),)),
+    dict: ("a mapping", (dict,)),
+    list: ("a list", (list, tuple)),
+    tuple: ("a list", (list, tuple)),
+}
+
+
+def _type_problem(name: str, hint: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the argument ``name`` annotated ``hint``, or ``None`` when it can
+    (or when there is no annotation to check against)."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = typing.get_args(hint) if union else (hint,)
+    words = []
+    for member in members:
+        word, accepted = _CONFIG_TYPES.get(typing.get_origin(member) or member, ("", ()))
+        if not accepted:
+            continue
+        # bool is an int to Python, not a number to a config.
+        if isinstance(value, accepted) and (member is bool or not isinstance(value, bool)):
+            return None
+        words.append(word)
+    if not words:
+        return f"{name} takes a Python object and cannot be set in a config (got {value!r})"
+    return f"{name} must be {' or '.join(dict.fromkeys(words))} (got {value!r})"
+
+
+def algo_kwargs_problems(algo: str, kwargs: dict[str, Any]) -> list[str]:
+    """What is wrong with ``kwargs`` for ``PPO(...)`` / ``SAC(...)`` of ``algo``, checked against
+    the signatures of the algorithm's and its policy's constructors: keys they lack or that the
+    adapter sets itself, values a config cannot give for the annotated types (a bool is no
+    number), gSDE (the adapter cannot act with it) and ``policy_kwargs`` a checkpoint cannot
+    store. Empty when fine; finer checks of the values are SB3's."""
+    problems = []
+    checked = (
+        (f"{algo}_kwargs", kwargs, ALGOS[algo], ADAPTER_SETS),
+        (
+            f"{algo}_kwargs.policy_kwargs",
+            kwargs.get("policy_kwargs") or {},
+            POLICIES[algo],
+            ALGO_SETS_IN_POLICY,
+        ),
+    )
+    for where, given, cls, set_elsewhere in checked:
+        params = inspect.signature(cls).parameters
+        valid = [k for k in params if k not in set_elsewhere and not k.startswith("_")]
+        unknown = sorted(set(given) - set(valid))
+        if unknown:
+            problems.append(
+                f"{where} {unknown}: not options of stable_baselines3 {cls.__name__} (the adapter "
+                f"and SB3 set {', '.join(set_elsewhere)}); valid: {', '.join(valid)}"
+            )
+        for key in sorted(set(given) & set(valid)):
+            problem = _type_problem(f"{where}.{key}", params[key].annotation, given[key])
+            if problem is not None:
+                problems.append(problem)
+    if kwargs.get("use_sde"):
+        problems.append(f"{algo}_kwargs.use_sde must be false (the adapter does not act with gSDE)")
+    try:
+        _plain_policy_kwargs(kwargs.get("policy_kwargs"))
+    except ValueError as e:
+        problems.append(f"{algo}_kwargs.{e}")
+    return problems
+
+
+def _config_problems(cfg: DictConfig) -> list[str]:
+    """Every bad value of a composed :class:`SB3TrainConfig` the schema's types cannot catch."""
+    try:
+        # Keys added with `+key=value` escape Hydra's struct check: only plain data meets the
+        # schema's.
+        OmegaConf.merge(
+            OmegaConf.structured(SB3TrainConfig), OmegaConf.to_container(cfg, resolve=True)
+        )
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first = str(e).strip().splitlines()[0]
+        return [f"{key}: {first} (see SB3TrainConfig in hope_agent/sb3_adapter.py)"]
+    algo = str(cfg.algo)
+    rules = [
+        ("algo", algo in ALGOS, f"must be one of {', '.join(ALGOS)}"),
+        ("steps_per_task", cfg.steps_per_task >= 1, "must be >= 1"),
+        ("seed", cfg.seed >= 0, "must be >= 0"),
+        ("n_envs", cfg.n_envs is None or cfg.n_envs >= 1, "must be null or >= 1"),
+        ("device", cfg.device in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
+        ("torch_threads", cfg.torch_threads >= 0, "must be >= 0 (0 = torch's default)"),
+        ("eval.every", cfg.eval.every >= 0, "must be >= 0 (0 = at task ends only)"),
+        ("eval.episodes", cfg.eval.episodes >= 0, "must be >= 0"),
+        ("eval.seed", cfg.eval.seed >= 0, "must be >= 0"),
+        (
+            "eval.smooth_last",
+            cfg.eval.smooth_last is None or cfg.eval.smooth_last >= 1,
+            "must be null or >= 1",
+        ),
+        ("video.episodes", cfg.video.episodes >= 1, "must be >= 1"),
+        ("video.frame_skip", cfg.video.frame_skip >= 1, "must be >= 1"),
+        ("video.fps", cfg.video.fps >= 1, "must be >= 1"),
+        ("video.height", cfg.video.height >= 16, "must be >= 16"),
+        ("video.width", cfg.video.width >= 16, "must be >= 16"),
+    ]
+    problems = [
+        f"{key} {rule} (got {OmegaConf.select(cfg, key)!r})" for key, ok, rule in rules if not ok
+    ]
+    if algo in ALGOS:
+        kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)
+        assert isinstance(kwargs, dict)
+        problems += algo_kwargs_problems(algo, {str(k): v for k, v in kwargs.items()})
+    return problems
+
+
 def train_sb3(cfg: DictConfig, run_dir: Path | str) -> RunSummary:
     """Run :func:`run_sb3_curriculum` from a composed :class:`SB3TrainConfig`.
 
-    Checks every value first (one ``ValueError`` listing the problems), then writes the resolved
-    config to ``run_dir/config.yaml`` and trains.
+    Checks every value first (one ``ValueError`` listing the problems: unknown keys, values out
+    of range, options ``PPO(...)`` / ``SAC(...)`` do not take, a reference AUC per task), then
+    writes the resolved config to ``run_dir/config.yaml`` and trains.
     """
     run_dir = Path(run_dir)
-    algo = str(cfg.algo)
-    problems = []
-    if algo not in ALGOS:
-        problems.append(f"algo must be one of {', '.join(ALGOS)} (got {algo!r})")
-    if cfg.steps_per_task < 1:
-        problems.append(f"steps_per_task must be >= 1 (got {cfg.steps_per_task})")
-    if cfg.n_envs is not None and cfg.n_envs < 1:
-        problems.append(f"n_envs must be null or >= 1 (got {cfg.n_envs})")
-    if cfg.device not in ("cpu", "cuda", "auto"):
-        problems.append(f"device must be cpu, cuda or auto (got {cfg.device!r})")
+    problems = _config_problems(cfg)
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
+    algo = str(cfg.algo)
     tasks = OmegaConf.to_container(cfg.curriculum.tasks, resolve=True)
     assert isinstance(tasks, list)
     specs = resolve_tasks(tasks, int(cfg.steps_per_task))
+    ref = cfg.eval.reference_auc
+    if ref is not None and len(ref) != len(specs):
+        raise ValueError(
+            f"invalid config: eval.reference_auc needs one AUC per task ({len(specs)}), "
+            f"got {len(ref)}"
+        )
     if cfg.torch_threads > 0:
         torch.set_num_threads(int(cfg.torch_threads))
     kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from hope_agent.io import atomic_write_text
 from hope_agent.models.factory import make_backbone
 
 PRESETS = {
@@ -183,10 +184,8 @@ def main() -> None:
             f"{r.step_us / lstm.step_us:.1f} | {r.peak_mem_mib:.0f} |"
         )
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"device": where, "shapes": cfg, "rows": [asdict(r) for r in rows]}, f, indent=2
-            )
+        record = {"device": where, "shapes": cfg, "rows": [asdict(r) for r in rows]}
+        atomic_write_text(args.json, json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

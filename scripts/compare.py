@@ -2,16 +2,19 @@
 
     python scripts/compare.py runs/fast__gru__* runs/fast__sb3_ppo__* --out comparison/
     python scripts/compare.py multirun/fast__hope__20261126-101500 --out comparison/
+    python scripts/compare.py runs/fast__* --reference single_task/ --out comparison/
 
 Each argument is a run directory or a folder searched for them. Runs are grouped by their
-``method+model`` label; see :mod:`hope_agent.compare` and ``docs/baselines.md``.
+``method+model`` label; ``--reference`` names single-task runs (run directories or folders of
+them) whose per-task AUCs give forward transfer. See :mod:`hope_agent.compare` and
+``docs/baselines.md``.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from hope_agent.compare import table_markdown, write_comparison
+from hope_agent.compare import write_comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
     parser.add_argument("--confidence", type=float, default=0.9, help="CI level (default 0.9)")
     parser.add_argument("--resamples", type=int, default=4000, help="bootstrap resamples")
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="single-task runs (one task each, same budget) whose AUCs give forward transfer",
+    )
     args = parser.parse_args(argv)
     try:
-        rows = write_comparison(args.paths, args.out, args.confidence, args.resamples)
+        write_comparison(args.paths, args.out, args.confidence, args.resamples, args.reference)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(table_markdown(rows, confidence=args.confidence), end="")
+    print((args.out / "comparison.md").read_text(), end="")
     print(f"written: {args.out / 'comparison.csv'}, comparison.md, comparison.png")
     return 0
 

@@ -5,13 +5,15 @@ For every task of a shipped curriculum this stores, in `envs/reference/<curricul
 - R_reference: the mean return of SB3 PPO (`MlpPolicy`) trained on that task alone for the run's
   per-task budget, averaged over the given seeds. Its actions are sampled (stochastic policy), as
   in the curriculum's evaluation protocol; the deterministic return is stored beside it,
-with the command, budget, seeds, date, machine and library versions. Continual-learning runs
-normalise returns as (R - R_random) / (R_reference - R_random) through
+with the command, budget, seeds, date, machine, library versions and each task's PPO preset.
+Continual-learning runs normalise returns as (R - R_random) / (R_reference - R_random) through
 `hope_envs.curriculum.reference_returns`. Tasks are built exactly as a run builds them
-(`make_env`, actions in [-1, 1]), each with its own widths.
+(`make_env`, actions in [-1, 1]), each with its own widths. If a reference policy does not beat
+random actions (too small a budget), nothing is written: such a reference cannot normalise.
 
     python scripts/make_reference.py --curriculum fast --steps 30000 --seeds 0 1 2
     python scripts/make_reference.py --curriculum locomotion --steps 1000000 --workers 15
+    python scripts/make_reference.py --curriculum gym_mixed --steps 50000 --seeds 0 1
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
-# `auto` picks `short` when every episode is at most this long.
+# `auto` picks `short` for a task whose episodes are at most this long, else `mujoco`.
 _SHORT_EPISODE_STEPS = 100
 # Evaluation episode k starts from reset(seed=EVAL_SEED + k) for every policy and checkpoint.
 EVAL_SEED = 10_000
@@ -107,13 +109,16 @@ def episode_limit(spec: TaskSpec) -> int | None:
     return spec.kwargs.get("max_episode_steps", gym.spec(spec.id).max_episode_steps)
 
 
-def choose_preset(specs: list[TaskSpec], preset: str) -> str:
-    """Resolve `auto` to `short` (all episodes <= 100 steps) or `mujoco`."""
+def choose_preset(spec: TaskSpec, preset: str) -> str:
+    """Resolve `auto` for one task: `short` if its episodes are <= 100 steps, else `mujoco`.
+
+    Per task, because a curriculum may mix bodies: `mujoco` (gamma 0.99, 16 envs) made Reacher-v5
+    (50-step episodes) worse than random at 50k steps, where `short` learns it.
+    """
     if preset != "auto":
         return preset
-    limits = [episode_limit(spec) for spec in specs]
-    short = all(limit is not None and limit <= _SHORT_EPISODE_STEPS for limit in limits)
-    return "short" if short else "mujoco"
+    limit = episode_limit(spec)
+    return "short" if limit is not None and limit <= _SHORT_EPISODE_STEPS else "mujoco"
 
 
 def evaluate(
@@ -194,12 +199,16 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     curriculum = load_curriculum(args.curriculum)
     specs = resolve_tasks(curriculum["tasks"], args.steps)
-    preset = choose_preset(specs, args.preset)
     # CW20 repeats CW10's tasks: measure each distinct task once.
     unique: dict[str, TaskSpec] = {}
     for spec in specs:
         unique.setdefault(json.dumps([spec.id, spec.kwargs, spec.steps], sort_keys=True), spec)
-    jobs = [(spec, seed, preset, args.episodes) for spec in unique.values() for seed in args.seeds]
+    presets = {spec.name: choose_preset(spec, args.preset) for spec in unique.values()}
+    jobs = [
+        (spec, seed, presets[spec.name], args.episodes)
+        for spec in unique.values()
+        for seed in args.seeds
+    ]
     if args.workers == 1:
         runs = [_job(job) for job in jobs]
     else:
@@ -226,22 +235,34 @@ def main(argv: list[str] | None = None) -> Path:
                 "id": spec.id,
                 "kwargs": spec.kwargs,
                 "budget": spec.steps,
+                "preset": presets[spec.name],
                 "random": evaluate(spec, args.episodes, None, None),
                 "reference": reference,
             }
         )
         random_mean = tasks[-1]["random"]["return_mean"]
         print(f"{spec.name}: random {random_mean:.2f}, reference {reference['return_mean']:.2f}")
+    unlearned = [
+        t["name"] for t in tasks if t["reference"]["return_mean"] <= t["random"]["return_mean"]
+    ]
+    if unlearned:
+        raise SystemExit(
+            f"error: the reference policy did not beat random actions on {unlearned} at "
+            f"{args.steps} steps, so it cannot normalise returns; nothing written. Raise --steps "
+            "or pick another --preset."
+        )
 
     out = args.out or REFERENCE_DIR / f"{args.curriculum}.json"
+    used = sorted(set(presets.values()))
     record = {
         "curriculum": args.curriculum,
         "command": " ".join(["python", "scripts/make_reference.py", *(argv or sys.argv[1:])]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine(),
         "reference_policy": "stable-baselines3 PPO MlpPolicy; return_mean samples actions",
-        "preset": preset,
-        "settings": PRESETS[preset],
+        # One preset: its settings; several (auto on mixed bodies): settings by preset name.
+        "preset": used[0] if len(used) == 1 else "auto (per task: tasks[].preset)",
+        "settings": PRESETS[used[0]] if len(used) == 1 else {name: PRESETS[name] for name in used},
         "seeds": args.seeds,
         "episodes": args.episodes,
         "eval_seeds": f"episode k resets with seed {EVAL_SEED} + k",

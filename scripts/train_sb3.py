@@ -5,7 +5,8 @@
 
 Same curricula (``curriculum=NAME``, ``curriculum.tasks=[...]``), evaluator, metrics, plots and
 run-directory layout as ``scripts/train_curriculum.py``; see ``docs/baselines.md``. Options:
-:class:`hope_agent.sb3_adapter.SB3TrainConfig`.
+:class:`hope_agent.sb3_adapter.SB3TrainConfig`. A bad override or value ends with one line on
+stderr and exit status 1, before training starts.
 """
 
 import os
@@ -13,27 +14,43 @@ import os
 # Headless MuJoCo rendering must be chosen before mujoco is first imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from hope_agent.cli import check_overrides, one_line  # noqa: E402
 from hope_agent.sb3_adapter import register_sb3_config, train_sb3  # noqa: E402
+from hope_agent.train.build import ConfigError  # noqa: E402
 from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_sb3_config()
 
 
 @hydra.main(config_path="pkg://hope_configs", config_name="sb3_config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    """Train and evaluate; user errors end with one line on stderr and exit status 1."""
+def _train(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = train_sb3(cfg, run_dir)
     except (CurriculumError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"error: {one_line(e)}") from None
     print(f"run directory: {summary.run_dir}")
+
+
+def main() -> None:
+    """Check the overrides, train and evaluate; user errors end with one line on stderr and exit
+    status 1."""
+    args = sys.argv[1:]
+    # Flags (--multirun, --cfg, --help, ...) change what Hydra does with the overrides: leave
+    # those command lines to Hydra itself, as hope-train does.
+    if not any(a.startswith("-") for a in args):
+        try:
+            check_overrides("sb3_config", args)
+        except ConfigError as e:
+            raise SystemExit(f"error: {one_line(e)}") from None
+    _train()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The comparison table of hand-written runs: grouping, means, bootstrap intervals, files."""
 
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -11,10 +12,12 @@ from hope_agent import metrics as M
 from hope_agent.compare import (
     compare_runs,
     find_runs,
+    load_references,
     load_run,
     read_perf_csv,
     table_csv,
     table_markdown,
+    with_forward_transfer,
     write_comparison,
 )
 
@@ -34,12 +37,19 @@ def _write_run(
     hydra_only: bool = False,
     task_id: bool = False,
     method_options: str = "",
+    tasks: list[str] = TASKS,
+    steps_per_task: int = 40000,
+    extra: str = "",
+    auc: list[float] | None = None,
+    env_steps: int | None = None,
 ) -> Path:
     """A run directory as the trainer leaves it (only the files the comparison reads)."""
     run = root / name
+    entries = "".join(f"  - {{id: hope/PointReach-v0, steps: null, name: '{t}'}}\n" for t in tasks)
     config = (
-        f"curriculum:\n  name: {curriculum}\nmodel:\n  name: {model}\nmethod: {method}\n"
-        f"seed: {seed}\nagent:\n  task_id: {str(task_id).lower()}\n{method_options}"
+        f"curriculum:\n  name: {curriculum}\n  tasks:\n{entries}model:\n  name: {model}\n"
+        f"method: {method}\nseed: {seed}\nsteps_per_task: {steps_per_task}\n"
+        f"agent:\n  task_id: {str(task_id).lower()}\n{method_options}{extra}"
     )
     config_path = run / (".hydra/config.yaml" if hydra_only else "config.yaml")
     config_path.parent.mkdir(parents=True)
@@ -47,7 +57,9 @@ def _write_run(
     p = np.array(perf)
     metrics = {
         "stages_completed": int(np.isfinite(p).all(axis=1).sum()),
-        "tasks": TASKS,
+        "tasks": tasks,
+        "auc": auc,
+        "env_steps": env_steps,
         # Left null: the comparison computes them from the matrix.
         "average_performance": None,
         "forgetting": float(M.forgetting(p)) if np.isfinite(p).all() else None,
@@ -159,3 +171,81 @@ def test_perf_csv_with_quoted_task_names(tmp_path: Path) -> None:
     path = tmp_path / "perf_matrix.csv"
     path.write_text('after,"a,b",c\n"a,b",0.5,\nc,0.25,1.0\n')
     np.testing.assert_array_equal(read_perf_csv(path), [[0.5, np.nan], [0.25, 1.0]])
+
+
+def test_runs_of_one_label_must_share_their_setup(tmp_path: Path) -> None:
+    perf = [[1.0, 0.0], [0.5, 1.0]]
+    a = load_run(_write_run(tmp_path, "a", perf, seed=0, env_steps=80000))
+    # Where and how a run ran does not matter: same row.
+    where = "device: cuda\ntorch_threads: 4\nlogger:\n  progress: false\n"
+    b = load_run(_write_run(tmp_path, "b", perf, seed=1, env_steps=80000, extra=where))
+    assert compare_runs([a, b])[0].seeds == [0, 1]
+    short = load_run(_write_run(tmp_path, "c", perf, seed=2, steps_per_task=30000))
+    with pytest.raises(ValueError) as error:
+        compare_runs([a, short])
+    text = str(error.value)
+    assert text.startswith("finetune+gru: runs ") and str(tmp_path / "a") in text
+    assert str(tmp_path / "c") in text and "steps_per_task (40000 vs 30000)" in text
+    other_lr = load_run(_write_run(tmp_path, "d", perf, seed=3, extra="ppo:\n  lr: 0.001\n"))
+    with pytest.raises(ValueError, match=r"differ at ppo.lr \(None vs 0.001\)"):
+        compare_runs([a, other_lr])
+    fewer = load_run(_write_run(tmp_path, "e", perf, seed=4, env_steps=40960))
+    with pytest.raises(ValueError, match=r"differ at env_steps \(80000 vs 40960\)"):
+        compare_runs([a, fewer])
+    # Other labels are other rows: their settings are theirs.
+    sb3 = load_run(_write_run(tmp_path, "f", perf, model="sb3_ppo", extra="n_envs: 8\n"))
+    assert [r.label for r in compare_runs([a, sb3])] == ["finetune+gru", "finetune+sb3_ppo"]
+
+
+def _references(root: Path, budget: int = 40000) -> Path:
+    refs = root / "refs"
+    for seed, auc in ((0, 0.25), (1, 0.35)):  # task 0: AUC_ref = 0.3
+        _write_run(refs, f"east{seed}", [[0.5]], tasks=TASKS[:1], seed=seed, auc=[auc])
+    _write_run(refs, "west", [[0.5]], tasks=TASKS[1:], auc=[0.2], steps_per_task=budget)
+    return refs
+
+
+def test_forward_transfer_from_single_task_reference_runs(tmp_path: Path) -> None:
+    perf = [[1.0, 0.0], [0.5, 1.0]]
+    _write_run(tmp_path / "runs", "a", perf, auc=[0.5, 0.6], forward_transfer=-9.0)
+    _write_run(tmp_path / "runs", "b", perf, seed=1, auc=[0.65, 0.2])
+    refs = load_references([_references(tmp_path)])
+    assert refs.label == "finetune+gru" and refs.auc == pytest.approx(
+        {TASKS[0]: 0.3, TASKS[1]: 0.2}
+    )
+    runs = with_forward_transfer([load_run(p) for p in find_runs([tmp_path / "runs"])], refs)
+    expected = [((0.5 - 0.3) / 0.7 + (0.6 - 0.2) / 0.8) / 2, ((0.65 - 0.3) / 0.7 + 0.0) / 2]
+    assert [r.metrics["forward_transfer"] for r in runs] == pytest.approx(expected)
+    spec = importlib.util.spec_from_file_location(
+        "compare_script", Path(__file__).parents[1] / "scripts" / "compare.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "runs"), "--reference", str(tmp_path / "refs"), "--out", str(out)]
+    assert script.main([*args, "--resamples", "200"]) == 0
+    with open(out / "comparison.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["forward_transfer"]) == pytest.approx(np.mean(expected))
+    assert row["forward_transfer_n"] == "2"
+    assert "single-task reference runs of `finetune+gru`" in (out / "comparison.md").read_text()
+
+
+def test_reference_runs_that_do_not_fit_are_refused(tmp_path: Path) -> None:
+    perf = [[1.0, 0.0], [0.5, 1.0]]
+    run = load_run(_write_run(tmp_path / "runs", "a", perf, auc=[0.5, 0.6]))
+    with pytest.raises(ValueError, match=r"reach,west for 40000 steps .* for 30000"):
+        with_forward_transfer([run], load_references([_references(tmp_path / "r1", 30000)]))
+    only_east = tmp_path / "r2"
+    _write_run(only_east, "east", [[0.5]], tasks=TASKS[:1], auc=[0.3])
+    with pytest.raises(ValueError, match=r"no reference run for task\(s\) \['reach,west'\]"):
+        with_forward_transfer([run], load_references([only_east]))
+    _write_run(tmp_path / "r3", "both", perf, auc=[0.5, 0.6])
+    with pytest.raises(ValueError, match="trains 2 tasks"):
+        load_references([tmp_path / "r3"])
+    mixed = tmp_path / "r4"
+    _write_run(mixed, "east", [[0.5]], tasks=TASKS[:1], auc=[0.3])
+    _write_run(mixed, "west", [[0.5]], tasks=TASKS[1:], auc=[0.3], model="mlp")
+    with pytest.raises(ValueError, match="several methods/models"):
+        load_references([mixed])

@@ -85,6 +85,26 @@ def test_bad_values_fail_at_build_with_one_line(tmp_path: Path, override: str, n
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["method=ewc", "+method_options.coef=abc"], "option coef must be a number (got 'abc')"),
+        (["method=bc_replay", "+method_options.batch_size=2.5"], "batch_size must be an integer"),
+        (["method=l2", "+method_options.gamma=true"], "gamma must be a number or null (got True)"),
+        (["method=ewc", "+method_options.lambda=1"], "unknown option(s) ['lambda']"),
+        (["method=finetune", "+method_options.coef=1"], "takes no options"),
+    ],
+)
+def test_bad_method_options_fail_at_build_with_one_line(
+    tmp_path: Path, overrides: list[str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_runner(_compose("config", *TINY, *overrides), tmp_path)
+    text = _one_line(error)
+    assert text.startswith(f"{overrides[0]}: ") and named in text
+    assert not any(tmp_path.iterdir())
+
+
 def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     cfg = _compose("config", *TINY, "seed=-1", "ppo.num_envs=0", "faults.lr_factor=3")
     with pytest.raises(ConfigError) as error:
@@ -106,7 +126,12 @@ def test_evaluate_and_record_reject_bad_values() -> None:
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(["foo=1"], "foo"), (["ppo.lr=abc"], "ppo.lr"), (["+foo=1"], "foo")],
+    [
+        (["foo=1"], "foo"),
+        (["ppo.lr=abc"], "ppo.lr"),
+        (["+foo=1"], "foo"),
+        (["method=ewc", "+method_options.coef=abc"], "option coef must be a number"),
+    ],
 )
 def test_the_script_prints_one_line_and_exits_1(
     tmp_path: Path, args: list[str], named: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ import hope_envs
 from hope_envs import curriculum
 from hope_envs.curriculum import (
     CurriculumError,
+    ReferenceBudgetWarning,
     TaskSpec,
     common_spaces,
     curriculum_names,
     defines_success,
     load_curriculum,
     make_env,
+    reference_entry,
     reference_returns,
     resolve_tasks,
 )
@@ -165,9 +168,13 @@ def test_missing_metaworld_extra_gives_the_install_command(
 ) -> None:
     monkeypatch.setitem(sys.modules, "metaworld", None)  # makes `import metaworld` fail
     curriculum._probe.cache_clear()  # a probe cached by another test would skip the build
-    with pytest.raises(CurriculumError, match=r'pip install -e "\.\[metaworld\]"'):
+    with pytest.raises(CurriculumError, match=r'pip install -e "\.\[metaworld\]"') as info:
         resolve_tasks(load_curriculum("cw10")["tasks"], 5)
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[metaworld\]"'):
+    message = str(info.value)
+    assert 'pip install "hope-agent[metaworld]"' in message
+    # The kwargs are fine: the message must not send the user to check them.
+    assert "kwargs against" not in message and "not installed" in message
+    with pytest.raises(ImportError, match=r'pip install "hope-agent\[metaworld\]"'):
         gym.make("hope/MetaWorld-v0", task="hammer-v3")
 
 
@@ -257,13 +264,22 @@ def test_make_env_renders_at_the_requested_size() -> None:
     env.close()
 
 
-def test_shipped_reference_returns_cover_fast_and_locomotion() -> None:
-    for name in ("fast", "locomotion"):
-        for spec in resolve_tasks(load_curriculum(name)["tasks"], 30_000):
+@pytest.mark.parametrize(
+    ("name", "budget"), [("fast", 30_000), ("locomotion", 1_000_000), ("gym_mixed", 50_000)]
+)
+def test_shipped_reference_returns_cover_every_normalised_curriculum(
+    name: str, budget: int
+) -> None:
+    stored = json.loads((REPO / "envs" / "reference" / f"{name}.json").read_text())
+    assert stored["command"].startswith(f"python scripts/make_reference.py --curriculum {name} ")
+    assert f"--steps {budget}" in stored["command"] and stored["seeds"]
+    for spec in resolve_tasks(load_curriculum(name)["tasks"], budget):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the stored budget is the run's: no warning
             ref = reference_returns(spec)
-            assert ref is not None, spec.name
-            r_random, r_reference = ref
-            assert r_reference > r_random, spec.name
+        assert ref is not None, spec.name
+        r_random, r_reference = ref
+        assert r_reference > r_random, spec.name
     unmeasured = TaskSpec(POINT, {"goal": [0.2, 0.2]}, 30_000, "x")
     assert reference_returns(unmeasured) is None
 
@@ -279,28 +295,76 @@ def _reference_file(path: Path, budget: int, random: float, reference: float) ->
     path.write_text(json.dumps({"tasks": [task]}))
 
 
-def test_reference_returns_prefers_the_closest_budget(tmp_path: Path) -> None:
+def test_reference_returns_takes_the_closest_budget_and_warns_that_it_differs(
+    tmp_path: Path,
+) -> None:
     _reference_file(tmp_path / "a.json", 1_000, -60.0, -30.0)
     _reference_file(tmp_path / "b.json", 5_000, -61.0, -15.0)
     spec = TaskSpec(POINT, {"goal": [0.6, 0.0]}, 4_000, "reach")
-    assert reference_returns(spec, directory=tmp_path) == (-61.0, -15.0)
+    entry = reference_entry(spec, directory=tmp_path)
+    assert entry is not None
+    assert (entry.budget, entry.stored_budgets, entry.path.name) == (
+        5_000,
+        (1_000, 5_000),
+        "b.json",
+    )
+    with pytest.warns(ReferenceBudgetWarning) as record:
+        assert reference_returns(spec, directory=tmp_path) == (-61.0, -15.0)
+    message = str(record[0].message)
+    assert "trains for 4000 steps" in message and "[1000, 5000]" in message
+    assert "closest, 5000 (b.json)" in message and "--steps 4000" in message
     close_to_a = TaskSpec(POINT, {"goal": [0.6, 0]}, 1_500, "reach")
-    assert reference_returns(close_to_a, directory=tmp_path) == (-60.0, -30.0)
+    with pytest.warns(ReferenceBudgetWarning, match="closest, 1000 "):
+        assert reference_returns(close_to_a, directory=tmp_path) == (-60.0, -30.0)
+    exact = TaskSpec(POINT, {"goal": [0.6, 0.0]}, 1_000, "reach")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reference_returns(exact, directory=tmp_path) == (-60.0, -30.0)
 
 
-def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Path) -> None:
+def _make_reference_script() -> Any:
     module_spec = importlib.util.spec_from_file_location(
         "make_reference", REPO / "scripts" / "make_reference.py"
     )
     assert module_spec is not None and module_spec.loader is not None
     script = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(script)
+    return script
+
+
+def test_make_reference_picks_a_preset_per_task_on_mixed_bodies() -> None:
+    script = _make_reference_script()
+    specs = resolve_tasks(load_curriculum("gym_mixed")["tasks"], 5)
+    presets = [script.choose_preset(spec, "auto") for spec in specs]
+    assert presets == ["short", "short", "mujoco", "mujoco"]  # 100, 50, 1000, 1000 steps
+    assert script.choose_preset(specs[0], "mujoco") == "mujoco"
+
+
+def test_make_reference_refuses_a_reference_that_does_not_beat_random(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _make_reference_script()
+
+    def untrained(spec: TaskSpec, seed: int, preset: str, episodes: int) -> dict[str, Any]:
+        scores = {"return_mean": -1e6, "return_std": 0.0, "success_rate": 0.0}
+        return {**scores, "deterministic": dict(scores), "seed": seed, "train_seconds": 0.0}
+
+    monkeypatch.setattr(script, "train_reference", untrained)
+    out = tmp_path / "f.json"
+    argv = ["--curriculum", "fast", "--steps", "5", "--episodes", "1", "--out", str(out)]
+    with pytest.raises(SystemExit, match=r"did not beat random actions on \['reach_east'"):
+        script.main(argv)
+    assert not out.exists()
+
+
+def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Path) -> None:
+    script = _make_reference_script()
     out = script.main(
         [
             "--curriculum",
             "fast",
             "--steps",
-            "256",
+            "8192",
             "--episodes",
             "2",
             "--out",
@@ -309,6 +373,9 @@ def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Pat
     )
     record = json.loads(out.read_text())
     assert record["preset"] == "short" and record["seeds"] == [0]
+    assert record["command"].endswith(
+        "--curriculum fast --steps 8192 --episodes 2 --out " + str(tmp_path / "f.json")
+    )
     assert {"command", "date", "machine", "settings"} <= set(record)
     assert [task["name"] for task in record["tasks"]] == [
         "reach_east",
@@ -316,9 +383,10 @@ def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Pat
         "reach_north",
         "reach_south",
     ]
-    for spec in resolve_tasks(load_curriculum("fast")["tasks"], 256):
+    for spec in resolve_tasks(load_curriculum("fast")["tasks"], 8192):
         stored = next(task for task in record["tasks"] if task["name"] == spec.name)
-        assert stored["budget"] == 256 and 0.0 <= stored["random"]["success_rate"] <= 1.0
+        assert stored["budget"] == 8192 and stored["preset"] == "short"
+        assert 0.0 <= stored["random"]["success_rate"] <= 1.0
         assert reference_returns(spec, directory=tmp_path) == (
             stored["random"]["return_mean"],
             stored["reference"]["return_mean"],

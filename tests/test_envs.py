@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from typing import NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -11,13 +12,59 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import hope_envs
-from hope_envs.cheetah import REST_HEIGHT
+from hope_envs.cheetah import REST_HEIGHT, SUCCESS_WINDOW_STEPS
 from hope_envs.curriculum import load_curriculum
 from hope_envs.metaworld_tasks import METAWORLD_ID
+from hope_envs.registration import NAMESPACE
 
 OWN_IDS = [env_id for env_id in hope_envs.registered_ids() if env_id != METAWORLD_ID]
 CHEETAH_IDS = [env_id for env_id in OWN_IDS if "Cheetah" in env_id]
 FAST_GOALS = [task["kwargs"]["goal"] for task in load_curriculum("fast")["tasks"]]
+
+
+# Open-loop controllers that reach each cheetah task's success criterion, found by random search
+# and hill climbing on this body (seeds 0-2, 200-300 steps): joint j's torque is
+# offset[j] + amplitude[j] * sin(2 pi hz t + phase[j]), clipped to [-1, 1].
+class Gait(NamedTuple):
+    """A sinusoidal torque per joint: frequency, then per-joint offset, amplitude, phase."""
+
+    hz: float
+    offset: tuple[float, ...]
+    amplitude: tuple[float, ...]
+    phase: tuple[float, ...]
+
+
+GAITS = {
+    "hope/CheetahRun-v0": Gait(
+        2.862,
+        (-0.059, -1.161, -0.309, -0.635, 2.204, 0.338),
+        (1.252, 0.68, 0.231, 0.372, 0.97, -0.094),
+        (3.264, 4.142, 2.052, -0.038, 2.265, 4.676),
+    ),
+    "hope/CheetahRunBackward-v0": Gait(
+        3.654,
+        (0.598, 0.048, -0.478, 0.652, -0.39, -0.987),
+        (0.512, 0.313, 0.432, 1.382, 0.266, 0.317),
+        (4.644, 4.26, 3.822, 2.644, 5.864, -0.921),
+    ),
+    "hope/CheetahFrontStand-v0": Gait(
+        1.552,
+        (-0.058, -0.351, -1.177, -0.436, -0.176, 1.122),
+        (0.25, -0.119, 0.137, 1.722, -0.147, 0.437),
+        (3.321, 5.75, 1.807, 7.118, 2.239, -1.476),
+    ),
+    "hope/CheetahTargetSpeed-v0": Gait(
+        3.126,
+        (-0.071, -1.067, -0.045, -0.948, 2.047, 0.714),
+        (1.103, 0.205, 0.094, 0.437, 1.169, -0.064),
+        (3.439, 5.037, 1.338, -0.471, 2.405, 4.517),
+    ),
+}
+# The jump: crouch with one torque for 12 steps, extend with another for 13, repeat.
+JUMP_CROUCH = [1.08, 1.487, 0.029, -1.176, -0.954, 0.182]
+JUMP_EXTEND = [0.612, -0.005, -0.776, 2.125, 1.029, 0.2]
+# A constant torque that straightens the legs: the body stands still, taller than at rest.
+TALL_STANCE = [-0.32, -0.97, 0.86, -0.36, 0.69, 0.92]
 
 
 def rollout(env: gym.Env, seed: int, steps: int) -> tuple[np.ndarray, list[float]]:
@@ -39,10 +86,35 @@ def reach(env: gym.Env, goal: np.ndarray, seed: int) -> tuple[bool, float]:
     return success, total
 
 
+def scripted_actions(env_id: str, steps: int) -> np.ndarray:
+    """The scripted controller of `env_id` (GAITS, or the jump pattern) as `steps` actions."""
+    if env_id == "hope/CheetahJump-v0":
+        period = [JUMP_CROUCH] * 12 + [JUMP_EXTEND] * 13
+        actions = np.array([period[k % len(period)] for k in range(steps)])
+    else:
+        gait = GAITS[env_id]
+        time = np.arange(steps)[:, None] * 0.05
+        wave = np.sin(2 * np.pi * gait.hz * time + np.asarray(gait.phase))
+        actions = np.asarray(gait.offset) + np.asarray(gait.amplitude) * wave
+    return np.clip(actions, -1.0, 1.0).astype(np.float32)
+
+
+def random_successes(env_id: str, seeds: range) -> int:
+    """Episodes (one per seed, 1000 random-action steps) in which `info["success"]` ever holds."""
+    env = gym.make(env_id)
+    count = 0
+    for seed in seeds:
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        count += any(env.step(env.action_space.sample())[4]["success"] for _ in range(1000))
+    env.close()
+    return count
+
+
 def test_registered_ids_are_namespaced_and_registered() -> None:
     ids = hope_envs.registered_ids()
     assert len(ids) == len(set(ids)) >= 7
-    assert all(env_id.startswith("hope/") and env_id in gym.registry for env_id in ids)
+    assert all(env_id.startswith(f"{NAMESPACE}/") and env_id in gym.registry for env_id in ids)
     assert len(CHEETAH_IDS) >= 5
 
 
@@ -164,6 +236,78 @@ def test_front_stand_pays_for_raising_the_rear() -> None:
     _, _, _, _, info = env.step(np.zeros(6, dtype=np.float32))
     assert info["z_rear"] > info["z_torso"] + 0.15
     assert info["reward_stand"] > 0.5
+
+
+@pytest.mark.parametrize("env_id", CHEETAH_IDS)
+def test_every_cheetah_success_is_reached_by_a_scripted_controller(env_id: str) -> None:
+    env = gym.make(env_id)
+    for seed in range(3):
+        _, info = env.reset(seed=seed)
+        assert info["success"] is False
+        xs, successes = [info["x_position"]], []
+        for action in scripted_actions(env_id, 300):
+            _, _, _, _, info = env.step(action)
+            assert isinstance(info["success"], bool)
+            xs.append(info["x_position"])
+            successes.append(info["success"])
+            if info["success"] and env_id == "hope/CheetahJump-v0":
+                # Airborne: no contact at all, torso at least 1.0 m high.
+                assert env.unwrapped.data.ncon == 0 and info["z_torso"] >= 1.0
+            if info["success"] and env_id == "hope/CheetahFrontStand-v0":
+                assert info["z_rear"] >= 1.0
+        assert any(successes), (env_id, seed)
+        if "Speed" in env_id or "Run" in env_id:
+            # The speed criteria judge the mean speed over the last 2 s, from 2 s on.
+            window = (np.array(xs[SUCCESS_WINDOW_STEPS:]) - xs[:-SUCCESS_WINDOW_STEPS]) / 2.0
+            speed_ok = {
+                "hope/CheetahRun-v0": window >= 1.5,
+                "hope/CheetahRunBackward-v0": window <= -1.5,
+                "hope/CheetahTargetSpeed-v0": np.abs(window - 1.5) <= 0.2,
+            }[env_id]
+            assert not any(successes[: SUCCESS_WINDOW_STEPS - 1])
+            assert successes[SUCCESS_WINDOW_STEPS - 1 :] == speed_ok.tolist()
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", CHEETAH_IDS)
+def test_random_actions_do_not_meet_a_cheetah_success_criterion(env_id: str) -> None:
+    assert random_successes(env_id, range(3)) == 0
+
+
+@pytest.mark.slow
+def test_random_actions_over_50_episodes_meet_only_the_front_stand_by_chance() -> None:
+    """The counts docs/envs.md reports: the random policy tips into a headstand now and then."""
+    counts = {env_id: random_successes(env_id, range(20_000, 20_050)) for env_id in CHEETAH_IDS}
+    assert counts.pop("hope/CheetahFrontStand-v0") <= 2
+    assert set(counts.values()) == {0}
+
+
+def test_bad_cheetah_success_threshold_raises_one_clear_error() -> None:
+    with pytest.raises(ValueError, match="success_speed must be > 0"):
+        gym.make("hope/CheetahRun-v0", success_speed=-1.0)
+    with pytest.raises(ValueError, match="success_tolerance must be > 0"):
+        gym.make("hope/CheetahTargetSpeed-v0", success_tolerance=0.0)
+
+
+def test_jump_reward_pays_a_tall_stance_with_both_feet_down() -> None:
+    """The jump reward pays any torso height above rest, not only a jump (its docstring says so);
+    the success criterion is what demands leaving the ground."""
+    env = gym.make("hope/CheetahJump-v0", reset_noise_scale=0.0)
+    env.reset(seed=0)
+    base = env.unwrapped
+    floor = base.model.geom("floor").id
+    feet = {base.model.geom("back_foot").id, base.model.geom("front_foot").id}
+    rewards, heights = [], []
+    for step in range(150):
+        _, _, _, _, info = env.step(np.array(TALL_STANCE, dtype=np.float32))
+        if step >= 100:
+            touching = set(base.data.contact.geom[base.data.contact.geom != floor].tolist())
+            assert feet <= touching and not info["success"]
+            assert abs(base.data.qvel[1]) < 0.05  # standing still, not pushing off
+            rewards.append(info["reward_height"])
+            heights.append(info["z_torso"])
+    assert np.mean(heights) == pytest.approx(0.67, abs=0.01)
+    assert np.mean(rewards) > 0.6
 
 
 def test_envs_pickle_with_their_arguments() -> None:

@@ -3,6 +3,7 @@ blow-ups end an episode; a crashed or failing vector env is rebuilt."""
 
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -20,8 +21,10 @@ from numpy.typing import NDArray
 from omegaconf import DictConfig
 from torch import Tensor
 
-from hope_agent.algos.buffer import SequenceBatch
+from hope_agent.agents.agent import Agent
+from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.io import load_checkpoint
+from hope_agent.methods import multitask_env_factory
 from hope_agent.train.build import build_runner
 from hope_agent.train.config import register_configs
 from hope_agent.train.faults import (
@@ -29,8 +32,13 @@ from hope_agent.train.faults import (
     EnvRestartError,
     RestartingVectorEnv,
     TrainingDiverged,
+    count_flag,
+    first_nonfinite,
+    named_tensors,
 )
+from hope_agent.train.methods import Method
 from hope_agent.train.runner import CurriculumRunner
+from hope_envs.curriculum import TaskSpec, common_spaces, resolve_tasks
 from hope_envs.point import PointReachEnv
 
 register_configs()
@@ -137,7 +145,7 @@ def finite_agent(runner: CurriculumRunner) -> bool:
 def test_ppo_skips_nonfinite_minibatches(tmp_path: Path) -> None:
     runner = build_runner(config(ONE_TASK, "steps_per_task=64"), tmp_path)
     envs = gym.vector.SyncVectorEnv([lambda: FaultyPoint(mode="none")] * 2)
-    runner._rollout(envs, 0, runner._start_segment(envs, 0))
+    runner._rollout(envs, runner._start_segment(envs, 0))
     before = [p.detach().clone() for p in runner.agent.parameters()]
     hook(runner, nan_on({1, 2}))
     stats = runner.ppo.update(runner.buffer)
@@ -217,17 +225,16 @@ def test_too_many_rollbacks_stop_the_run_with_one_clear_error(tmp_path: Path) ->
         runner.run()
 
 
-def test_nonfinite_memory_skips_the_update_and_resets_those_envs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def poison_memory_of_rollout(
+    runner: CurriculumRunner, monkeypatch: pytest.MonkeyPatch, which: int
 ) -> None:
-    monkeypatch.chdir(tmp_path)  # MuJoCo logs the NaN control to MUJOCO_LOG.TXT in the cwd
-    runner = build_runner(config(ONE_TASK, "steps_per_task=256"), tmp_path / "run")
+    """Make env 0's carried backbone memory NaN before rollout number ``which`` (1-based)."""
     rollout = runner._rollout
     calls = [0]
 
     def poisoned_rollout(*args: Any) -> None:
         calls[0] += 1
-        if calls[0] == 2:
+        if calls[0] == which:
             assert runner.state is not None
             runner.state = runner.state.map(lambda t: t.clone())
             for leaf in runner.state.memory.leaves():
@@ -235,6 +242,102 @@ def test_nonfinite_memory_skips_the_update_and_resets_those_envs(
         rollout(*args)
 
     monkeypatch.setattr(runner, "_rollout", poisoned_rollout)
+
+
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_a_poisoned_last_rollout_skips_the_methods_task_end_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the NaN control to MUJOCO_LOG.TXT in the cwd
+    run = tmp_path / "run"
+    runner = build_runner(config(ONE_TASK, "steps_per_task=128", "method=ewc"), run)
+    poison_memory_of_rollout(runner, monkeypatch, which=2)  # the stage's last rollout
+    with caplog.at_level(logging.WARNING, logger="hope_agent.train.runner"):
+        runner.run()
+    m = metrics(run)
+    assert m["faults/nonfinite_updates"] == 1 and m["faults/skipped_task_ends"] == 1
+    assert m["faults/rollbacks"] == 0
+    assert "ewc's task-end hook is skipped" in caplog.text
+    # No Fisher matrix from the poisoned rollout (it would be NaN, and pull every later task).
+    state = load_checkpoint(run / "checkpoints" / "stage_00")["method"]["state"]
+    assert state == {"anchors": [], "importances": []}
+
+
+class _NaNOnFirstTaskEnd(Method):
+    """A method whose first task-end hook leaves a NaN in its state, its later ones do not."""
+
+    name = "finetune"
+
+    def __init__(self) -> None:
+        self.weight = torch.zeros(3)
+        self.task_ends = 0
+
+    def on_task_end(
+        self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
+    ) -> None:
+        self.task_ends += 1
+        self.weight = torch.full((3,), float("nan") if self.task_ends == 1 else 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weight": self.weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weight = state["weight"]
+
+
+def test_a_nonfinite_method_state_rolls_back_before_it_is_saved(tmp_path: Path) -> None:
+    runner = build_runner(config(ONE_TASK, "steps_per_task=128"), tmp_path)
+    method = _NaNOnFirstTaskEnd()
+    runner.method = method
+    runner.run()
+    m = metrics(tmp_path)
+    assert m["faults/rollbacks"] == 1 and method.task_ends == 2
+    for name in checkpoint_names(tmp_path):
+        tree = load_checkpoint(tmp_path / "checkpoints" / name)
+        assert first_nonfinite(named_tensors(tree["method"])) is None, name
+    stage = load_checkpoint(tmp_path / "checkpoints" / "stage_00")["method"]["state"]
+    assert torch.equal(stage["weight"], torch.ones(3))
+
+
+def test_a_rollback_skips_checkpoints_saved_mid_streak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = ("steps_per_task=512", "checkpoint.every=64", "faults.max_nonfinite_in_a_row=2")
+    runner = build_runner(config(ONE_TASK, *overrides), tmp_path)
+    hook(runner, nan_on({5, 6, 7, 8}))  # updates 3 and 4 (steps 192, 256); a checkpoint each
+    rollback = CurriculumRunner._rollback
+    at_rollback: list[tuple[int, int, list[str]]] = []
+
+    def spy(self: CurriculumRunner, reason: str) -> None:
+        mid_streak = load_checkpoint(tmp_path / "checkpoints" / "step_0000000192")
+        rollback(self, reason)
+        at_rollback.append(
+            (mid_streak["progress"]["bad_in_a_row"], self.global_step, checkpoint_names(tmp_path))
+        )
+
+    monkeypatch.setattr(CurriculumRunner, "_rollback", spy)
+    summary = runner.run()
+    # step_192 was saved after one bad update: the rollback passes it over for step_128 and
+    # removes it, as a later resume must not continue the abandoned segment.
+    assert at_rollback == [
+        (1, 128, ["step_0000000000", "step_0000000064", "step_0000000128"]),
+    ]
+    assert metrics(tmp_path)["faults/rollbacks"] == 1 and summary.env_steps == 512
+    steps = [int(r["global_step"]) for r in train_csv(tmp_path) if r.get("losses/updates")]
+    assert steps == list(range(64, 513, 64))
+    redone = load_checkpoint(tmp_path / "checkpoints" / "step_0000000192")
+    assert redone["progress"]["bad_in_a_row"] == 0
+
+
+def test_nonfinite_memory_skips_the_update_and_resets_those_envs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the NaN control to MUJOCO_LOG.TXT in the cwd
+    runner = build_runner(config(ONE_TASK, "steps_per_task=256"), tmp_path / "run")
+    poison_memory_of_rollout(runner, monkeypatch, which=2)
     runner.run()
     m = metrics(tmp_path / "run")
     assert m["faults/nonfinite_updates"] == 1 and m["faults/rollbacks"] == 0
@@ -264,6 +367,42 @@ def test_guard_ends_the_faulty_episode(
     again, _ = env.reset(seed=0)
     np.testing.assert_array_equal(again, first)
     assert np.all(np.isfinite(env.step(np.zeros(2, np.float32))[0]))
+
+
+@pytest.mark.parametrize("mode", ["nan_obs", "unstable"])
+def test_multitask_slots_guard_each_task_env(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    specs = resolve_tasks([{"id": FAULTY_ID, "kwargs": {"mode": mode, "at": 3}}], 64)
+    obs_dim, act_dim = common_spaces(specs)
+    envs = multitask_env_factory(specs)(specs[0], obs_dim, act_dim, 2, False)
+    envs.reset(seed=0)
+    zeros = np.zeros((2, act_dim), np.float32)
+    for _ in range(2):
+        obs, _, _, truncated, infos = envs.step(zeros)
+        assert not truncated.any() and count_flag(infos, "env_fault") == 0
+    last_good = obs
+    # The fault of a task env inside each slot, an unstable simulation included (which only
+    # that env's MjData shows), ends the episode in that slot.
+    obs, reward, terminated, truncated, infos = envs.step(zeros)
+    assert count_flag(infos, "env_fault") == 2 and truncated.all() and not terminated.any()
+    np.testing.assert_array_equal(obs, last_good)
+    assert np.all(reward == 0) and list(infos["task_index"]) == [0, 0]
+    obs, *_ = envs.step(zeros)  # autoreset: the next episode
+    assert np.all(np.isfinite(obs))
+    envs.close()
+
+
+def test_multitask_runs_use_the_configured_obs_limit(tmp_path: Path) -> None:
+    runner = build_runner(config(ONE_TASK, "method=multitask", "faults.obs_limit=0.001"), tmp_path)
+    spec = runner.specs[0]
+    envs = runner.make_envs(spec, runner.obs_dim, runner.act_dim, 1, False)
+    envs.reset(seed=0)
+    # PointReach observations are about 0.01 at the start: beyond that limit.
+    _, _, _, truncated, infos = envs.step(np.zeros((1, runner.act_dim), np.float32))
+    assert truncated.all() and count_flag(infos, "env_fault") == 1
+    envs.close()
 
 
 def test_guard_passes_healthy_steps_through_unchanged() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from hope_agent.io import (
@@ -18,6 +19,7 @@ from hope_agent.io import (
     TENSORS_FILE,
     CheckpointError,
     atomic_path,
+    atomic_remove,
     atomic_write_bytes,
     atomic_write_text,
     latest_valid_checkpoint,
@@ -220,12 +222,56 @@ def test_metadata_defects_are_named(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nowhere")
 
 
+def _forge(path: Path, meta: dict[str, Any], checksum: str | None) -> None:
+    """Rewrite a checkpoint with ``meta`` and consistent checksums, as a deliberate forger would:
+    the tensors file's metadata gets ``checksum`` (the meta.json checksum, or none at all)."""
+    tensors = safetensors.torch.load((path / TENSORS_FILE).read_bytes())
+    metadata = None if checksum is None else {"meta_sha256": checksum}
+    data = safetensors.torch.save(tensors, metadata=metadata)
+    (path / TENSORS_FILE).write_bytes(data)
+    meta.update(tensors_sha256=hashlib.sha256(data).hexdigest(), tensors_bytes=len(data))
+    (path / META_FILE).write_text(json.dumps(meta))
+
+
+def _canonical_sha256(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k not in ("tensors_sha256", "tensors_bytes")}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_tree_referencing_a_missing_tensor_is_refused(tmp_path: Path) -> None:
+    # Even with checksums that match, the tree is checked against the stored tensors.
     path = _saved(tmp_path)
     meta = json.loads((path / META_FILE).read_text())
     meta["tree"] = {"__dict__": [["w", {"__tensor__": "nope"}]]}
-    (path / META_FILE).write_text(json.dumps(meta))
+    _forge(path, meta, _canonical_sha256(meta))
     with pytest.raises(CheckpointError, match="malformed tree"):
+        load_checkpoint(path)
+
+
+def _edit_step(meta: dict[str, Any], value: Any) -> None:
+    items = meta["tree"]["__dict__"]
+    assert items[1][0] == "step"
+    items[1][1] = value
+
+
+@pytest.mark.parametrize("value", [4, 3.0, float("nan")], ids=["edited", "retyped", "nan"])
+def test_edited_meta_json_is_detected_and_named(tmp_path: Path, value: Any) -> None:
+    path = _saved(tmp_path)
+    meta = json.loads((path / META_FILE).read_text())
+    # Layout alone is free: the checksum covers the canonical JSON, not the bytes.
+    (path / META_FILE).write_text(json.dumps(meta, indent=2))
+    assert load_checkpoint(path)["step"] == 3
+    _edit_step(meta, value)  # e.g. a global step or learning rate changed by hand
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"{META_FILE} was edited or corrupted"):
+        load_checkpoint(path)
+
+
+def test_tensors_file_without_a_meta_checksum_is_refused(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    _forge(path, json.loads((path / META_FILE).read_text()), checksum=None)
+    with pytest.raises(CheckpointError, match=f"{TENSORS_FILE} records no checksum of {META_FILE}"):
         load_checkpoint(path)
 
 
@@ -278,6 +324,33 @@ def test_latest_valid_checkpoint_skips_corrupted_ones(tmp_path: Path) -> None:
     assert found == tmp_path / "step_10"
     assert not (tmp_path / "pwned").exists()
     assert latest_valid_checkpoint(tmp_path, pattern="step_9") == tmp_path / "step_9"
+
+
+def test_latest_valid_checkpoint_falls_back_past_an_edited_meta_json(tmp_path: Path) -> None:
+    for step in (1, 2):
+        save_checkpoint(tmp_path / f"step_{step}", {"step": step})
+    meta_file = tmp_path / "step_2" / META_FILE
+    meta_file.write_text(meta_file.read_text().replace('["step", 2]', '["step", 7]'))
+    with pytest.warns(UserWarning, match=f"step_2.{META_FILE} was edited"):
+        assert latest_valid_checkpoint(tmp_path) == tmp_path / "step_1"
+
+
+def test_latest_valid_checkpoint_passes_over_rejected_ones(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / f"step_{step}", {"step": step, "clean": step != 3})
+    found = latest_valid_checkpoint(tmp_path, accept=lambda tree: tree["clean"])
+    assert found == tmp_path / "step_2"
+    assert latest_valid_checkpoint(tmp_path, accept=lambda tree: False) is None
+
+
+def test_atomic_remove(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "step_1", {"w": torch.ones(3)})
+    atomic_remove(path)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    atomic_remove(path)  # already gone: nothing to do
+    atomic_write_text(tmp_path / "a.txt", "x")
+    atomic_remove(tmp_path / "a.txt")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_latest_valid_checkpoint_when_there_is_none(tmp_path: Path) -> None:

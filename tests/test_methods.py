@@ -1,17 +1,20 @@
 """Continual-learning plug-ins: L2, EWC, behaviour-cloning replay, multi-task interleaving."""
 
 import csv
+import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from hope_agent.agents import Agent, AgentConfig
-from hope_agent.algos import PPO, PPOConfig, RolloutBuffer
+from hope_agent.algos import RolloutBuffer
+from hope_agent.cli import train
 from hope_agent.io import load_checkpoint, save_checkpoint
 from hope_agent.methods import (
     EWC,
@@ -20,7 +23,6 @@ from hope_agent.methods import (
     BCReplayConfig,
     EWCConfig,
     L2Config,
-    Method,
     MultiTaskEnv,
     diagonal_fisher,
     make_method,
@@ -28,20 +30,8 @@ from hope_agent.methods import (
 )
 from hope_agent.methods.replay import gaussian_kl
 from hope_agent.models.factory import make_backbone
-from hope_agent.train.build import (
-    build_agent,
-    build_evaluator,
-    build_optimizer,
-    build_specs,
-    resolve_device,
-)
-from hope_agent.train.config import register_configs
-from hope_agent.train.logger import Logger
-from hope_agent.train.runner import CurriculumRunner, RunnerSettings, VecEnvFactory
-from hope_agent.train.vec import make_vector_env
+from hope_agent.train.build import build_runner
 from hope_envs.curriculum import TaskSpec
-
-register_configs()
 
 OBS, ACT = 4, 2
 SPEC = TaskSpec(id="x", kwargs={}, steps=1, name="x")  # hooks below never read the spec
@@ -270,10 +260,26 @@ def test_bc_replay_survives_a_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- registry
-def test_make_method_builds_and_rejects_clearly() -> None:
+def test_make_method_builds_and_rejects_clearly(tmp_path: Path) -> None:
     assert isinstance(make_method("ewc", {"coef": 5.0, "gamma": 0.9}), EWC)
     assert make_method("l2").config.coef == L2Config().coef
     assert make_method("bc_replay", {"batch_size": 2}).config.batch_size == 2
+    # An integral float is an integer, an integer a float.
+    replay = make_method("bc_replay", {"batch_size": 4.0, "coef": 3})
+    assert replay.config.batch_size == 4 and isinstance(replay.config.batch_size, int)
+    assert isinstance(replay.config.coef, float)
+    for options, message in (
+        ({"coef": "abc"}, "option coef must be a number (got 'abc')"),
+        ({"gamma": True}, "option gamma must be a number or null (got True)"),
+        ({"include_value": 1}, "option include_value must be true or false (got 1)"),
+        ({"fisher_sequences": 2.5}, "option fisher_sequences must be an integer (got 2.5)"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            make_method("ewc", options)
+    # The options of the config reach the method.
+    runner = build_runner(_tiny_config("method=ewc", "+method_options.coef=10"), tmp_path)
+    runner.logger.close()
+    assert isinstance(runner.method, EWC) and runner.method.config.coef == 10.0
     with pytest.raises(ValueError, match="valid methods: bc_replay, ewc, finetune, l2"):
         make_method("packnet")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['lambda'\]"):
@@ -327,7 +333,14 @@ def test_multitask_vector_env_has_the_runner_signature() -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
+TWO_TASKS = (
+    "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]},name:east},"
+    "{id:hope/PointReach-v0,kwargs:{goal:[-0.6,0.0]},name:west}]"
+)
 TINY = [
+    TWO_TASKS,
+    "model=gru",
+    "model.d_model=16",
     "steps_per_task=128",
     "ppo.num_envs=2",
     "ppo.rollout_len=32",
@@ -342,59 +355,29 @@ TINY = [
 ]
 
 
-def _tiny_config(method: str) -> DictConfig:
+def _tiny_config(*overrides: str) -> DictConfig:
     with initialize_config_module(config_module="hope_configs", version_base="1.3"):
-        cfg = compose("config", overrides=["model=gru", "model.d_model=16", *TINY])
-    with open_dict(cfg):
-        cfg.curriculum.tasks = list(cfg.curriculum.tasks)[:2]
-        cfg.method = method
-    return cfg
+        return compose("config", overrides=[*TINY, *overrides])
 
 
-def _runner(cfg: DictConfig, method: Method, run_dir: Path) -> CurriculumRunner:
-    """The builder's parts with ``method`` injected (and its env factory for multitask)."""
-    device = resolve_device(cfg.device)
-    specs, obs_dim, act_dim = build_specs(cfg)
-    torch.manual_seed(int(cfg.seed))
-    agent = build_agent(cfg, obs_dim, act_dim, len(specs))
-    ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
-    ppo = PPO(
-        agent,
-        build_optimizer(agent, cfg),
-        ppo_cfg,
-        np.random.default_rng(0),
-        extra_loss=method.extra_loss,
-    )
-    make_envs: VecEnvFactory = make_vector_env
-    if method.name == "multitask":
-        make_envs = multitask_env_factory(specs)
-    return CurriculumRunner(
-        specs=specs,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
-        agent=agent,
-        ppo=ppo,
-        evaluator=build_evaluator(cfg, specs, obs_dim, act_dim, device, agent),
-        logger=Logger(run_dir, 256, tensorboard=False, progress=False),
-        method=method,
-        settings=RunnerSettings(
-            num_envs=int(cfg.ppo.num_envs),
-            rollout_len=int(cfg.ppo.rollout_len),
-            seq_len=int(cfg.ppo.seq_len),
-            seed=int(cfg.seed),
-        ),
-        run_dir=run_dir,
-        device=device,
-        make_envs=make_envs,
-    )
-
-
-@pytest.mark.parametrize("name", ["l2", "ewc", "bc_replay", "multitask"])
-def test_each_method_trains_over_a_tiny_curriculum(name: str, tmp_path: Path) -> None:
-    method = make_method(name)
-    summary = _runner(_tiny_config(name), method, tmp_path).run()
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        ("l2", []),
+        ("ewc", []),
+        ("bc_replay", []),
+        ("multitask", []),
+        ("multitask", ["agent.task_id=true"]),  # the oracle on interleaved tasks
+    ],
+)
+def test_each_method_trains_over_a_tiny_curriculum(
+    name: str, extra: list[str], tmp_path: Path
+) -> None:
+    # Through the config path, as hope-train runs it: method=NAME selects the plug-in.
+    summary = train(_tiny_config(f"method={name}", *extra), tmp_path)
     assert summary.perf.shape == (2, 2) and np.all(np.isfinite(summary.perf))
     assert (tmp_path / "metrics.json").is_file()
+    assert f"method: {name}" in (tmp_path / "config.yaml").read_text()
     tree = load_checkpoint(tmp_path / "checkpoints" / "stage_01")
     assert tree["method"]["name"] == name
     with open(tmp_path / "train.csv", newline="") as f:
@@ -409,8 +392,31 @@ def test_each_method_trains_over_a_tiny_curriculum(name: str, tmp_path: Path) ->
     assert second and all(float(v) >= 0 for v in second)
     restored = make_method(name)
     restored.load_state_dict(tree["method"]["state"])
-    assert restored.state_dict().keys() == method.state_dict().keys()
-    if isinstance(method, BCReplay):
-        assert method.size == 2 * 4  # every chunk of a 2-env, 2-chunk rollout, per task
+    if isinstance(restored, BCReplay):
+        assert restored.size == 2 * 4  # every chunk of a 2-env, 2-chunk rollout, per task
     else:
-        assert len(method.anchors) == 2
+        assert isinstance(restored, L2 | EWC) and len(restored.anchors) == 2
+
+
+def test_multitask_oracle_labels_each_step_with_its_episode_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _tiny_config("method=multitask", "agent.task_id=true", "ppo.rollout_len=128")
+    runner = build_runner(cfg, tmp_path)
+    envs = runner.make_envs(runner.specs[0], runner.obs_dim, runner.act_dim, 2, False)
+    truth: list[list[int]] = []
+    step = envs.step
+
+    def watched(actions: np.ndarray) -> Any:
+        # The task each env's current observation belongs to, before the step.
+        truth.append([env.task_index for env in envs.envs])
+        return step(actions)
+
+    monkeypatch.setattr(envs, "step", watched)
+    runner._rollout(envs, runner._start_segment(envs, 0))
+    envs.close()
+    runner.logger.close()
+    expected = np.array(truth)
+    # 128 steps of 100-step episodes: each env played both tasks, in stage 0.
+    assert all(set(column) == {0, 1} for column in expected.T)
+    np.testing.assert_array_equal(runner.buffer.task.cpu().numpy(), expected)

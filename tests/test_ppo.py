@@ -1,19 +1,30 @@
 """PPO: loss pieces against hand values; chunk replay from stored memory; an update that learns."""
 
+import importlib.util
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from hope_agent.agents import Agent, AgentConfig
+from hope_agent.agents import Agent, AgentConfig, gaussian_entropy
 from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss, value_loss
 from hope_agent.algos.normalize import RunningMeanStd
-from hope_agent.algos.ppo import masked_mean, normalize_advantages, world_model_loss
+from hope_agent.algos.ppo import bound_loss, masked_mean, normalize_advantages, world_model_loss
 from hope_agent.models.factory import make_backbone
 from hope_agent.optim import MultiTimescaleOptimizer
 
 OBS, ACT = 4, 2
+# Tiny configs of every backbone kind, for the chunk-replay test.
+SMALL = {
+    "gru": {"n_layers": 1},
+    "mlp": {"n_layers": 1},
+    "transformer": {"n_layers": 1, "n_heads": 2, "context": 8},
+    "hope": {"n_layers": 1, "n_heads": 2, "chunk_size": 4, "cms_periods": (1, 2)},
+    "hope_attention": {"n_layers": 1, "n_heads": 2, "chunk_size": 4, "cms_periods": (1, 2)},
+}
+HAS_HOPE = importlib.util.find_spec("hope_agent.models.hope") is not None
+REPLAYED = [n for n in SMALL if HAS_HOPE or not n.startswith("hope")]
 
 
 def test_clipped_policy_loss_hand_values() -> None:
@@ -61,6 +72,37 @@ def test_masked_helpers_and_world_model_loss() -> None:
     assert adv[1] == 0 and adv[0].item() == pytest.approx(-1.0, abs=1e-6)
     wm = world_model_loss(torch.ones(3, 2), torch.zeros(3), torch.zeros(3, 2), torch.ones(3), mask)
     assert wm.item() == pytest.approx(2.0)  # mean obs error 1 + reward error 1
+
+
+def test_bound_loss_and_entropy_hand_values() -> None:
+    # |mu| beyond 1 by 0.5 and 1.0 (the other dims inside): (0.25 + 1.0) / 2; row 3 masked out.
+    mean = torch.tensor([[1.5, -0.5], [-2.0, 0.2], [9.0, 9.0]])
+    mask = torch.tensor([True, True, False])
+    assert bound_loss(mean, mask).item() == pytest.approx(0.625)
+    assert bound_loss(torch.tensor([[0.99, -1.0]]), torch.tensor([True])).item() == 0.0
+    # Diagonal Gaussian: sum_i log sigma_i + 0.5 * (1 + log 2 pi) per dim.
+    log_std = torch.tensor([math.log(2.0), 0.0])
+    expected = math.log(2.0) + 2 * 0.5 * (1 + math.log(2 * math.pi))
+    assert gaussian_entropy(log_std).item() == pytest.approx(expected)
+
+
+def test_ppo_loss_weighs_entropy_and_bound_terms() -> None:
+    agent = _agent("mlp")
+    buffer = RolloutBuffer(8, 2, OBS, ACT, seq_len=4)
+    _fill(agent, buffer)
+    batch = next(buffer.minibatches(1, np.random.default_rng(0)))
+    with torch.no_grad():
+        agent.policy_mean.bias.fill_(1.5)  # every mean about 0.5 past the bound
+    rng = np.random.default_rng(0)
+    opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
+    base, stats = PPO(agent, opt, PPOConfig(ent_coef=0.0, bound_coef=0.0), rng).loss(batch)
+    # The policy's entropy does not depend on the input: ACT dims at log_std_init.
+    h = ACT * (agent.config.log_std_init + 0.5 * (1 + math.log(2 * math.pi)))
+    assert stats["entropy"].item() == pytest.approx(h)
+    assert stats["bound"].item() == pytest.approx(ACT * 0.5**2, abs=0.05)
+    weighted, _ = PPO(agent, opt, PPOConfig(ent_coef=0.3, bound_coef=2.0), rng).loss(batch)
+    expected = base.item() - 0.3 * h + 2.0 * stats["bound"].item()
+    assert weighted.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_running_mean_std_matches_numpy() -> None:
@@ -111,13 +153,14 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0) -> None:
     buffer.compute_advantages(out.value, 0.99, 0.95)
 
 
-def _agent(name: str = "gru") -> Agent:
+def _agent(name: str = "gru", **kwargs: object) -> Agent:
     torch.manual_seed(0)
-    return Agent(make_backbone(name, 16), AgentConfig(obs_dim=OBS, act_dim=ACT))
+    return Agent(make_backbone(name, 16, **kwargs), AgentConfig(obs_dim=OBS, act_dim=ACT))
 
 
-def test_chunks_replayed_from_stored_memory_reproduce_the_rollout() -> None:
-    agent = _agent("gru")
+@pytest.mark.parametrize("name", REPLAYED)
+def test_chunks_replayed_from_stored_memory_reproduce_the_rollout(name: str) -> None:
+    agent = _agent(name, **SMALL[name])
     buffer = RolloutBuffer(24, 3, OBS, ACT, seq_len=8)
     _fill(agent, buffer)
     assert (~buffer.valid).any() and buffer.is_first[1:].any()

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from hope_agent.cli import evaluate, record, train
+from hope_agent.cli import check_resume_dir, evaluate, record, train
 from hope_agent.io import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint
 from hope_agent.train.build import ConfigError, resume_point
 from hope_agent.train.runner import CurriculumRunner, latest_checkpoint
@@ -105,22 +105,26 @@ class _Payload:
         return open, (str(self.marker), "w")
 
 
+def _script(*args: str, cwd: Path, stderr: Any) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    command = [sys.executable, str(ROOT / "scripts" / "train_curriculum.py"), *TINY, *args]
+    return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    # In stage 0's training, right after its first periodic checkpoint; at stage 0's end, right
+    # after its stage checkpoint, while the step-256 checkpoint and the results are written.
+    ["step_0000000128", "stage_00"],
+)
 def test_kill_9_then_resume_equals_an_uninterrupted_run(
-    reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    reference: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, kill_at: str
 ) -> None:
     run = tmp_path / "run"
     log_file = tmp_path / "stderr.txt"
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    command = [sys.executable, str(ROOT / "scripts" / "train_curriculum.py"), *TINY]
     with open(log_file, "wb") as stderr:
-        proc = subprocess.Popen(
-            [*command, f"hydra.run.dir={run}"],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        first = run / "checkpoints" / "step_0000000128" / META_FILE
+        proc = _script(f"hydra.run.dir={run}", cwd=tmp_path, stderr=stderr)
+        first = run / "checkpoints" / kill_at / META_FILE
         deadline = time.monotonic() + 240
         while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -218,6 +222,44 @@ def test_resume_refuses_mismatched_configs_and_plain_reruns(
     # Where and how it runs may change.
     assert resume_point(config("resume=true", "logger.tensorboard=false"), run) is not None
     assert resume_point(config("resume=true"), tmp_path / "empty") is None  # a fresh start
+
+
+def test_resume_in_a_new_timestamped_directory_is_refused(tmp_path: Path) -> None:
+    # Without hydra.run.dir, Hydra picks runs/<...>__<timestamp>: never the run to continue.
+    proc = _script("resume=true", cwd=tmp_path, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=120)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 1, err.decode()
+    assert lines[-1].startswith("error: resume=true") and "give hydra.run.dir=" in lines[-1]
+    assert not list(tmp_path.glob("runs/*/checkpoints"))  # no training started
+
+
+def test_check_resume_dir(reference: Path, tmp_path: Path) -> None:
+    stamped = "runs/${curriculum.name}__${now:%Y%m%d-%H%M%S}"
+    with pytest.raises(ConfigError, match=r"give hydra\.run\.dir=<the run's directory>"):
+        check_resume_dir(True, tmp_path / "new", "hydra.run.dir", stamped)
+    (tmp_path / "new" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="without checkpoints"):
+        check_resume_dir(True, tmp_path / "new", "hydra.run.dir", stamped)
+    # A timestamped directory that holds the run (e.g. reused by a job array), a named one
+    # (a fresh start there is what resume=true promises), or no resume at all: accepted.
+    check_resume_dir(True, reference, "hydra.run.dir", stamped)
+    check_resume_dir(True, tmp_path / "named", "hydra.run.dir", str(tmp_path / "named"))
+    check_resume_dir(False, tmp_path / "new", "hydra.run.dir", stamped)
+
+
+def test_an_edited_meta_json_is_named_and_resume_falls_back(
+    reference: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    meta = run / "checkpoints" / "stage_01" / META_FILE
+    text = meta.read_text()
+    assert '["global_step", 512]' in text
+    meta.write_text(text.replace('["global_step", 512]', '["global_step", 640]', 1))
+    with pytest.warns(UserWarning, match=f"stage_01.{META_FILE} was edited or corrupted"):
+        found = resume_point(config("resume=true"), run)
+    assert found is not None and found.name == "step_0000000512"
 
 
 def test_planted_pickles_are_refused_never_executed(reference: Path, tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 our evaluator into the same outputs as our runner's; its checkpoints reproduce its matrix."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from hope_agent.cli import evaluate, record
 from hope_agent.compare import read_perf_csv
 from hope_agent.sb3_adapter import (
     SB3Agent,
@@ -26,6 +30,7 @@ from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
 
 register_sb3_config()
 
+ROOT = Path(__file__).resolve().parents[1]
 OBS, ACT = 4, 2
 TWO_TASKS = "curriculum.tasks=[{id: hope/PointReach-v0, kwargs: {goal: [0.6, 0.0]}}, {id: hope/PointReach-v0, kwargs: {goal: [-0.6, 0.0]}}]"  # noqa: E501
 
@@ -105,6 +110,29 @@ def test_checkpoint_reproduces_the_final_row(ppo_run: Path) -> None:
     np.testing.assert_allclose([r.mean_return for r in results], returns[-1], rtol=1e-6)
 
 
+def test_evaluate_and_record_load_sb3_checkpoints(ppo_run: Path, tmp_path: Path) -> None:
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        eval_cfg = compose(
+            "eval", [f"run_dir={ppo_run}", "device=cpu", f"out_dir={tmp_path / 'eval'}"]
+        )
+        stage = ppo_run / "checkpoints" / "stage_01"
+        record_cfg = compose(
+            "record",
+            [f"checkpoint={stage}", "device=cpu", "height=48", "width=64", "frame_skip=25"]
+            + [f"out_dir={tmp_path / 'videos'}"],
+        )
+    metrics = evaluate(eval_cfg)
+    saved = json.loads((ppo_run / "metrics.json").read_text())
+    # The run's own evaluation settings and seeds: every stage's row again, exactly.
+    assert metrics["perf_matrix"] == saved["perf_matrix"]
+    assert metrics["forgetting"] == saved["forgetting"]
+    assert metrics["world_model_error"] is None
+    assert (tmp_path / "eval" / "perf_matrix.csv").is_file()
+    written = record(record_cfg)
+    assert [p.name for p in written][-1] == "all_tasks.mp4" and len(written) == 3
+    assert all(p.stat().st_size > 1000 for p in written)
+
+
 def _model(algo: str) -> tuple[PPO | SAC, VecNormalize]:
     spec = _specs()[0]
     venv = VecNormalize(DummyVecEnv([lambda: make_env(spec, OBS, ACT)]))
@@ -167,11 +195,61 @@ def test_sac_fine_tunes_over_the_curriculum(tmp_path: Path) -> None:
     assert not (tmp_path / "videos").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("algo=td3", "algo must be one of ppo, sac"),
+        ("steps_per_task=0", "steps_per_task must be >= 1"),
+        ("video.fps=0", "video.fps must be >= 1 (got 0)"),
+        ("eval.episodes=-1", "eval.episodes must be >= 0"),
+        ("+foo=1", "foo: Key 'foo' not in 'SB3TrainConfig'"),
+        ("+ppo_kwargs.bogus=1", "ppo_kwargs ['bogus']: not options of stable_baselines3 PPO"),
+        ("+ppo_kwargs.seed=3", "ppo_kwargs ['seed']"),  # the adapter passes it
+        ("ppo_kwargs.n_steps=abc", "ppo_kwargs.n_steps must be an integer (got 'abc')"),
+        ("ppo_kwargs.learning_rate=true", "ppo_kwargs.learning_rate must be a number"),
+        ("+ppo_kwargs.use_sde=true", "use_sde must be false"),
+        ("+ppo_kwargs.policy_kwargs.bogus=1", "policy_kwargs ['bogus']: not options"),
+        ("+ppo_kwargs.policy_kwargs.activation_fn=relu", "activation_fn takes a Python object"),
+        ("eval.reference_auc=[0.5]", "eval.reference_auc needs one AUC per task (2)"),
+    ],
+)
+def test_bad_values_fail_before_any_file(tmp_path: Path, override: str, named: str) -> None:
+    with pytest.raises(ValueError) as error:
+        train_sb3(_config(override), tmp_path)
+    assert named in str(error.value) and "\n" not in str(error.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_bad_value_sb3_rejects_is_one_line(tmp_path: Path) -> None:
+    # Past the signature checks: the optimizer's own options are SB3's (and torch's) to check.
+    kwargs = {"n_steps": 64, "batch_size": 64, "policy_kwargs": {"optimizer_kwargs": {"bogus": 1}}}
+    settings = SB3Settings(n_envs=1, eval_episodes=0, algo_kwargs=kwargs)
+    with pytest.raises(ValueError, match="^ppo_kwargs: .*unexpected keyword argument 'bogus'$"):
+        run_sb3_curriculum(_specs(), "ppo", 64, 0, tmp_path, settings)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), [(["foo=1"], "SB3TrainConfig"), (["+ppo_kwargs.bogus=1"], "bogus")]
+)
+def test_the_script_prints_one_line_and_exits_1(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_sb3.py"), *args]
+        + [f"hydra.run.dir={tmp_path / 'r'}"],
+        cwd=tmp_path,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and named in lines[0]
+    assert not (tmp_path / "r" / "config.yaml").exists()
+
+
 def test_bad_inputs_fail_with_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="algo must be one of ppo, sac"):
-        train_sb3(_config("algo=td3"), tmp_path)
-    with pytest.raises(ValueError, match="steps_per_task must be >= 1"):
-        train_sb3(_config("steps_per_task=0"), tmp_path)
     with pytest.raises(ValueError, match="unknown SB3 algorithm"):
         run_sb3_curriculum(_specs(), "dqn", 64, 0, tmp_path)
     with pytest.raises(ValueError, match="not an SB3 checkpoint"):

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_module
 
+from hope_agent.train.build import ConfigError, validate_train_config
+from hope_agent.train.config import register_configs
 from hope_agent.train.report import read_matrix_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +65,9 @@ def test_train_then_evaluate_scripts(tmp_path: Path) -> None:
         ("train_curriculum.py", ["model=nope"], "model"),
         ("train_curriculum.py", ["curriculum.tasks=[{id:hope/NoSuchTask-v0}]"], "NoSuchTask"),
         ("train_curriculum.py", ["ppo.num_envs=0"], "ppo.num_envs"),
+        # Plain ids are not task entries: the error says how to write one.
+        ("train_curriculum.py", ["curriculum.tasks=[HalfCheetah-v5,Hopper-v5]"], "{id:NAME}"),
+        ("train_curriculum.py", ["eval.reference_auc=[0.5,1.5,0.5,0.5]"], "eval.reference_auc"),
         ("evaluate_forgetting.py", ["run_dir=/no/such/run"], "/no/such/run"),
         ("record_rollouts.py", ["checkpoint=/no/such/checkpoint"], "/no/such/checkpoint"),
     ],
@@ -74,3 +80,26 @@ def test_bad_input_gives_one_clear_error(
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        "[0.5,0.5,0.5]",
+        "[0.5,0.5,0.5,1.5]",
+        "[0.5,0.5,-0.1,0.5]",
+        "[0.5,nan,0.5,0.5]",
+        "[inf,0,0,0]",
+    ],
+)
+def test_bad_reference_auc_is_refused_before_training(values: str) -> None:
+    # The default curriculum has 4 tasks: one AUC in [0, 1] each.
+    register_configs()
+    with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+        cfg = compose("config", overrides=[f"eval.reference_auc={values}"])
+        fine = compose("config", overrides=["eval.reference_auc=[0,0.25,0.5,1]"])
+    with pytest.raises(
+        ConfigError, match=r"eval.reference_auc must be null or 4 numbers in \[0, 1\]"
+    ):
+        validate_train_config(cfg)
+    validate_train_config(fine)

@@ -1,6 +1,8 @@
 """End to end: a tiny 2-task curriculum trains, writes every output, and its checkpoints
 reproduce its performance matrix; recorded rollouts are not blank."""
 
+import copy
+import csv
 import json
 from pathlib import Path
 
@@ -21,7 +23,13 @@ from hope_agent.train.build import (
     load_trained_agent,
 )
 from hope_agent.train.evaluator import Evaluator, OnlineCMS, TaskEvaluation, record_episodes
-from hope_agent.train.report import EvalEvent, RunRecord, compute_metrics, read_matrix_csv
+from hope_agent.train.report import (
+    EvalEvent,
+    RunRecord,
+    compute_metrics,
+    read_matrix_csv,
+    write_results,
+)
 from hope_agent.video import is_blank
 
 TINY = [
@@ -54,7 +62,18 @@ def tiny_config(*overrides: str, model: str = "gru", n_tasks: int = 2) -> DictCo
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    train(tiny_config("eval.in_context_gain=true"), out)
+    # Periodic checkpoints at the periodic evaluations: re-evaluation can rebuild every window.
+    train(
+        tiny_config("eval.in_context_gain=true", "eval.smooth_last=2", "checkpoint.every=128"), out
+    )
+    return out
+
+
+def _curve_perf(path: Path) -> dict[int, list[float]]:
+    """``{global_step: [perf of each task]}`` from a ``curves.csv``."""
+    out: dict[int, list[float]] = {}
+    for row in csv.DictReader(path.open()):
+        out.setdefault(int(row["global_step"]), []).append(float(row["perf"]))
     return out
 
 
@@ -63,6 +82,7 @@ def test_run_writes_every_output(run_dir: Path) -> None:
         "config.yaml",
         "metrics.json",
         "perf_matrix.csv",
+        "perf_matrix_smoothed.csv",
         "perf_matrix_deterministic.csv",
         "wm_error_matrix.csv",
         "return_matrix.csv",
@@ -70,10 +90,12 @@ def test_run_writes_every_output(run_dir: Path) -> None:
         "curves.csv",
         "train.csv",
         "plots/perf_matrix.png",
+        "plots/perf_matrix_smoothed.png",
         "plots/curves.png",
         "plots/wm_error_matrix.png",
         "checkpoints/stage_00/meta.json",
         "checkpoints/stage_01/meta.json",
+        "checkpoints/step_0000000128/meta.json",
         "checkpoints/step_0000000256/meta.json",
         "videos/stage_00/all_tasks.mp4",
         "videos/stage_01/all_tasks.mp4",
@@ -84,9 +106,20 @@ def test_run_writes_every_output(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     perf = read_matrix_csv(run_dir / "perf_matrix.csv")
     assert perf.shape == (2, 2) and np.all((perf >= 0) & (perf <= 1))
+    # perf_matrix.csv holds the task-end evaluations; with eval.smooth_last=2 the metrics use
+    # each stage's mean of its two evaluations, saved beside it.
+    curves = _curve_perf(run_dir / "curves.csv")
+    np.testing.assert_array_equal(perf, [curves[256], curves[512]])
+    smoothed = read_matrix_csv(run_dir / "perf_matrix_smoothed.csv")
+    np.testing.assert_allclose(
+        smoothed, [np.mean([curves[128], curves[256]], 0), np.mean([curves[384], curves[512]], 0)]
+    )
+    assert metrics["perf_matrix"] == perf.tolist()
+    np.testing.assert_allclose(metrics["perf_matrix_smoothed"], smoothed)
     assert metrics["stages_completed"] == 2
-    assert metrics["average_performance"] == pytest.approx(perf[-1].mean())
-    assert metrics["forgetting"] == pytest.approx((perf[0, 0] - perf[1, 0]) / 2)
+    assert metrics["average_performance"] == pytest.approx(smoothed[-1].mean())
+    assert metrics["forgetting"] == pytest.approx((smoothed[0, 0] - smoothed[1, 0]) / 2)
+    assert metrics["auc"] == pytest.approx([smoothed[0, 0], smoothed[1, 1]])
     assert metrics["forward_transfer"] is None and any(
         "forward transfer" in n for n in metrics["notes"]
     )
@@ -99,22 +132,32 @@ def test_run_writes_every_output(run_dir: Path) -> None:
 
 def test_checkpoints_reproduce_the_perf_matrix(run_dir: Path) -> None:
     metrics = evaluate(_eval_config(f"run_dir={run_dir}"))
-    ours = read_matrix_csv(run_dir / "evaluation" / "perf_matrix.csv")
-    theirs = read_matrix_csv(run_dir / "perf_matrix.csv")
-    np.testing.assert_array_equal(ours, theirs)
-    np.testing.assert_array_equal(
-        read_matrix_csv(run_dir / "evaluation" / "wm_error_matrix.csv"),
-        read_matrix_csv(run_dir / "wm_error_matrix.csv"),
-    )
-    assert metrics["average_performance"] == pytest.approx(theirs[-1].mean())
-    assert (run_dir / "evaluation" / "plots" / "perf_matrix.png").is_file()
+    ours, theirs = run_dir / "evaluation", run_dir
+    for name in ("perf_matrix.csv", "perf_matrix_smoothed.csv", "wm_error_matrix.csv"):
+        np.testing.assert_array_equal(read_matrix_csv(ours / name), read_matrix_csv(theirs / name))
+    # The periodic checkpoints sit at the periodic evaluations: the whole curve comes back, and
+    # with it the windows' AUCs. The copies of stage ends (step 256, 512) and step 0 are skipped.
+    assert (ours / "curves.csv").read_text() == (theirs / "curves.csv").read_text()
+    run_metrics = json.loads((theirs / "metrics.json").read_text())
+    for key in ("average_performance", "forgetting", "backward_transfer", "auc"):
+        assert metrics[key] == run_metrics[key], key
+    assert [Path(p).name for p in metrics["checkpoints"]] == [
+        "step_0000000128",
+        "stage_00",
+        "step_0000000384",
+        "stage_01",
+    ]
+    assert (ours / "plots" / "perf_matrix.png").is_file()
 
 
 def test_single_stage_evaluation_and_mismatched_checkpoint(run_dir: Path, tmp_path: Path) -> None:
-    evaluate(_eval_config(f"run_dir={run_dir}", "stage=0", f"out_dir={tmp_path / 'one'}"))
+    metrics = evaluate(_eval_config(f"run_dir={run_dir}", "stage=0", f"out_dir={tmp_path / 'one'}"))
     one = read_matrix_csv(tmp_path / "one" / "perf_matrix.csv")
     np.testing.assert_array_equal(one[0], read_matrix_csv(run_dir / "perf_matrix.csv")[0])
     assert np.all(np.isnan(one[1]))
+    # One evaluation in the window: no area under a curve to report.
+    assert metrics["auc"] is None and metrics["forward_transfer"] is None
+    assert any("auc and forward transfer left out" in n for n in metrics["notes"])
     # A run config of another model does not match the checkpoint: one clear error.
     other = tmp_path / "other"
     other.mkdir()
@@ -123,6 +166,16 @@ def test_single_stage_evaluation_and_mismatched_checkpoint(run_dir: Path, tmp_pa
     (other / "config.yaml").write_text(text)
     with pytest.raises(ValueError, match="does not match"):
         evaluate(_eval_config(f"run_dir={other}"))
+
+
+def test_a_mid_stage_checkpoint_gives_its_stage_row(run_dir: Path, tmp_path: Path) -> None:
+    checkpoint = run_dir / "checkpoints" / "step_0000000128"
+    metrics = evaluate(_eval_config(f"checkpoint={checkpoint}", f"out_dir={tmp_path}"))
+    perf = read_matrix_csv(tmp_path / "perf_matrix.csv")
+    np.testing.assert_array_equal(perf[0], _curve_perf(run_dir / "curves.csv")[128])
+    assert np.all(np.isnan(perf[1]))
+    assert metrics["stages_completed"] == 1
+    assert any("before the end of stage 0" in n for n in metrics["notes"])
 
 
 def test_recorded_rollouts_are_not_blank(run_dir: Path, tmp_path: Path) -> None:
@@ -225,6 +278,26 @@ def test_online_cms_adapts_a_copy_only() -> None:
         OnlineCMS(["cms.9"], lr=0.1).chosen(agent)
 
 
+def test_online_cms_learns_from_the_observation_prediction_only() -> None:
+    pytest.importorskip("hope_agent.models.hope")
+    cfg = tiny_config(model="hope", n_tasks=1)
+    specs, obs_dim, act_dim = build_specs(cfg)
+    agent = build_agent(cfg, obs_dim, act_dim, 1)
+    other = copy.deepcopy(agent)
+    with torch.no_grad():  # another reward prediction, the same next-observation prediction
+        other.world_model[-1].weight[obs_dim].normal_()
+        other.world_model[-1].bias[obs_dim] += 3.0
+    online = OnlineCMS([], lr=0.5)
+    cpu = torch.device("cpu")
+    a = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(agent, 0)
+    b = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(other, 0)
+    assert a.wm_error != b.wm_error  # the reported error counts the reward prediction...
+    # ...but the adaptation does not: both copies learn the same, so they act the same.
+    assert (a.mean_return, a.return_deterministic) == (b.mean_return, b.return_deterministic)
+    plain = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu).evaluate_task(agent, 0)
+    assert plain.mean_return != a.mean_return  # the adaptation did change the actions
+
+
 def _event(stage: int, perfs: list[float], task_end: bool = True) -> EvalEvent:
     results = [TaskEvaluation(f"t{j}", p, p, p, 0.0, 0.0, 0.5, 100.0) for j, p in enumerate(perfs)]
     return EvalEvent(
@@ -232,7 +305,7 @@ def _event(stage: int, perfs: list[float], task_end: bool = True) -> EvalEvent:
     )
 
 
-def test_metrics_from_a_hand_made_record() -> None:
+def test_metrics_from_a_hand_made_record(tmp_path: Path) -> None:
     record = RunRecord(task_names=["t0", "t1"], stage_starts=[0, 10])
     record.events = [
         _event(0, [0.2, 0.0], task_end=False),
@@ -245,9 +318,28 @@ def test_metrics_from_a_hand_made_record() -> None:
     assert m["forgetting"] == pytest.approx((0.8 - 0.4) / 2)
     assert m["auc"] == pytest.approx([0.5, 0.7])
     assert m["forward_transfer"] == pytest.approx(((0.5 - 0.25) / 0.75 + (0.7 - 0.5) / 0.5) / 2)
+    assert m["perf_matrix"] == [[0.8, 0.1], [0.4, 1.0]] and "perf_matrix_smoothed" not in m
     smooth = compute_metrics(record, smooth_last=2)
+    np.testing.assert_allclose(smooth["perf_matrix_smoothed"], [[0.5, 0.05], [0.45, 0.7]])
     assert smooth["average_performance"] == pytest.approx((0.45 + 0.7) / 2)
+    assert smooth["forgetting"] == pytest.approx((0.5 - 0.45) / 2)
     assert smooth["forward_transfer"] is None and smooth["notes"]
+    # The files hold the same two matrices: raw in perf_matrix.csv, smoothed beside it.
+    written = write_results(tmp_path, record, smooth_last=2, plots=False)
+    assert written["average_performance"] == smooth["average_performance"]
+    np.testing.assert_allclose(read_matrix_csv(tmp_path / "perf_matrix.csv"), m["perf_matrix"])
+    np.testing.assert_allclose(
+        read_matrix_csv(tmp_path / "perf_matrix_smoothed.csv"), smooth["perf_matrix_smoothed"]
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    np.testing.assert_allclose(saved["perf_matrix_smoothed"], smooth["perf_matrix_smoothed"])
+    # A window holding only its task-end evaluation has no curve: no AUC, no forward transfer.
+    sparse = RunRecord(task_names=["t0", "t1"], stage_starts=[0, 10])
+    sparse.events = [record.events[0], record.events[1], record.events[3]]
+    s = compute_metrics(sparse, reference_auc=[0.25, 0.5])
+    assert s["auc"] is None and s["forward_transfer"] is None
+    assert s["average_performance"] == pytest.approx(0.7)
+    assert any("stages [1]" in n for n in s["notes"])
     partial = RunRecord(task_names=["t0", "t1"], stage_starts=[0], events=record.events[:2])
     assert compute_metrics(partial)["stages_completed"] == 1
     record.events[-1].results[0].perf = float("nan")

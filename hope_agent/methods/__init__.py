@@ -10,12 +10,15 @@ Every method subclasses :class:`hope_agent.train.methods.Method` and uses only i
 - ``multitask``: the upper bound with every task interleaved (:mod:`hope_agent.methods.multitask`;
   it changes the runner's env factory, not the loss).
 
-:func:`make_method` builds one by name from an options mapping and rejects unknown options.
+:func:`make_method` builds one by name from an options mapping and rejects unknown options and
+values of the wrong type.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,11 +46,50 @@ METHODS: dict[str, type[Method]] = {
 METHOD_CONFIGS: dict[str, type] = {"l2": L2Config, "ewc": EWCConfig, "bc_replay": BCReplayConfig}
 
 
+_TYPE_WORDS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    type(None): "null",
+}
+
+
+def _typed_option(method: str, key: str, hint: Any, value: Any) -> Any:
+    """``value`` as the option's annotation ``hint`` takes it (an integral float becomes an int,
+    an int a float); ``ValueError`` naming the option, the expected type and the value else.
+
+    Checked here because the config dataclasses do not check types: a string fails inside their
+    range checks with a ``TypeError``, a ``2.5`` batch size only when it is used, and ``true``
+    passes for the number 1.
+    """
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = typing.get_args(hint) if union else (hint,)
+    for t in allowed:
+        if isinstance(value, bool):
+            if t is bool:
+                return value
+        elif t is int:
+            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+                return int(value)
+        elif t is float:
+            if isinstance(value, (int, float)):
+                return float(value)
+        elif t is type(None):
+            if value is None:
+                return None
+        elif isinstance(value, typing.get_origin(t) or t):
+            return value
+    expected = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in allowed)
+    raise ValueError(f"method {method!r}: option {key} must be {expected} (got {value!r})")
+
+
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
     """Build the method ``name`` (a key of :data:`METHODS`) with ``options`` for its config.
 
-    Raises ``ValueError`` naming the valid methods or options on an unknown name or option, and
-    the config's own error on a bad value.
+    Raises ``ValueError`` naming the valid methods or options on an unknown name or option,
+    naming the option and its type on a value of the wrong type (``bool`` is no number, and an
+    integer option takes only integral values), and the config's own error on a bad value.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
@@ -61,7 +103,9 @@ def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
     unknown = sorted(set(opts) - set(valid))
     if unknown:
         raise ValueError(f"method {name!r}: unknown option(s) {unknown}; valid options: {valid}")
-    return METHODS[name](config_cls(**opts))  # type: ignore[call-arg]
+    hints = typing.get_type_hints(config_cls)
+    typed = {k: _typed_option(name, k, hints[k], v) for k, v in opts.items()}
+    return METHODS[name](config_cls(**typed))  # type: ignore[call-arg]
 
 
 __all__ = [

@@ -10,9 +10,12 @@ schedule and the performance matrix keep their meaning: row i is the performance
 sequential methods are compared against (its "forgetting" only measures noise between rows).
 
 Selecting it: ``method=multitask`` names :class:`MultiTask` (a method with no hooks), and the
-builder passes ``make_envs=multitask_env_factory(specs)`` to the runner. The oracle task id
-(``agent.task_id=true``) is not supported with it: the runner labels every step with the stage
-index, not the task of the episode.
+builder passes ``make_envs=multitask_env_factory(specs, faults.obs_limit)`` to the runner. Each
+task env of a slot is wrapped in its own :class:`~hope_agent.train.faults.EnvFaultGuard`, as
+:func:`hope_agent.train.vec.make_vector_env` wraps each env of a stage: the guard watches one
+simulation, so it sits inside the slot, around the task env that owns it. With the oracle task id
+(``agent.task_id=true``) the runner gives each step the task of its episode, read from
+``info["task_index"]``, instead of the stage index.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from hope_agent.train.faults import EnvFaultGuard
 from hope_agent.train.methods import Method
 from hope_agent.train.runner import VecEnvFactory
 from hope_envs.curriculum import TaskSpec, make_env
@@ -34,19 +38,27 @@ class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """One env slot that plays a different task of the curriculum at each episode.
 
     Each task's env is built on first use with :func:`hope_envs.curriculum.make_env` (common
-    spaces, the task's own time limit). ``reset(seed=s)`` reseeds the task order and, on their next
-    first use, the task envs; ``info["task_index"]`` names the current episode's task.
+    spaces, the task's own time limit) and wrapped in an
+    :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that episode
+    (``info["env_fault"]``) and the next reset moves on. ``reset(seed=s)`` reseeds the task order
+    and, on their next first use, the task envs; ``info["task_index"]`` names the current
+    episode's task.
 
     Args:
         specs: the curriculum's tasks.
         obs_dim: common observation width.
         act_dim: common action width.
+        obs_limit: the guards' largest plausible absolute observation value
+            (``faults.obs_limit``).
     """
 
-    def __init__(self, specs: Sequence[TaskSpec], obs_dim: int, act_dim: int) -> None:
+    def __init__(
+        self, specs: Sequence[TaskSpec], obs_dim: int, act_dim: int, obs_limit: float = 1e6
+    ) -> None:
         if not specs:
             raise ValueError("MultiTaskEnv needs at least one task")
         self.specs, self.obs_dim, self.act_dim = list(specs), obs_dim, act_dim
+        self.obs_limit = obs_limit
         self._envs: dict[int, gym.Env] = {}
         first = self._task_env(0)
         self.observation_space = first.observation_space
@@ -58,7 +70,8 @@ class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _task_env(self, j: int) -> gym.Env:
         if j not in self._envs:
-            self._envs[j] = make_env(self.specs[j], self.obs_dim, self.act_dim)
+            env = make_env(self.specs[j], self.obs_dim, self.act_dim)
+            self._envs[j] = EnvFaultGuard(env, self.obs_limit)
         return self._envs[j]
 
     def _next_task(self) -> int:
@@ -102,12 +115,13 @@ class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
         self._envs.clear()
 
 
-def multitask_env_factory(specs: Sequence[TaskSpec]) -> VecEnvFactory:
+def multitask_env_factory(specs: Sequence[TaskSpec], obs_limit: float = 1e6) -> VecEnvFactory:
     """A runner vector-env factory that ignores the stage's task and interleaves all ``specs``.
 
     The returned factory has the runner's signature ``(spec, obs_dim, act_dim, num_envs,
     asynchronous)`` and builds ``num_envs`` :class:`MultiTaskEnv` slots with next-step autoreset,
-    like :func:`hope_agent.train.vec.make_vector_env`.
+    like :func:`hope_agent.train.vec.make_vector_env`; ``obs_limit`` goes to every task env's
+    fault guard.
     """
     tasks = list(specs)
 
@@ -116,7 +130,7 @@ def multitask_env_factory(specs: Sequence[TaskSpec]) -> VecEnvFactory:
     ) -> gym.vector.VectorEnv:
         if num_envs < 1:
             raise ValueError(f"ppo.num_envs must be >= 1, got {num_envs}")
-        fns = [partial(MultiTaskEnv, tasks, obs_dim, act_dim) for _ in range(num_envs)]
+        fns = [partial(MultiTaskEnv, tasks, obs_dim, act_dim, obs_limit) for _ in range(num_envs)]
         if asynchronous:
             return gym.vector.AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)

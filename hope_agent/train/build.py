@@ -6,8 +6,9 @@ Every check of user input happens here, before any work starts, and fails with o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from hope_agent.io import CheckpointError, load_checkpoint
 from hope_agent.methods import METHODS, make_method, multitask_env_factory
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
-from hope_agent.train.config import Device, OptimizerName, TrainConfig
+from hope_agent.sb3_adapter import CHECKPOINT_FORMAT as SB3_CHECKPOINT_FORMAT
+from hope_agent.sb3_adapter import sb3_agent_from_tree, sb3_eval_config
+from hope_agent.train.config import Device, OptimizerName, TaskEntry, TrainConfig
 from hope_agent.train.evaluator import Evaluator, OnlineCMS
 from hope_agent.train.faults import FaultSettings
 from hope_agent.train.logger import Logger
@@ -114,11 +117,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     need(cfg.model.name in BACKBONES, "model.name", f"must be one of {', '.join(BACKBONES)}")
     need(cfg.model.d_model >= 1, "model.d_model", "must be >= 1")
     need(cfg.method in METHODS, "method", f"must be one of {', '.join(sorted(METHODS))}")
-    need(
-        not (cfg.method == "multitask" and cfg.agent.task_id),
-        "method",
-        "multitask does not support agent.task_id=true yet (the runner labels steps by stage)",
-    )
     need(ppo.num_envs >= 1, "ppo.num_envs", "must be >= 1")
     need(ppo.seq_len >= 1, "ppo.seq_len", "must be >= 1")
     need(
@@ -159,6 +157,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     need(cfg.video.fps >= 1, "video.fps", "must be >= 1")
     need(min(cfg.video.height, cfg.video.width) >= 16, "video.height/width", "must be >= 16")
     need(cfg.eval.online_cms.lr > 0, "eval.online_cms.lr", "must be > 0")
+    ref, n_tasks = cfg.eval.reference_auc, len(cfg.curriculum.tasks)
+    need(
+        ref is None or (len(ref) == n_tasks and all(math.isfinite(v) and 0 <= v <= 1 for v in ref)),
+        "eval.reference_auc",
+        f"must be null or {n_tasks} numbers in [0, 1], one single-task AUC per task",
+    )
     try:
         PPOConfig(**{f.name: ppo[f.name] for f in fields(PPOConfig)})
     except ValueError as e:
@@ -176,9 +180,18 @@ def omegaconf_problem(error: OmegaConfBaseException) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     key = getattr(error, "full_key", None)
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        schema = getattr(error, "object_type", None)
+        where = (
+            f"{schema.__name__} in {schema.__module__}"
+            if isinstance(schema, type) and is_dataclass(schema)
+            else "the schemas in hope_agent/train/config.py"
+        )
+        return f"unknown key {key or ''} ({first}); check its spelling against {where}"
+    if f"is not a subclass of {TaskEntry.__name__}" in first:
+        # A plain id where a task mapping belongs (curriculum.tasks=[Hopper-v5]).
         return (
-            f"unknown key {key or ''} ({first}); check its spelling against the schemas in "
-            "hope_agent/train/config.py"
+            f"{key}: a curriculum task is a mapping, write {{id:NAME}} "
+            f"(e.g. curriculum.tasks=[{{id:Hopper-v5}}]); {first}"
         )
     return f"{key}: {first}" if key else first
 
@@ -203,11 +216,6 @@ def build_specs(cfg: DictConfig) -> tuple[list[TaskSpec], int, int]:
     assert isinstance(tasks, list)
     specs = resolve_tasks(tasks, int(cfg.steps_per_task))
     obs_dim, act_dim = common_spaces(specs)
-    ref = cfg.eval.reference_auc
-    if ref is not None and len(ref) != len(specs):
-        raise ConfigError(
-            f"eval.reference_auc needs one AUC per task ({len(specs)}), got {len(ref)}"
-        )
     return specs, obs_dim, act_dim
 
 
@@ -316,7 +324,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
     faults = fault_settings(cfg)
     make_envs: VecEnvFactory = partial(make_vector_env, obs_limit=faults.obs_limit)
     if cfg.method == "multitask":
-        make_envs = multitask_env_factory(specs)
+        make_envs = multitask_env_factory(specs, faults.obs_limit)
     ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
     try:
         optimizer = build_optimizer(agent, cfg)
@@ -459,16 +467,28 @@ def load_trained_agent(
 
     ``cfg`` (a run's saved config) defaults to the config stored in the checkpoint. Returns
     ``(agent, cfg, specs, obs_dim, act_dim, tree)``; a checkpoint that does not match the config
-    raises :class:`~hope_agent.io.CheckpointError`.
+    raises :class:`~hope_agent.io.CheckpointError`. A checkpoint of an SB3 baseline
+    (``scripts/train_sb3.py``, format :data:`hope_agent.sb3_adapter.CHECKPOINT_FORMAT`) gives its
+    policy behind the agent's acting interface and its run config as a :class:`TrainConfig`
+    (:func:`hope_agent.sb3_adapter.sb3_eval_config`).
     """
     tree = load_checkpoint(checkpoint, map_location=device)
-    if not isinstance(tree.get("agent"), dict) or "meta" not in tree:
+    meta = tree.get("meta")
+    sb3 = isinstance(meta, dict) and meta.get("format") == SB3_CHECKPOINT_FORMAT
+    if not sb3 and (not isinstance(tree.get("agent"), dict) or meta is None):
         raise CheckpointError(
             f"{checkpoint} is not a training checkpoint of hope_agent (no 'agent'/'meta' entries); "
             "pass a folder under <run_dir>/checkpoints/"
         )
-    cfg = as_train_config(tree["config"] if cfg is None else cfg)
-    validate_train_config(cfg)
+    saved = tree["config"] if cfg is None else cfg
+    if sb3:
+        try:
+            cfg = sb3_eval_config(saved)
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint} is an SB3 checkpoint but {e}") from None
+    else:
+        cfg = as_train_config(saved)
+        validate_train_config(cfg)
     specs, obs_dim, act_dim = build_specs(cfg)
     meta = tree["meta"]
     expected = {"obs_dim": obs_dim, "act_dim": act_dim, "tasks": [s.name for s in specs]}
@@ -478,6 +498,8 @@ def load_trained_agent(
             f"checkpoint {checkpoint} does not match the config: it was saved for {found}, the "
             f"config gives {expected}; evaluate it with the run's own config (run_dir=...)"
         )
+    if sb3:
+        return sb3_agent_from_tree(tree, device).as_agent(), cfg, specs, obs_dim, act_dim, tree
     agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
     try:
         agent.load_state_dict(tree["agent"])

@@ -37,7 +37,11 @@ class OptimizerName(Enum):
 @dataclass
 class TaskEntry:
     """One curriculum task: a registered Gymnasium id, its keyword arguments, its step budget
-    (``null`` = the run's ``steps_per_task``) and an optional display name."""
+    (``null`` = the run's ``steps_per_task``) and an optional display name.
+
+    Always a mapping, also on the command line: ``curriculum.tasks=[{id:Hopper-v5}]``. A plain
+    id string is refused at composition: the schema's type check is what names a misspelt key.
+    """
 
     id: str = MISSING
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +100,9 @@ class PPOSection(PPOConfig):
     num_envs: int = 8
     rollout_len: int = 128
     seq_len: int = 32
+    # One worker process per env (gymnasium AsyncVectorEnv) instead of stepping them in this
+    # process. Never switched on by itself, so that a config runs the same way on every
+    # machine: choose it where there are spare cores and the physics is slow.
     async_envs: bool = False
     optimizer: OptimizerName = OptimizerName.adamw
     lr: float = 3e-4

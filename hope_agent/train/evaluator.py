@@ -66,9 +66,11 @@ def cms_group_names(agent: Agent) -> list[str]:
 class OnlineCMS:
     """Deployment clock (HOPE.md section 3): chosen CMS levels learn while the agent acts.
 
-    Each level takes a plain gradient step, ``θ_l ← θ_l − lr · Σ ∇θ_l L_wm``, every ``P_l`` env
-    steps (its own period), on the world model's squared prediction error: no reward, no trainer.
-    It always works on a copy, so the trained agent is never modified.
+    Each level takes a plain gradient step, ``θ_l ← θ_l − lr · Σ ∇θ_l L_obs``, every ``P_l`` env
+    steps (its own period), where ``L_obs`` is the world model's squared error on the
+    next-observation delta, averaged over observation dims and live episodes. Neither the reward
+    prediction nor a trainer takes part (the reward only enters as the token's input, as in
+    training). It always works on a copy, so the trained agent is never modified.
 
     Args:
         levels: CMS group names (``cms.0``, ...); empty = every CMS level of the backbone.
@@ -227,11 +229,15 @@ class Evaluator:
                 reward = agent.reward_scale(torch.as_tensor(rewards, device=dev))
                 target_delta = agent.obs_norm(torch.as_tensor(next_raw, device=dev)) - obs.detach()
                 pred_delta, pred_reward = agent.predict_world(res.output.features, res.env_action)
-                err = (pred_delta - target_delta).square().sum(-1) + (pred_reward - reward).square()
+                obs_err = (pred_delta - target_delta).square()
+                err = obs_err.sum(-1) + (pred_reward - reward).square()
                 live = torch.as_tensor(live_now, device=dev)
                 if optimizer is not None:
+                    # Self-supervised (HOPE.md section 3): only the next-observation prediction
+                    # error, averaged over dims as the training loss averages it; the reward
+                    # prediction stays out of the adaptation.
                     optimizer.zero_grad(set_to_none=True)
-                    (err * live).sum().div(live.sum().clamp_min(1)).backward()
+                    (obs_err.mean(-1) * live).sum().div(live.sum().clamp_min(1)).backward()
                     optimizer.step()
             base = target_delta.square().sum(-1) + reward.square()
             err_sum += float((err.detach() * live).sum())

@@ -13,16 +13,16 @@ Three layers, each independent of the others (see ``docs/reliability.md``):
   it; every env reports a truncation, then the reset observation on the following
   (autoreset) step, exactly like Gymnasium's next-step autoreset, so the trainer needs no
   special case.
-- :func:`first_nonfinite` finds a non-finite tensor in a tree (weights, normaliser statistics,
-  backbone memory); the runner uses it to skip updates and to roll back (see
-  :class:`FaultSettings`).
+- :func:`first_nonfinite` finds a non-finite tensor among named ones (weights, normaliser
+  statistics, backbone memory, a method's state through :func:`named_tensors`); the runner uses
+  it to skip updates and to roll back (see :class:`FaultSettings`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,8 @@ class FaultCounters:
         rollbacks: returns to the last good checkpoint.
         env_resets: episodes ended by :class:`EnvFaultGuard`.
         env_restarts: vector envs rebuilt by :class:`RestartingVectorEnv`.
+        skipped_task_ends: stage ends whose method hook (a Fisher matrix, a replay harvest) was
+            skipped because the stage's last rollout was non-finite.
         lr_scale: product of the learning-rate factors applied so far.
     """
 
@@ -104,6 +106,7 @@ class FaultCounters:
     rollbacks: int = 0
     env_resets: int = 0
     env_restarts: int = 0
+    skipped_task_ends: int = 0
     lr_scale: float = 1.0
 
     def as_log(self) -> dict[str, float]:
@@ -125,6 +128,18 @@ def first_nonfinite(named: Iterable[tuple[str, Tensor]]) -> str | None:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return name
     return None
+
+
+def named_tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """Every tensor of a tree of dicts, lists and tuples, named by its path (``a.0.b``)."""
+    if isinstance(tree, Tensor):
+        yield prefix, tree
+    elif isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
 
 
 def nonfinite_rows(leaves: Iterable[Tensor], batch: int) -> Tensor:
@@ -219,8 +234,8 @@ class RestartingVectorEnv(gym.vector.VectorWrapper):
     After a failed step the broken env is closed (worker processes terminated), a new one is
     built with ``make`` and reset with a seed derived from the last reset seed and the restart
     count; that step reports every env as truncated (last good observations, zero rewards,
-    ``info["env_restart"]``), and the next step returns the new reset observations without
-    stepping, as Gymnasium's next-step autoreset does.
+    ``info["env_restart"]``), and the next step returns the new reset observations and infos
+    without stepping, as Gymnasium's next-step autoreset does.
 
     Args:
         make: builds the vector env (called once now and once per restart).
@@ -235,7 +250,7 @@ class RestartingVectorEnv(gym.vector.VectorWrapper):
         self._in_a_row = 0
         self._seed = 0
         self._last_obs: Any = None
-        self._pending: Any = None
+        self._pending: tuple[Any, dict[str, Any]] | None = None  # the rebuilt env's reset
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -251,9 +266,9 @@ class RestartingVectorEnv(gym.vector.VectorWrapper):
         """Step every env; a failure rebuilds the vector env (see the class docstring)."""
         n = self.num_envs
         if self._pending is not None:
-            obs, self._pending = self._pending, None
+            (obs, info), self._pending = self._pending, None
             self._last_obs = obs
-            return obs, np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), {}
+            return obs, np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), info
         try:
             out = self.env.step(actions)
         # Broad on purpose: a dead worker raises BrokenPipeError or EOFError, and an exception
@@ -285,7 +300,7 @@ class RestartingVectorEnv(gym.vector.VectorWrapper):
             seed = int(np.random.SeedSequence([self._seed, self.restarts]).generate_state(1)[0])
             try:
                 self.env = self._make()
-                self._pending, _ = self.env.reset(seed=seed)
+                self._pending = self.env.reset(seed=seed)
                 break
             # Same reason as in step: building or resetting may fail like stepping did.
             except Exception as e:

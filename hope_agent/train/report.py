@@ -2,13 +2,15 @@
 
 One evaluation event evaluates every task; :class:`RunRecord` keeps one row per (event, task).
 Stage i's *window* is the events taken while training task i, the last of which is its task-end
-evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation (or the mean of
-the window's last ``smooth_last`` evaluations, Continual World's smoothing).
+evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation, or, with
+``smooth_last=k``, the mean of the window's last k evaluations (Continual World's smoothing).
 
-Files (all written atomically): ``perf_matrix.csv``, ``perf_matrix_deterministic.csv``,
-``wm_error_matrix.csv``, ``return_matrix.csv``, ``in_context_perf_matrix.csv`` (when measured),
-``curves.csv``, ``metrics.json`` and the plots ``plots/perf_matrix.png``, ``plots/curves.png``,
-``plots/wm_error_matrix.png``, ``plots/wm_error_curves.png``.
+Files (all written atomically): ``perf_matrix.csv`` (always the task-end matrix),
+``perf_matrix_smoothed.csv`` (with ``smooth_last``: the matrix the metrics used),
+``perf_matrix_deterministic.csv``, ``wm_error_matrix.csv``, ``return_matrix.csv``,
+``in_context_perf_matrix.csv`` (when measured), ``curves.csv``, ``metrics.json`` and the plots
+``plots/perf_matrix.png`` (``plots/perf_matrix_smoothed.png`` with ``smooth_last``),
+``plots/curves.png``, ``plots/wm_error_matrix.png``, ``plots/wm_error_curves.png``.
 """
 
 from __future__ import annotations
@@ -59,10 +61,25 @@ class RunRecord:
         """The task-end evaluation of each completed stage, in stage order."""
         return [e for e in self.events if e.task_end]
 
-    def matrix(self, attr: str, reset_every_step: bool = False) -> np.ndarray:
-        """``(N, N)`` matrix of ``TaskEvaluation.<attr>`` at each stage end (NaN rows: not done)."""
+    def matrix(
+        self, attr: str, reset_every_step: bool = False, smooth_last: int | None = None
+    ) -> np.ndarray:
+        """``(N, N)`` matrix of ``TaskEvaluation.<attr>`` at each stage end (NaN rows: not done).
+
+        ``smooth_last=k`` makes row i the mean over the last k evaluations of stage i's window
+        (all of them when fewer). The reset-every-step control is only measured at task ends, so
+        it is never smoothed.
+        """
+        if smooth_last is not None and smooth_last < 1:
+            raise ValueError(f"smooth_last must be None or >= 1, got {smooth_last}")
         out = np.full((self.n_tasks, self.n_tasks), np.nan)
         for event in self.stage_ends():
+            if smooth_last is not None and not reset_every_step:
+                window = [e for e in self.events if e.stage == event.stage][-smooth_last:]
+                out[event.stage] = np.mean(
+                    [[_num(getattr(r, attr)) for r in e.results] for e in window], axis=0
+                )
+                continue
             results = event.reset_every_step if reset_every_step else event.results
             if results is not None:
                 out[event.stage] = [_num(getattr(r, attr)) for r in results]
@@ -101,9 +118,12 @@ def compute_metrics(
     """The run's metrics over its completed stages (a k x k leading block while running).
 
     Keys: ``stages_completed``, ``average_performance``, ``forgetting``, ``backward_transfer``,
-    ``forward_transfer`` (``None`` without a reference AUC), ``auc`` per task,
-    ``world_model_error`` (mean final error), ``world_model_forgetting`` (mean over tasks of final
-    minus just-trained error; positive = the world model forgot), ``in_context_gain`` and
+    ``forward_transfer`` (``None`` without a reference AUC), ``auc`` per task (``None`` when some
+    completed stage's window holds a single evaluation: that is its task-end value, not an area
+    under a curve), ``world_model_error`` (mean final error), ``world_model_forgetting`` (mean
+    over tasks of final minus just-trained error; positive = the world model forgot),
+    ``in_context_gain``, ``perf_matrix`` (the task-end matrix, ``None`` for NaN), with
+    ``smooth_last`` also ``perf_matrix_smoothed`` (the matrix the performance metrics used), and
     ``notes`` explaining every metric left out.
     """
     ends = record.stage_ends()
@@ -112,6 +132,11 @@ def compute_metrics(
     keys = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
     out.update(dict.fromkeys(keys))
     out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
+    out["perf_matrix"] = _json_matrix(record.matrix("perf"))
+    smoothed = None
+    if smooth_last is not None:
+        smoothed = record.matrix("perf", smooth_last=smooth_last)
+        out["perf_matrix_smoothed"] = _json_matrix(smoothed)
     if k == 0:
         return out
     notes: list[str] = out["notes"]
@@ -134,22 +159,30 @@ def compute_metrics(
             "returns): see raw returns in return_matrix.csv"
         )
     else:
-        perf = M.perf_matrix_from_curves(curves, windows, smooth_last)
+        perf = (record.matrix("perf") if smoothed is None else smoothed)[:k, :k]
         out.update(M.summarize(perf))
-        auc = M.aucs_from_curves(curves, windows)
-        out["auc"] = auc.tolist()
-        if reference_auc is None:
+        single = [i for i, (start, stop) in enumerate(windows) if stop - start == 1]
+        if single:
             notes.append(
-                "forward transfer skipped: no single-task reference AUC (set eval.reference_auc "
-                "to the per-task AUCs of single-task runs)"
+                f"auc and forward transfer left out: the windows of stages {single} hold only "
+                "their task-end evaluation (evaluations during training, eval.every > 0, fill "
+                "them; hope-evaluate fills them from periodic checkpoints, checkpoint.every > 0)"
             )
         else:
-            if len(reference_auc) != record.n_tasks:
-                raise ValueError(
-                    f"eval.reference_auc needs one value per task ({record.n_tasks}), "
-                    f"got {len(reference_auc)}"
+            auc = M.aucs_from_curves(curves, windows)
+            out["auc"] = auc.tolist()
+            if reference_auc is None:
+                notes.append(
+                    "forward transfer skipped: no single-task reference AUC (set "
+                    "eval.reference_auc to the per-task AUCs of single-task runs)"
                 )
-            out["forward_transfer"] = M.forward_transfer(auc, list(reference_auc)[:k])
+            else:
+                if len(reference_auc) != record.n_tasks:
+                    raise ValueError(
+                        f"eval.reference_auc needs one value per task ({record.n_tasks}), "
+                        f"got {len(reference_auc)}"
+                    )
+                out["forward_transfer"] = M.forward_transfer(auc, list(reference_auc)[:k])
     wm = record.matrix("wm_error")[:k, :k]
     if np.all(np.isfinite(wm)):
         out["world_model_error"] = float(wm[-1].mean())
@@ -163,6 +196,10 @@ def compute_metrics(
     elif not np.any(np.isfinite(reset)):
         notes.append("in-context gain not measured (set eval.in_context_gain=true)")
     return out
+
+
+def _json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[_finite_or_none(float(v)) for v in row] for row in matrix]
 
 
 def matrix_csv(matrix: np.ndarray, task_names: Sequence[str]) -> str:
@@ -187,36 +224,48 @@ def write_results(
     reference_auc: Sequence[float] | None = None,
     extra: dict[str, Any] | None = None,
     plots: bool = True,
+    notes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Write every result file of ``record`` into ``out_dir``; return the metrics."""
+    """Write every result file of ``record`` into ``out_dir``; return the metrics.
+
+    ``extra`` entries are added to the metrics, ``notes`` to their ``notes``.
+    """
     out_dir = Path(out_dir)
     names = record.task_names
     metrics = compute_metrics(record, smooth_last, reference_auc)
     if extra:
         metrics.update(extra)
-    perf = record.matrix("perf")
+    metrics["notes"] = [*metrics["notes"], *notes]
     matrices = {
-        "perf_matrix.csv": perf,
+        "perf_matrix.csv": record.matrix("perf"),
         "perf_matrix_deterministic.csv": record.matrix("perf_deterministic"),
         "wm_error_matrix.csv": record.matrix("wm_error"),
         "return_matrix.csv": record.matrix("mean_return"),
     }
+    if smooth_last is not None:
+        matrices["perf_matrix_smoothed.csv"] = record.matrix("perf", smooth_last=smooth_last)
     reset = record.matrix("perf", reset_every_step=True)
     if np.any(np.isfinite(reset)):
         matrices["in_context_perf_matrix.csv"] = reset
     for filename, matrix in matrices.items():
         atomic_write_text(out_dir / filename, matrix_csv(matrix, names))
-    metrics["perf_matrix"] = [[_finite_or_none(float(v)) for v in row] for row in perf]
     atomic_write_text(out_dir / "curves.csv", rows_to_csv(record.curves_rows()))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if plots and record.events:
-        _plots(out_dir / "plots", record)
+        _plots(out_dir / "plots", record, smooth_last)
     return metrics
 
 
-def _plots(plot_dir: Path, record: RunRecord) -> None:
+def _plots(plot_dir: Path, record: RunRecord, smooth_last: int | None) -> None:
     names = record.task_names
     plot_perf_matrix(record.matrix("perf"), names, plot_dir / "perf_matrix.png")
+    if smooth_last is not None:
+        plot_perf_matrix(
+            record.matrix("perf", smooth_last=smooth_last),
+            names,
+            plot_dir / "perf_matrix_smoothed.png",
+            title=f"Performance after each task (mean of its last {smooth_last} evaluations)",
+        )
     plot_perf_matrix(
         record.matrix("wm_error"),
         names,

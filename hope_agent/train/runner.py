@@ -22,8 +22,10 @@ Reliability (``docs/reliability.md``):
   continues bit for bit (deterministic CPU mode).
 - An update whose rollout holds non-finite numbers (backbone memory, values) is skipped, and so
   is each minibatch with a non-finite loss or gradient; after ``max_nonfinite_in_a_row`` such
-  updates, or as soon as the agent's own weights are non-finite, the run rolls back to its last
-  good checkpoint with a lowered learning rate.
+  updates, or as soon as the agent's own weights or the method's state are non-finite, the run
+  rolls back to its last checkpoint saved outside such a streak, with a lowered learning rate. A
+  stage whose last update was non-finite skips the method's task-end hook (its rollout is
+  poisoned).
 - Simulator blow-ups end the faulty env's episode; a failing vector env is rebuilt
   (:mod:`hope_agent.train.faults`).
 """
@@ -49,7 +51,13 @@ from torch import Tensor
 from hope_agent.agents.agent import Agent, AgentState
 from hope_agent.algos.buffer import RolloutBuffer
 from hope_agent.algos.ppo import PPO
-from hope_agent.io import CheckpointError, latest_valid_checkpoint, load_checkpoint, save_checkpoint
+from hope_agent.io import (
+    CheckpointError,
+    atomic_remove,
+    latest_valid_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hope_agent.train.evaluator import Evaluator, TaskEvaluation, record_episodes
 from hope_agent.train.faults import (
     FaultCounters,
@@ -58,6 +66,7 @@ from hope_agent.train.faults import (
     TrainingDiverged,
     count_flag,
     first_nonfinite,
+    named_tensors,
     nonfinite_rows,
 )
 from hope_agent.train.logger import Logger
@@ -71,8 +80,9 @@ log = logging.getLogger(__name__)
 
 VecEnvFactory = Callable[[TaskSpec, int, int, int, bool], gym.vector.VectorEnv]
 
-# The tree layout of a training checkpoint; version 1 (before resume support) cannot resume.
-CHECKPOINT_FORMAT = "hope_agent.train/2"
+# The tree layout of a training checkpoint; version 1 (before resume support) cannot resume,
+# version 2 lacks progress.bad_in_a_row.
+CHECKPOINT_FORMAT = "hope_agent.train/3"
 
 
 @dataclass
@@ -127,17 +137,20 @@ def step_checkpoint_name(global_step: int) -> str:
     return f"step_{global_step:010d}"
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path, clean: bool = False) -> Path | None:
     """The most advanced checkpoint of a run that loads and verifies, or ``None``.
 
     Stage checkpoints (``stage_XX``) and periodic ones (``step_XXXXXXXXXX``) are ranked together
     by their global step, a finished stage ranking after an unfinished one at the same step.
     Defective checkpoints are skipped with a warning naming them
-    (:func:`hope_agent.io.latest_valid_checkpoint`).
+    (:func:`hope_agent.io.latest_valid_checkpoint`). With ``clean``, only checkpoints saved
+    outside a streak of non-finite updates count (the rollback targets): one saved mid-streak
+    would replay the rollout that started it.
     """
     best: tuple[tuple[int, bool], Path] | None = None
+    accept = _saved_clean if clean else None
     for pattern in ("stage_*", "step_*"):
-        path = latest_valid_checkpoint(folder, pattern)
+        path = latest_valid_checkpoint(folder, pattern, accept)
         if path is None:
             continue
         progress = load_checkpoint(path).get("progress")
@@ -147,6 +160,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
         if best is None or key > best[0]:
             best = (key, path)
     return None if best is None else best[1]
+
+
+def _saved_clean(tree: dict[str, Any]) -> bool:
+    progress = tree.get("progress")
+    return isinstance(progress, dict) and progress.get("bad_in_a_row") == 0
 
 
 class _Rollback(Exception):
@@ -242,7 +260,8 @@ class CurriculumRunner:
         metrics = self._write_results(extra={"wall_time_s": wall, "env_steps": self.global_step})
         self.logger.print_summary(
             self.record.task_names,
-            self.record.matrix("perf"),
+            # the matrix the metrics below were computed from (smoothed when smooth_last is set)
+            self.record.matrix("perf", smooth_last=self.settings.smooth_last),
             {
                 k: metrics[k]
                 for k in (
@@ -287,7 +306,7 @@ class CurriculumRunner:
         try:
             carry = self._start_segment(envs, seed)
             while self.task_step < spec.steps:
-                self._rollout(envs, stage, carry)
+                self._rollout(envs, carry)
                 steps = s.rollout_len * n
                 self.task_step += steps
                 previous = self.global_step
@@ -310,12 +329,30 @@ class CurriculumRunner:
         finally:
             envs.close()
         self._evaluate(stage, task_end=True)
-        self.method.on_task_end(stage, spec, self.agent, self.buffer)
+        self._task_end_hook(stage, spec)
         self.stage_done = True
         self._save(f"stage_{stage:02d}")
         if checkpoint_due:
             # Written after the task-end work, so resuming from it resumes the finished stage.
             self._save(step_checkpoint_name(self.global_step))
+
+    def _task_end_hook(self, stage: int, spec: TaskSpec) -> None:
+        """The method's task-end hook, fed only a finite rollout; its state must stay finite."""
+        if self._bad_in_a_row:
+            # The buffer holds the rollout of a skipped update (non-finite memory, values or
+            # loss): a Fisher matrix or replay targets drawn from it would stay non-finite.
+            self.faults.skipped_task_ends += 1
+            log.warning(
+                "stage %d ended with a non-finite update: %s's task-end hook is skipped, its "
+                "rollout is poisoned",
+                stage,
+                self.method.name,
+            )
+            return
+        self.method.on_task_end(stage, spec, self.agent, self.buffer)
+        broken = self._nonfinite_state()
+        if broken is not None:
+            raise _Rollback(f"{broken} is not finite after the task-end hook")
 
     def _finish_stage(self) -> None:
         if self.settings.video is not None:
@@ -330,7 +367,7 @@ class CurriculumRunner:
     def _start_segment(self, envs: gym.vector.VectorEnv, seed: int) -> _Carry:
         """Reset every env with ``seed``: the start of a stage or a sync point."""
         n = self.settings.num_envs
-        raw, _ = envs.reset(seed=seed)
+        raw, infos = envs.reset(seed=seed)
         if self.state is None:
             self.state = self.agent.init_state(n, self.device)
         # Episodes cut by the reset never finished: they leave the episode charts.
@@ -343,17 +380,18 @@ class CurriculumRunner:
             ep_return=np.zeros(n),
             ep_length=np.zeros(n),
             ep_success=np.zeros(n, dtype=bool),
+            task=_episode_tasks(infos, np.full(n, self.stage, dtype=np.int64)),
         )
 
     @torch.no_grad()
-    def _rollout(self, envs: gym.vector.VectorEnv, stage: int, c: _Carry) -> None:
+    def _rollout(self, envs: gym.vector.VectorEnv, c: _Carry) -> None:
         agent, buf, s, dev = self.agent, self.buffer, self.settings, self.device
         assert self.state is not None
         state = self.state
         gamma = self.ppo.config.gamma
-        task = torch.full((s.num_envs,), stage, dtype=torch.long, device=dev)
-        task_arg = task if agent.config.task_id else None
         for t in range(s.rollout_len):
+            task = torch.as_tensor(c.task, dtype=torch.long, device=dev)
+            task_arg = task if agent.config.task_id else None
             raw_t = torch.as_tensor(c.raw, device=dev)
             agent.obs_norm.update(raw_t)
             obs = agent.obs_norm(raw_t)
@@ -396,16 +434,18 @@ class CurriculumRunner:
             c.is_first = ~valid
             c.valid = ~done
             c.raw = next_raw
+            c.task = _episode_tasks(infos, c.task)
         # Bootstrap value of the next observation from the carried state (V(final obs) when the
         # last step ended an episode by truncation), without advancing the carry.
         obs = agent.obs_norm(torch.as_tensor(c.raw, device=dev))
+        task = torch.as_tensor(c.task, dtype=torch.long, device=dev)
         out, _ = agent.step(
             obs,
             state.prev_action,
             state.prev_reward,
             torch.as_tensor(c.is_first, device=dev),
             state.memory,
-            task=task_arg,
+            task=task if agent.config.task_id else None,
         )
         buf.compute_advantages(out.value, gamma, self.ppo.config.gae_lambda)
         self.state = state
@@ -463,13 +503,22 @@ class CurriculumRunner:
         values["charts/stage"] = float(stage)
         values.update(self.faults.as_log())
         self.logger.log(self.global_step, values)
+        broken = self._nonfinite_state()
+        if broken is not None:
+            raise _Rollback(f"{broken} is not finite")
+        if self._bad_in_a_row >= f.max_nonfinite_in_a_row:
+            raise _Rollback(f"{self._bad_in_a_row} non-finite updates in a row (last: {problem})")
+
+    def _nonfinite_state(self) -> str | None:
+        """The first non-finite tensor of what a checkpoint saves of the agent and the method
+        (weights, normaliser statistics, anchors, Fisher matrices, replay targets), else None."""
         broken = first_nonfinite(
             itertools.chain(self.agent.named_parameters(), self.agent.named_buffers())
         )
         if broken is not None:
-            raise _Rollback(f"the agent's {broken} is not finite")
-        if self._bad_in_a_row >= f.max_nonfinite_in_a_row:
-            raise _Rollback(f"{self._bad_in_a_row} non-finite updates in a row (last: {problem})")
+            return f"the agent's {broken}"
+        broken = first_nonfinite(named_tensors(self.method.state_dict()))
+        return None if broken is None else f"the {self.method.name} method's {broken}"
 
     def _nonfinite_rollout(self) -> str | None:
         """Check the rollout's memories, values and log-probs; reset poisoned memory rows."""
@@ -560,6 +609,9 @@ class CurriculumRunner:
                 "task_step": self.task_step,
                 "global_step": self.global_step,
                 "stage_done": self.stage_done,
+                # A rollback target must have 0: a checkpoint saved mid-streak holds the state
+                # that led into the streak.
+                "bad_in_a_row": self._bad_in_a_row,
                 "stage_starts": list(self.record.stage_starts),
                 "logger_rows": len(self.logger.rows),
                 "logger_columns": list(self.logger.columns),
@@ -611,7 +663,8 @@ class CurriculumRunner:
                 group["lr"] = group["lr"] * scale
         else:
             self.faults = saved
-        self._bad_in_a_row = 0
+        # A rollback target has 0; a resume continues the streak exactly where it was cut.
+        self._bad_in_a_row = int(p["bad_in_a_row"])
         self._episode_stats.clear()
         try:
             self.logger.restore(
@@ -663,7 +716,7 @@ class CurriculumRunner:
                 f"(learning rate x{self.faults.lr_scale:g}); lower ppo.lr or raise "
                 "faults.max_rollbacks"
             )
-        path = latest_checkpoint(self.run_dir / "checkpoints")
+        path = latest_checkpoint(self.run_dir / "checkpoints", clean=True)
         if path is None:
             raise TrainingDiverged(
                 f"training diverged: {reason}; no valid checkpoint to roll back to"
@@ -676,6 +729,24 @@ class CurriculumRunner:
             self.faults.lr_scale,
         )
         self._restore(path, rollback=True)
+        self._drop_checkpoints_ahead()
+
+    def _drop_checkpoints_ahead(self) -> None:
+        """Remove the checkpoints ahead of the current position. After a rollback to an older
+        checkpoint they belong to the abandoned segment: a resume from one of them would mix
+        its state with the rows and checkpoints written since."""
+        for path in (self.run_dir / "checkpoints").iterdir():
+            match = re.fullmatch(r"(stage|step)_(\d+)", path.name)
+            if match is None:
+                continue
+            n = int(match[2])
+            if match[1] == "step":
+                ahead = n > self.global_step
+            else:
+                ahead = n > self.stage or (n == self.stage and not self.stage_done)
+            if ahead:
+                log.info("removing %s, saved in the abandoned segment", path)
+                atomic_remove(path)
 
 
 @dataclass
@@ -689,6 +760,21 @@ class _Carry:
     ep_return: np.ndarray
     ep_length: np.ndarray
     ep_success: np.ndarray
+    task: np.ndarray  # the task index of each env's current observation
+
+
+def _episode_tasks(infos: dict[str, Any], previous: np.ndarray) -> np.ndarray:
+    """Each env's task index for its next step: ``infos["task_index"]`` where the env reports
+    one, ``previous`` elsewhere.
+
+    Envs of one task report none and keep the stage index. The multi-task env reports the task of
+    the episode its observation belongs to (an autoreset step reports the new episode's), so the
+    oracle task id follows the episode, not the stage.
+    """
+    if "task_index" not in infos:
+        return previous
+    reported = np.asarray(infos.get("_task_index", np.ones(len(previous), dtype=bool)), dtype=bool)
+    return np.where(reported, np.asarray(infos["task_index"], dtype=np.int64), previous)
 
 
 def _crossed(previous: int, current: int, every: int) -> bool:
