@@ -41,6 +41,7 @@ from stable_baselines3 import PPO  # noqa: E402
 from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
 from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
 
+from hope_agent.io import atomic_write_text  # noqa: E402
 from hope_envs.curriculum import (  # noqa: E402
     REFERENCE_DIR,
     TaskSpec,
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> Path:
         "tasks": tasks,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
     return out
 

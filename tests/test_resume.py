@@ -301,3 +301,16 @@ def _compose(name: str, *overrides: str) -> DictConfig:
 
 def _eval_config(*overrides: str) -> DictConfig:
     return _compose("eval", "device=cpu", *overrides)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", ["hope", "gru"])
+def test_crash_then_resume_equals_an_uninterrupted_run_on_cuda(
+    model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU determinism contract holds on CUDA too, HOPE's fast-memory state included."""
+    cfg = (f"model={model}", "device=cuda")
+    train(config(*cfg), tmp_path / "reference")
+    crash_after(monkeypatch, 7, config(*cfg), tmp_path / "run")
+    train(config(*cfg, "resume=true"), tmp_path / "run")
+    assert_same_results(tmp_path / "run", tmp_path / "reference")
