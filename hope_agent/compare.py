@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
-from hope_agent.train.build import RESUMABLE_CHANGES
+from hope_agent.train.build import RESUMABLE_CHANGES, flatten_config
 from hope_agent.train.logger import rows_to_csv
 
 METRICS: tuple[str, ...] = (
@@ -142,15 +142,6 @@ def find_runs(paths: Iterable[PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
 def _task_steps(cfg: DictConfig) -> list[int]:
     """Each curriculum task's step budget: its own ``steps``, else the run's ``steps_per_task``."""
     default = OmegaConf.select(cfg, "steps_per_task", default=None)
@@ -209,7 +200,7 @@ def load_run(run_dir: PathLike) -> RunResult:
     raw_config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(raw_config, dict)
     settings = {
-        k: v for k, v in _flatten(raw_config).items() if k.split(".")[0] not in IGNORED_KEYS
+        k: v for k, v in flatten_config(raw_config).items() if k.split(".")[0] not in IGNORED_KEYS
     }
     auc = metrics.get("auc")
     model = OmegaConf.select(cfg, "model.name", default=None)

@@ -441,8 +441,8 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
 def config_differences(saved_yaml: str, cfg: DictConfig) -> list[str]:
     """``key (checkpoint X, now Y)`` for every value that differs between a checkpoint's config
     and ``cfg``, ignoring :data:`RESUMABLE_CHANGES`."""
-    before = _flatten(OmegaConf.to_container(as_train_config(saved_yaml), resolve=True))
-    after = _flatten(OmegaConf.to_container(as_train_config(cfg), resolve=True))
+    before = flatten_config(OmegaConf.to_container(as_train_config(saved_yaml), resolve=True))
+    after = flatten_config(OmegaConf.to_container(as_train_config(cfg), resolve=True))
     keys = sorted(set(before) | set(after))
     return [
         f"{k} (checkpoint {before.get(k)!r}, now {after.get(k)!r})"
@@ -451,11 +451,12 @@ def config_differences(saved_yaml: str, cfg: DictConfig) -> list[str]:
     ]
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config container as ``{"a.b.c": leaf}`` (lists are leaves)."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): value}
 
