@@ -294,7 +294,9 @@ def check_overrides(config_name: str, overrides: Sequence[str]) -> None:
         raise ConfigError(head) from None
 
 
-def _precheck(config_name: str) -> None:
+def precheck(config_name: str) -> None:
+    """Check the command line's overrides against ``config_name`` before Hydra runs: a bad one
+    ends the program with one line on stderr and exit status 1."""
     args = sys.argv[1:]
     # Flags (--multirun, --cfg, --help, ...) change what Hydra does with the overrides: leave
     # those command lines to Hydra itself.
@@ -334,17 +336,17 @@ def _record_hydra(cfg: DictConfig) -> None:
 
 def train_main() -> None:
     """``hope-train`` / ``scripts/train_curriculum.py``."""
-    _precheck("config")
+    precheck("config")
     _train_hydra()
 
 
 def evaluate_main() -> None:
     """``hope-evaluate`` / ``scripts/evaluate_forgetting.py``."""
-    _precheck("eval")
+    precheck("eval")
     _evaluate_hydra()
 
 
 def record_main() -> None:
     """``hope-record`` / ``scripts/record_rollouts.py``."""
-    _precheck("record")
+    precheck("record")
     _record_hydra()

@@ -29,8 +29,6 @@ import copy
 import dataclasses
 import inspect
 import time
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -65,7 +63,7 @@ from hope_agent.agents.agent import (
 )
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
-from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection
+from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection, config_value
 from hope_agent.train.evaluator import Evaluator, record_episodes
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.runner import RunSummary, VideoSettings, safe_name
@@ -701,41 +699,6 @@ def register_sb3_config() -> None:
     ConfigStore.instance().store(name="sb3_config", node=SB3TrainConfig)
 
 
-# What a config can give, by annotation member of SB3's constructors (anything else, such as a
-# schedule function or a class, takes a Python object).
-_CONFIG_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
-    bool: ("true or false", (bool,)),
-    int: ("an integer", (int,)),
-    float: ("a number", (int, float)),
-    str: ("a string", (str,)),
-    type(None): ("null", (type(None),)),
-    dict: ("a mapping", (dict,)),
-    list: ("a list", (list, tuple)),
-    tuple: ("a list", (list, tuple)),
-}
-
-
-def _type_problem(name: str, hint: Any, value: Any) -> str | None:
-    """Why ``value`` cannot be the argument ``name`` annotated ``hint``, or ``None`` when it can
-    (or when there is no annotation to check against)."""
-    if hint is inspect.Parameter.empty or hint is Any:
-        return None
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    members = typing.get_args(hint) if union else (hint,)
-    words = []
-    for member in members:
-        word, accepted = _CONFIG_TYPES.get(typing.get_origin(member) or member, ("", ()))
-        if not accepted:
-            continue
-        # bool is an int to Python, not a number to a config.
-        if isinstance(value, accepted) and (member is bool or not isinstance(value, bool)):
-            return None
-        words.append(word)
-    if not words:
-        return f"{name} takes a Python object and cannot be set in a config (got {value!r})"
-    return f"{name} must be {' or '.join(dict.fromkeys(words))} (got {value!r})"
-
-
 def algo_kwargs_problems(algo: str, kwargs: dict[str, Any]) -> list[str]:
     """What is wrong with ``kwargs`` for ``PPO(...)`` / ``SAC(...)`` of ``algo``, checked against
     the signatures of the algorithm's and its policy's constructors: keys they lack or that the
@@ -762,9 +725,10 @@ def algo_kwargs_problems(algo: str, kwargs: dict[str, Any]) -> list[str]:
                 f"and SB3 set {', '.join(set_elsewhere)}); valid: {', '.join(valid)}"
             )
         for key in sorted(set(given) & set(valid)):
-            problem = _type_problem(f"{where}.{key}", params[key].annotation, given[key])
-            if problem is not None:
-                problems.append(problem)
+            try:
+                config_value(f"{where}.{key}", params[key].annotation, given[key])
+            except ValueError as e:
+                problems.append(str(e))
     if kwargs.get("use_sde"):
         problems.append(f"{algo}_kwargs.use_sde must be false (the adapter does not act with gSDE)")
     try:

@@ -14,16 +14,14 @@ import os
 # Headless MuJoCo rendering must be chosen before mujoco is first imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from hope_agent.cli import check_overrides, one_line  # noqa: E402
+from hope_agent.cli import one_line, precheck  # noqa: E402
 from hope_agent.sb3_adapter import register_sb3_config, train_sb3  # noqa: E402
-from hope_agent.train.build import ConfigError  # noqa: E402
 from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_sb3_config()
@@ -42,14 +40,7 @@ def _train(cfg: DictConfig) -> None:
 def main() -> None:
     """Check the overrides, train and evaluate; user errors end with one line on stderr and exit
     status 1."""
-    args = sys.argv[1:]
-    # Flags (--multirun, --cfg, --help, ...) change what Hydra does with the overrides: leave
-    # those command lines to Hydra itself, as hope-train does.
-    if not any(a.startswith("-") for a in args):
-        try:
-            check_overrides("sb3_config", args)
-        except ConfigError as e:
-            raise SystemExit(f"error: {one_line(e)}") from None
+    precheck("sb3_config")
     _train()
 
 

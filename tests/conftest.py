@@ -1,6 +1,10 @@
 """Test-wide settings: headless MuJoCo rendering, deterministic CPU torch."""
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 # Must be set before MuJoCo (or anything that imports it) is imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -17,3 +21,26 @@ def _seed() -> None:
     torch.manual_seed(0)
     # Some libraries (SB3, gymnasium spaces without a seed) draw from numpy's global RNG.
     np.random.seed(0)  # noqa: NPY002
+
+
+ROOT = Path(__file__).resolve().parents[1]
+ScriptRunner = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+def _run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def run_script() -> ScriptRunner:
+    """``run_script("train_curriculum.py", *overrides, cwd=dir)``: run a script of ``scripts/``
+    in a fresh interpreter and return the completed process (stdout and stderr as text)."""
+    return _run_script

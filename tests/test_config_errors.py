@@ -1,18 +1,15 @@
 """Every bad override is rejected before any work starts, with one line that names it."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from hope_agent.cli import check_overrides, evaluate, record
 from hope_agent.train.build import ConfigError, build_runner
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=mlp", "steps_per_task=64", "logger.progress=false", "device=cpu"]
 
 
@@ -134,22 +131,9 @@ def test_evaluate_and_record_reject_bad_values() -> None:
     ],
 )
 def test_the_script_prints_one_line_and_exits_1(
-    tmp_path: Path, args: list[str], named: str
+    tmp_path: Path, run_script: ScriptRunner, args: list[str], named: str
 ) -> None:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "train_curriculum.py"),
-            *args,
-            f"hydra.run.dir={tmp_path / 'r'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script("train_curriculum.py", *args, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and named in lines[0]

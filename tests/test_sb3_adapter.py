@@ -2,14 +2,12 @@
 our evaluator into the same outputs as our runner's; its checkpoints reproduce its matrix."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
@@ -30,7 +28,6 @@ from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
 
 register_sb3_config()
 
-ROOT = Path(__file__).resolve().parents[1]
 OBS, ACT = 4, 2
 TWO_TASKS = "curriculum.tasks=[{id: hope/PointReach-v0, kwargs: {goal: [0.6, 0.0]}}, {id: hope/PointReach-v0, kwargs: {goal: [-0.6, 0.0]}}]"  # noqa: E501
 
@@ -232,17 +229,9 @@ def test_a_bad_value_sb3_rejects_is_one_line(tmp_path: Path) -> None:
     ("args", "named"), [(["foo=1"], "SB3TrainConfig"), (["+ppo_kwargs.bogus=1"], "bogus")]
 )
 def test_the_script_prints_one_line_and_exits_1(
-    tmp_path: Path, args: list[str], named: str
+    tmp_path: Path, run_script: ScriptRunner, args: list[str], named: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train_sb3.py"), *args]
-        + [f"hydra.run.dir={tmp_path / 'r'}"],
-        cwd=tmp_path,
-        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_script("train_sb3.py", *args, f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and named in lines[0]

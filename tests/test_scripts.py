@@ -1,19 +1,16 @@
 """The scripts run from any directory and turn bad input into one clear line on stderr."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 
 from hope_agent.train.build import ConfigError, validate_train_config
 from hope_agent.train.config import register_configs
 from hope_agent.train.report import read_matrix_csv
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "steps_per_task=128",
     "ppo.num_envs=2",
@@ -30,26 +27,14 @@ TINY = [
 ]
 
 
-def _run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_train_then_evaluate_scripts(tmp_path: Path) -> None:
+def test_train_then_evaluate_scripts(tmp_path: Path, run_script: ScriptRunner) -> None:
     run_dir = tmp_path / "run"
     tasks = "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{}}]"
-    done = _run("train_curriculum.py", *TINY, tasks, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    done = run_script("train_curriculum.py", *TINY, tasks, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "perf_matrix.csv").is_file()
-    done = _run("evaluate_forgetting.py", f"run_dir={run_dir}", "device=cpu", cwd=tmp_path)
+    done = run_script("evaluate_forgetting.py", f"run_dir={run_dir}", "device=cpu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(
         read_matrix_csv(run_dir / "evaluation" / "perf_matrix.csv"),
@@ -73,9 +58,9 @@ def test_train_then_evaluate_scripts(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_gives_one_clear_error(
-    tmp_path: Path, script: str, args: list[str], expected: str
+    tmp_path: Path, run_script: ScriptRunner, script: str, args: list[str], expected: str
 ) -> None:
-    done = _run(script, *args, "hydra.run.dir=" + str(tmp_path / "r"), cwd=tmp_path)
+    done = run_script(script, *args, "hydra.run.dir=" + str(tmp_path / "r"), cwd=tmp_path)
     assert done.returncode != 0
     assert expected in done.stderr
     assert "Traceback" not in done.stderr

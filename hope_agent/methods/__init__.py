@@ -17,7 +17,6 @@ values of the wrong type.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from hope_agent.methods.regularizers import (
     diagonal_fisher,
 )
 from hope_agent.methods.replay import BCReplay, BCReplayConfig
+from hope_agent.train.config import config_value
 from hope_agent.train.methods import Finetune, Method
 
 METHODS: dict[str, type[Method]] = {
@@ -44,44 +44,6 @@ METHODS: dict[str, type[Method]] = {
 
 # The options dataclass of each method that takes options.
 METHOD_CONFIGS: dict[str, type] = {"l2": L2Config, "ewc": EWCConfig, "bc_replay": BCReplayConfig}
-
-
-_TYPE_WORDS: dict[type, str] = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    type(None): "null",
-}
-
-
-def _typed_option(method: str, key: str, hint: Any, value: Any) -> Any:
-    """``value`` as the option's annotation ``hint`` takes it (an integral float becomes an int,
-    an int a float); ``ValueError`` naming the option, the expected type and the value else.
-
-    Checked here because the config dataclasses do not check types: a string fails inside their
-    range checks with a ``TypeError``, a ``2.5`` batch size only when it is used, and ``true``
-    passes for the number 1.
-    """
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    allowed = typing.get_args(hint) if union else (hint,)
-    for t in allowed:
-        if isinstance(value, bool):
-            if t is bool:
-                return value
-        elif t is int:
-            if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
-                return int(value)
-        elif t is float:
-            if isinstance(value, (int, float)):
-                return float(value)
-        elif t is type(None):
-            if value is None:
-                return None
-        elif isinstance(value, typing.get_origin(t) or t):
-            return value
-    expected = " or ".join(_TYPE_WORDS.get(t, getattr(t, "__name__", str(t))) for t in allowed)
-    raise ValueError(f"method {method!r}: option {key} must be {expected} (got {value!r})")
 
 
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
@@ -103,8 +65,10 @@ def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
     unknown = sorted(set(opts) - set(valid))
     if unknown:
         raise ValueError(f"method {name!r}: unknown option(s) {unknown}; valid options: {valid}")
+    # The config dataclasses do not check types: a string would fail inside their range checks
+    # with a TypeError, a 2.5 batch size only when used, and true would pass for the number 1.
     hints = typing.get_type_hints(config_cls)
-    typed = {k: _typed_option(name, k, hints[k], v) for k, v in opts.items()}
+    typed = {k: config_value(f"method {name!r}: option {k}", hints[k], v) for k, v in opts.items()}
     return METHODS[name](config_cls(**typed))  # type: ignore[call-arg]
 
 
