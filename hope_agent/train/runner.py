@@ -350,9 +350,11 @@ class CurriculumRunner:
             )
             return
         self.method.on_task_end(stage, spec, self.agent, self.buffer)
-        broken = self._nonfinite_state()
+        # Only the hook writes the method's state (anchors, Fisher matrices, replay targets), so
+        # it is checked here rather than after every update.
+        broken = first_nonfinite(named_tensors(self.method.state_dict()))
         if broken is not None:
-            raise _Rollback(f"{broken} is not finite after the task-end hook")
+            raise _Rollback(f"the {self.method.name} method's {broken} is not finite")
 
     def _finish_stage(self) -> None:
         if self.settings.video is not None:
@@ -503,22 +505,13 @@ class CurriculumRunner:
         values["charts/stage"] = float(stage)
         values.update(self.faults.as_log())
         self.logger.log(self.global_step, values)
-        broken = self._nonfinite_state()
-        if broken is not None:
-            raise _Rollback(f"{broken} is not finite")
-        if self._bad_in_a_row >= f.max_nonfinite_in_a_row:
-            raise _Rollback(f"{self._bad_in_a_row} non-finite updates in a row (last: {problem})")
-
-    def _nonfinite_state(self) -> str | None:
-        """The first non-finite tensor of what a checkpoint saves of the agent and the method
-        (weights, normaliser statistics, anchors, Fisher matrices, replay targets), else None."""
         broken = first_nonfinite(
             itertools.chain(self.agent.named_parameters(), self.agent.named_buffers())
         )
         if broken is not None:
-            return f"the agent's {broken}"
-        broken = first_nonfinite(named_tensors(self.method.state_dict()))
-        return None if broken is None else f"the {self.method.name} method's {broken}"
+            raise _Rollback(f"the agent's {broken} is not finite")
+        if self._bad_in_a_row >= f.max_nonfinite_in_a_row:
+            raise _Rollback(f"{self._bad_in_a_row} non-finite updates in a row (last: {problem})")
 
     def _nonfinite_rollout(self) -> str | None:
         """Check the rollout's memories, values and log-probs; reset poisoned memory rows."""
