@@ -133,10 +133,9 @@ def compute_metrics(
     out.update(dict.fromkeys(keys))
     out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
     out["perf_matrix"] = _json_matrix(record.matrix("perf"))
-    smoothed = None
     if smooth_last is not None:
-        smoothed = record.matrix("perf", smooth_last=smooth_last)
-        out["perf_matrix_smoothed"] = _json_matrix(smoothed)
+        # The files show every task's column; the metrics below use the same rows' k x k block.
+        out["perf_matrix_smoothed"] = _json_matrix(record.matrix("perf", smooth_last=smooth_last))
     if k == 0:
         return out
     notes: list[str] = out["notes"]
@@ -159,7 +158,7 @@ def compute_metrics(
             "returns): see raw returns in return_matrix.csv"
         )
     else:
-        perf = (record.matrix("perf") if smoothed is None else smoothed)[:k, :k]
+        perf = M.perf_matrix_from_curves(curves, windows, smooth_last)
         out.update(M.summarize(perf))
         single = [i for i, (start, stop) in enumerate(windows) if stop - start == 1]
         if single:
