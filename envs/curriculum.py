@@ -118,6 +118,33 @@ def common_spaces(specs: Sequence[TaskSpec]) -> tuple[int, int]:
     return obs_dim, act_dim
 
 
+@dataclass(frozen=True)
+class Curriculum:
+    """An ordered list of tasks and the observation and action widths they share."""
+
+    specs: tuple[TaskSpec, ...]
+    obs_dim: int
+    act_dim: int
+
+    @classmethod
+    def of(cls, specs: Sequence[TaskSpec]) -> Curriculum:
+        """The curriculum of ``specs`` with their common spaces (:func:`common_spaces`)."""
+        obs_dim, act_dim = common_spaces(specs)
+        return cls(tuple(specs), obs_dim, act_dim)
+
+    @property
+    def names(self) -> list[str]:
+        """The tasks' display names, in order."""
+        return [spec.name for spec in self.specs]
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def make_env(self, j: int, **kwargs: Any) -> gym.Env:
+        """Task ``j``'s env with the common spaces (:func:`make_env`'s keyword arguments)."""
+        return make_env(self.specs[j], self.obs_dim, self.act_dim, **kwargs)
+
+
 def make_env(
     spec: TaskSpec,
     obs_dim: int,

@@ -35,8 +35,7 @@ from omegaconf.errors import (  # noqa: E402
     OmegaConfBaseException,
 )
 
-from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
-from hope_agent.train.build import (  # noqa: E402
+from hope_agent.build import (  # noqa: E402
     ConfigError,
     build_evaluator,
     build_runner,
@@ -45,12 +44,13 @@ from hope_agent.train.build import (  # noqa: E402
     resolve_device,
     resume_point,
 )
+from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
+from hope_agent.rollout.guard import EnvRestartError  # noqa: E402
 from hope_agent.train.config import register_configs  # noqa: E402
-from hope_agent.train.evaluator import record_episodes  # noqa: E402
-from hope_agent.train.faults import EnvRestartError, TrainingDiverged  # noqa: E402
+from hope_agent.train.evaluator import VideoSettings, write_task_videos  # noqa: E402
+from hope_agent.train.faults import TrainingDiverged  # noqa: E402
 from hope_agent.train.report import EvalEvent, RunRecord, write_results  # noqa: E402
-from hope_agent.train.runner import RunSummary, safe_name  # noqa: E402
-from hope_agent.video import tile_videos, write_video  # noqa: E402
+from hope_agent.train.runner import RunSummary  # noqa: E402
 from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_configs()
@@ -68,7 +68,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     """Train over ``cfg``'s curriculum, writing every output into ``run_dir``.
 
     With ``resume=true`` the run continues from the newest valid checkpoint in ``run_dir``
-    (see :func:`hope_agent.train.build.resume_point`).
+    (see :func:`hope_agent.build.resume_point`).
     """
     run_dir = Path(run_dir)
     _set_threads(int(cfg.torch_threads))
@@ -83,7 +83,7 @@ def check_resume_dir(resume: bool, run_dir: Path, dir_key: str, dir_template: st
     ``hydra.run.dir``, template ``dir_template`` of config key ``dir_key``) that holds no
     checkpoints: the run to continue lies elsewhere, and training would quietly start afresh.
 
-    Raises :class:`~hope_agent.train.build.ConfigError` naming the fix.
+    Raises :class:`~hope_agent.build.ConfigError` naming the fix.
     """
     if not resume or "${now:" not in dir_template:
         return
@@ -166,8 +166,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     evaluated: list[tuple[EvalEvent, Path]] = []
     notes: list[str] = []
     for path in checkpoints:
-        agent, loaded, specs, obs_dim, act_dim, tree = load_trained_agent(path, run_cfg, device)
-        progress = tree["progress"]
+        trained = load_trained_agent(path, run_cfg, device)
+        progress = trained.tree["progress"]
         step, stage, done = (
             int(progress["global_step"]),
             int(progress["stage"]),
@@ -179,17 +179,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if not single and ((step, done) in seen or (not done and int(progress["task_step"]) == 0)):
             continue
         seen.add((step, done))
-        if cfg.episodes is not None:
-            loaded.eval.episodes = int(cfg.episodes)
-        if cfg.online_cms is not None:
-            loaded.eval.online_cms.enabled = bool(cfg.online_cms)
+        loaded = trained.cfg
         reset_too = (
             loaded.eval.in_context_gain if cfg.in_context_gain is None else cfg.in_context_gain
         )
         if record is None:
-            record = RunRecord(task_names=[s.name for s in specs])
+            record = RunRecord(task_names=trained.curriculum.names)
             run_settings = loaded
-            evaluator = build_evaluator(loaded, specs, obs_dim, act_dim, device, agent)
+            evaluator = build_evaluator(
+                loaded,
+                trained.curriculum,
+                trained.actor,
+                episodes=cfg.episodes,
+                online_cms=cfg.online_cms,
+            )
         assert evaluator is not None
         starts = [int(s) for s in progress["stage_starts"]]
         if len(starts) > len(record.stage_starts):
@@ -200,9 +203,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 f"{stage} holds its evaluation, not the stage's task-end one"
             )
         task_end = done or single
-        results = evaluator.evaluate(agent)
+        results = evaluator.evaluate(trained.actor)
         # The in-context control is measured at task ends only, as in training.
-        reset = evaluator.evaluate(agent, reset_every_step=True) if reset_too and task_end else None
+        reset = (
+            evaluator.evaluate(trained.actor, reset_every_step=True)
+            if reset_too and task_end
+            else None
+        )
         evaluated.append((EvalEvent(step, stage, task_end, results, reset), path))
     assert record is not None and evaluator is not None and run_settings is not None
     evaluator.close()
@@ -228,7 +235,7 @@ def record(cfg: DictConfig) -> list[Path]:
         raise ConfigError("give checkpoint=PATH (a folder under <run_dir>/checkpoints/)")
     device = resolve_device(cfg.device)
     checkpoint = Path(cfg.checkpoint)
-    agent, run_cfg, specs, obs_dim, act_dim, _ = load_trained_agent(checkpoint, None, device)
+    trained = load_trained_agent(checkpoint, None, device)
     if cfg.episodes < 1 or cfg.frame_skip < 1 or cfg.fps < 1 or min(cfg.height, cfg.width) < 16:
         raise ConfigError(
             "record: episodes, frame_skip and fps must be >= 1 and height/width >= 16, got "
@@ -237,26 +244,17 @@ def record(cfg: DictConfig) -> list[Path]:
     out_dir = (
         Path(cfg.out_dir) if cfg.out_dir else checkpoint.parent.parent / "videos" / checkpoint.name
     )
-    suffix = ".gif" if cfg.gif else ".mp4"
-    written, clips = [], []
-    for j, spec in enumerate(specs):
-        frames = record_episodes(
-            agent,
-            spec,
-            obs_dim,
-            act_dim,
-            task_index=j,
-            seed=int(run_cfg.eval.seed) + 1000 * j,
-            episodes=int(cfg.episodes),
-            deterministic=bool(cfg.deterministic),
-            size=(int(cfg.height), int(cfg.width)),
-            frame_skip=int(cfg.frame_skip),
-        )
-        written.append(write_video(out_dir / f"{safe_name(spec.name)}{suffix}", frames, cfg.fps))
-        clips.append(frames)
-    grid = tile_videos(clips, labels=[s.name for s in specs])
-    written.append(write_video(out_dir / f"all_tasks{suffix}", grid, cfg.fps))
-    return written
+    video = VideoSettings(
+        episodes=int(cfg.episodes),
+        size=(int(cfg.height), int(cfg.width)),
+        fps=int(cfg.fps),
+        frame_skip=int(cfg.frame_skip),
+        gif=bool(cfg.gif),
+        deterministic=bool(cfg.deterministic),
+    )
+    return write_task_videos(
+        trained.actor, trained.curriculum, out_dir, video, int(trained.cfg.eval.seed)
+    )
 
 
 def one_line(error: BaseException) -> str:

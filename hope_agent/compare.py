@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
-from hope_agent.train.build import RESUMABLE_CHANGES, flatten_config
+from hope_agent.train.config import RESUMABLE_CHANGES, flatten_config
 from hope_agent.train.logger import rows_to_csv
 
 METRICS: tuple[str, ...] = (

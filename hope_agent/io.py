@@ -525,3 +525,8 @@ def latest_valid_checkpoint(
         if accept is None or accept(tree):
             return candidate
     return None
+
+
+def safe_name(name: str) -> str:
+    """``name`` (a task's) usable as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"

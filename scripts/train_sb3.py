@@ -5,7 +5,7 @@
 
 Same curricula (``curriculum=NAME``, ``curriculum.tasks=[...]``), evaluator, metrics, plots and
 run-directory layout as ``scripts/train_curriculum.py``; see ``docs/baselines.md``. Options:
-:class:`hope_agent.sb3_adapter.SB3TrainConfig`. A bad override or value ends with one line on
+:class:`hope_agent.baselines.sb3.SB3TrainConfig`. A bad override or value ends with one line on
 stderr and exit status 1, before training starts.
 """
 
@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from hope_agent.cli import one_line, precheck  # noqa: E402
-from hope_agent.sb3_adapter import register_sb3_config, train_sb3  # noqa: E402
+from hope_agent.baselines.sb3 import register_sb3_config, train_sb3  # noqa: E402
 from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_sb3_config()

@@ -1,17 +1,18 @@
-"""Agents: actor-critic and world-model heads over any sequence backbone."""
+"""Agents: the acting contract, and actor-critic and world-model heads over any backbone."""
 
-from hope_agent.agents.agent import (
+from hope_agent.agents.actor import (
+    Actor,
     ActResult,
-    Agent,
-    AgentConfig,
     AgentOutput,
     AgentState,
     gaussian_entropy,
     gaussian_log_prob,
 )
+from hope_agent.agents.agent import Agent, AgentConfig
 
 __all__ = [
     "ActResult",
+    "Actor",
     "Agent",
     "AgentConfig",
     "AgentOutput",

@@ -16,21 +16,22 @@ backbone output ``y_t``:
   scaled reward, given the action actually applied. Its loss is an auxiliary training loss and
   the signal for online CMS updates at deployment.
 
-Inputs to :meth:`Agent.forward` / :meth:`Agent.act` are already normalised (the trainer owns the
-running statistics updates); :meth:`Agent.predict` takes raw numpy observations and applies the
-agent's frozen normalisers, in Stable-Baselines3's calling convention.
+The agent implements the acting contract :class:`~hope_agent.agents.actor.Actor`:
+:meth:`Agent.policy` takes raw observations and rewards and applies the agent's normalisers (the
+trainer alone updates their statistics, during rollouts); :meth:`Agent.forward`, the sequence
+pass that training replays, takes normalised inputs. :meth:`Agent.predict` is the same step in
+Stable-Baselines3's calling convention, on numpy arrays.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hope_agent.agents.actor import ActResult, AgentOutput, AgentState, gaussian_log_prob
 from hope_agent.algos.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
 from hope_agent.models.state import State
@@ -69,60 +70,6 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: num_tasks must be >= 1, got {self.num_tasks}")
         if self.wm_hidden < 1:
             raise ValueError(f"AgentConfig: wm_hidden must be >= 1, got {self.wm_hidden}")
-
-
-@dataclass
-class AgentState(State):
-    """What the agent carries between env steps: backbone memory, last action and reward.
-
-    ``prev_action`` is the action the env applied (clipped), ``prev_reward`` the scaled reward it
-    returned; both are zeroed in the token at an episode start.
-    """
-
-    memory: State
-    prev_action: Tensor  # (B, act_dim)
-    prev_reward: Tensor  # (B,)
-
-
-@dataclass
-class AgentOutput:
-    """Head outputs for a batch of steps: every tensor has leading dims ``(B,)`` or ``(B, T)``."""
-
-    mean: Tensor  # (..., act_dim) policy mean
-    log_std: Tensor  # (..., act_dim)
-    value: Tensor  # (...)
-    features: Tensor  # (..., d_model) backbone output y
-
-    def log_prob(self, action: Tensor) -> Tensor:
-        """Log-probability of unclipped ``action (..., act_dim)`` under the policy, ``(...)``."""
-        return gaussian_log_prob(action, self.mean, self.log_std)
-
-    def entropy(self) -> Tensor:
-        """Entropy of the policy, ``(...)``."""
-        return gaussian_entropy(self.log_std)
-
-
-@dataclass
-class ActResult:
-    """One control step: the sampled action and what the trainer stores about it."""
-
-    action: Tensor  # (B, act_dim) unclipped sample (log-prob refers to it)
-    env_action: Tensor  # (B, act_dim) clipped to [-1, 1], what the env receives
-    log_prob: Tensor  # (B,)
-    value: Tensor  # (B,)
-    output: AgentOutput
-    state: AgentState
-
-
-def gaussian_log_prob(action: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    """Log-density of a diagonal Gaussian, summed over the last dim."""
-    z = (action - mean) * torch.exp(-log_std)
-    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_entropy(log_std: Tensor) -> Tensor:
-    """Entropy of a diagonal Gaussian, summed over the last dim."""
-    return (log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
 
 
 class Agent(nn.Module):
@@ -175,20 +122,26 @@ class Agent(nn.Module):
                 return groups
         return [*groups, {"params": rest, "period": 1, "name": "heads"}]
 
-    # ----------------------------------------------------------------- state
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> AgentState:
+    # ----------------------------------------------------------------- acting contract
+    @property
+    def device(self) -> torch.device:
+        """Where the agent's weights live."""
+        return self.log_std.device
+
+    def init_carry(self, batch_size: int) -> AgentState:
         """A fresh carry for ``batch_size`` rows."""
-        dev = torch.device(device) if device is not None else self.log_std.device
         return AgentState(
-            memory=self.backbone.init_state(batch_size, dev),
-            prev_action=torch.zeros(batch_size, self.act_dim, device=dev),
-            prev_reward=torch.zeros(batch_size, device=dev),
+            memory=self.backbone.init_state(batch_size, self.device),
+            prev_action=torch.zeros(batch_size, self.act_dim, device=self.device),
         )
 
-    @staticmethod
-    def observe_reward(state: AgentState, reward: Tensor) -> AgentState:
-        """``state`` with the scaled reward of the last action recorded for the next token."""
-        return dataclasses.replace(state, prev_reward=reward.to(state.prev_reward))
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """Raw observations through the (frozen) running normaliser."""
+        return self.obs_norm(obs)
+
+    def scale_reward(self, reward: Tensor) -> Tensor:
+        """Raw rewards through the (frozen) return-based scaler."""
+        return self.reward_scale(reward)
 
     # ----------------------------------------------------------------- model
     def tokens(
@@ -202,8 +155,8 @@ class Agent(nn.Module):
         """Embed ``[obs, a_prev, r_prev, is_first (, one-hot task)]`` to ``(..., d_model)``.
 
         ``obs`` is normalised ``(..., obs_dim)``, ``prev_action`` ``(..., act_dim)``,
-        ``prev_reward`` and ``is_first`` ``(...)``; ``task`` ``(...)`` long, required iff the
-        config's ``task_id``.
+        ``prev_reward`` and ``is_first`` ``(...)``; ``task`` ``(...)`` long, read (and required)
+        only when the config's ``task_id`` is set: callers pass it always.
         """
         if obs.shape[-1] != self.obs_dim:
             raise ValueError(f"Agent expects observations of width {self.obs_dim}, got {obs.shape}")
@@ -253,65 +206,50 @@ class Agent(nn.Module):
         y, memory = self.backbone(x, memory, is_first if reset is None else reset)
         return self.heads(y), memory
 
-    def step(
+    def policy(
         self,
+        carry: AgentState,
         obs: Tensor,
-        prev_action: Tensor,
         prev_reward: Tensor,
         is_first: Tensor,
-        memory: State,
-        reset: Tensor | None = None,
-        task: Tensor | None = None,
-    ) -> tuple[AgentOutput, State]:
-        """One-step pass with ``backbone.step``: inputs ``(B, ...)``; same result as ``forward``."""
-        x = self.tokens(obs, prev_action, prev_reward, is_first, task)
-        y, memory = self.backbone.step(x, memory, is_first if reset is None else reset)
-        return self.heads(y), memory
-
-    def act(
-        self,
-        obs: Tensor,
-        state: AgentState,
-        is_first: Tensor,
         *,
+        task: Tensor | None = None,
         deterministic: bool | Tensor = False,
         generator: torch.Generator | None = None,
         reset: Tensor | None = None,
-        task: Tensor | None = None,
-    ) -> ActResult:
-        """Choose actions for one step of ``B`` envs.
+    ) -> tuple[AgentState, ActResult]:
+        """One control step of ``B`` envs with ``backbone.step`` (the
+        :class:`~hope_agent.agents.actor.Actor` contract; same outputs as :meth:`forward`).
 
-        Args:
-            obs: ``(B, obs_dim)`` normalised observations.
-            state: the carry from :meth:`init_state` or the previous ``act``.
-            is_first: ``(B,)`` bool, true at an episode's first step.
-            deterministic: act with the mean; a ``(B,)`` bool tensor selects rows.
-            generator: a CPU ``torch.Generator`` for the action noise (reproducible rollouts).
-            reset: ``(B,)`` bool, where to restart the backbone memory (default ``is_first``).
-            task: ``(B,)`` long task indices (oracle ``task_id`` agents only).
-
-        Returns:
-            An :class:`ActResult`; its ``state`` has ``prev_action`` set to the applied action.
+        ``obs (B, obs_dim)`` and ``prev_reward (B,)`` are raw; the returned carry holds the
+        applied (clipped) action for the next token.
         """
-        out, memory = self.step(
-            obs, state.prev_action, state.prev_reward, is_first, state.memory, reset, task
-        )
-        noise = torch.randn(out.mean.shape, generator=generator, dtype=out.mean.dtype)
-        sample = out.mean + torch.exp(out.log_std) * noise.to(out.mean.device)
-        if isinstance(deterministic, Tensor):
-            action = torch.where(deterministic.to(out.mean.device).unsqueeze(-1), out.mean, sample)
+        obs = self.obs_norm(obs)
+        prev_reward = self.reward_scale(prev_reward)
+        x = self.tokens(obs, carry.prev_action, prev_reward, is_first, task)
+        y, memory = self.backbone.step(x, carry.memory, is_first if reset is None else reset)
+        out = self.heads(y)
+        if deterministic is True:
+            action = out.mean
         else:
-            action = out.mean if deterministic else sample
+            noise = torch.randn(out.mean.shape, generator=generator, dtype=out.mean.dtype)
+            sample = out.mean + torch.exp(out.log_std) * noise.to(out.mean.device)
+            if isinstance(deterministic, Tensor):
+                pick = deterministic.to(out.mean.device).unsqueeze(-1)
+                action = torch.where(pick, out.mean, sample)
+            else:
+                action = sample
         env_action = action.clamp(-1.0, 1.0)
-        new_state = AgentState(memory=memory, prev_action=env_action, prev_reward=state.prev_reward)
-        return ActResult(
+        result = ActResult(
+            obs=obs,
+            prev_reward=prev_reward,
             action=action,
             env_action=env_action,
             log_prob=gaussian_log_prob(action, out.mean, out.log_std),
             value=out.value,
             output=out,
-            state=new_state,
         )
+        return AgentState(memory=memory, prev_action=env_action), result
 
     # ----------------------------------------------------------------- user-facing
     @torch.no_grad()
@@ -334,8 +272,9 @@ class Agent(nn.Module):
             episode_start: ``(n_envs,)`` bool, true where an episode starts (resets the memory).
                 ``None`` means true on the first call (``state is None``) and false afterwards.
             deterministic: use the policy mean.
-            reward: the raw reward the previous action earned (scalar or ``(n_envs,)``); the
-                agent infers the task in context from rewards, so pass it when you have it.
+            reward: the raw reward the previous action earned (scalar or ``(n_envs,)``; ``None``
+                counts as 0); the agent infers the task in context from rewards, so pass it
+                when you have it.
             task: task index, only for agents trained with the oracle ``task_id``.
             generator: optional CPU generator for the action noise.
 
@@ -350,22 +289,26 @@ class Agent(nn.Module):
                 f"Agent.predict expects observations of shape ({self.obs_dim},) or "
                 f"(n_envs, {self.obs_dim}), got {np.shape(observation)}"
             )
-        n, device = obs.shape[0], self.log_std.device
-        if state is None:
-            state = self.init_state(n, device)
-            first = np.ones(n, dtype=bool) if episode_start is None else episode_start
-        else:
-            first = np.zeros(n, dtype=bool) if episode_start is None else episode_start
-        first_t = torch.as_tensor(np.asarray(first, dtype=bool).reshape(n), device=device)
-        if reward is not None:
-            r = torch.as_tensor(np.broadcast_to(np.asarray(reward, np.float32), (n,)).copy())
-            state = self.observe_reward(state, self.reward_scale(r.to(device)))
+        n, device = obs.shape[0], self.device
+        fresh = state is None
+        carry = self.init_carry(n) if state is None else state
+        if episode_start is None:
+            episode_start = np.full(n, fresh, dtype=bool)
+        first = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(n), device=device)
+        raw_reward = np.broadcast_to(
+            np.asarray(0.0 if reward is None else reward, np.float32), (n,)
+        )
         task_t = None
         if task is not None:
             task_t = torch.as_tensor(np.broadcast_to(np.asarray(task), (n,)).copy(), device=device)
-        obs_t = self.obs_norm(torch.as_tensor(obs, device=device))
-        res = self.act(
-            obs_t, state, first_t, deterministic=deterministic, generator=generator, task=task_t
+        carry, res = self.policy(
+            carry,
+            torch.as_tensor(obs, device=device),
+            torch.as_tensor(raw_reward.copy(), device=device),
+            first,
+            task=task_t,
+            deterministic=deterministic,
+            generator=generator,
         )
         action = res.env_action.cpu().numpy()
-        return (action[0] if single else action), res.state
+        return (action[0] if single else action), carry

@@ -221,7 +221,7 @@ class PPO:
             batch.prev_reward,
             batch.is_first,
             batch.memory,
-            task=batch.task if agent.config.task_id else None,
+            task=batch.task,
         )
         mask = batch.valid
         log_prob = out.log_prob(batch.action)

@@ -1,6 +1,6 @@
 """Continual-learning methods as trainer plug-ins (``method=...`` in the training config).
 
-Every method subclasses :class:`hope_agent.train.methods.Method` and uses only its hooks:
+Every method subclasses :class:`hope_agent.methods.base.Method` and uses only its hooks:
 
 - ``finetune``: plain sequential training, the baseline;
 - ``l2``, ``ewc``: quadratic pulls towards the weights of finished tasks
@@ -16,11 +16,10 @@ values of the wrong type.
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Mapping
 from typing import Any
 
+from hope_agent.methods.base import Finetune, Method
 from hope_agent.methods.multitask import MultiTask, MultiTaskEnv, multitask_env_factory
 from hope_agent.methods.regularizers import (
     EWC,
@@ -31,8 +30,7 @@ from hope_agent.methods.regularizers import (
     diagonal_fisher,
 )
 from hope_agent.methods.replay import BCReplay, BCReplayConfig
-from hope_agent.train.config import config_value
-from hope_agent.train.methods import Finetune, Method
+from hope_agent.options import options_dataclass
 
 METHODS: dict[str, type[Method]] = {
     "finetune": Finetune,
@@ -61,15 +59,7 @@ def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
         if opts:
             raise ValueError(f"method {name!r} takes no options, got {sorted(opts)}")
         return METHODS[name]()
-    valid = [f.name for f in dataclasses.fields(config_cls)]
-    unknown = sorted(set(opts) - set(valid))
-    if unknown:
-        raise ValueError(f"method {name!r}: unknown option(s) {unknown}; valid options: {valid}")
-    # The config dataclasses do not check types: a string would fail inside their range checks
-    # with a TypeError, a 2.5 batch size only when used, and true would pass for the number 1.
-    hints = typing.get_type_hints(config_cls)
-    typed = {k: config_value(f"method {name!r}: option {k}", hints[k], v) for k, v in opts.items()}
-    return METHODS[name](config_cls(**typed))  # type: ignore[call-arg]
+    return METHODS[name](options_dataclass(f"method {name!r}", config_cls, opts))  # type: ignore[call-arg]
 
 
 __all__ = [

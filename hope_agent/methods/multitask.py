@@ -12,7 +12,7 @@ sequential methods are compared against (its "forgetting" only measures noise be
 Selecting it: ``method=multitask`` names :class:`MultiTask` (a method with no hooks), and the
 builder passes ``make_envs=multitask_env_factory(specs, faults.obs_limit)`` to the runner. Each
 task env of a slot is wrapped in its own :class:`~hope_agent.train.faults.EnvFaultGuard`, as
-:func:`hope_agent.train.vec.make_vector_env` wraps each env of a stage: the guard watches one
+:func:`hope_agent.rollout.vec.make_vector_env` wraps each env of a stage: the guard watches one
 simulation, so it sits inside the slot, around the task env that owns it. With the oracle task id
 (``agent.task_id=true``) the runner gives each step the task of its episode, read from
 ``info["task_index"]``, instead of the stage index.
@@ -28,9 +28,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from hope_agent.train.faults import EnvFaultGuard
-from hope_agent.train.methods import Method
-from hope_agent.train.runner import VecEnvFactory
+from hope_agent.methods.base import Method
+from hope_agent.rollout.guard import EnvFaultGuard
+from hope_agent.rollout.vec import VecEnvFactory
 from hope_envs.curriculum import TaskSpec, make_env
 
 
@@ -120,7 +120,7 @@ def multitask_env_factory(specs: Sequence[TaskSpec], obs_limit: float = 1e6) -> 
 
     The returned factory has the runner's signature ``(spec, obs_dim, act_dim, num_envs,
     asynchronous)`` and builds ``num_envs`` :class:`MultiTaskEnv` slots with next-step autoreset,
-    like :func:`hope_agent.train.vec.make_vector_env`; ``obs_limit`` goes to every task env's
+    like :func:`hope_agent.rollout.vec.make_vector_env`; ``obs_limit`` goes to every task env's
     fault guard.
     """
     tasks = list(specs)
@@ -139,6 +139,10 @@ def multitask_env_factory(specs: Sequence[TaskSpec], obs_limit: float = 1e6) -> 
 
 
 class MultiTask(Method):
-    """The multi-task upper bound: no hooks; its effect is the env factory above."""
+    """The multi-task upper bound: its only hook is the env factory above."""
 
     name = "multitask"
+
+    def env_factory(self, specs: Sequence[TaskSpec], obs_limit: float) -> VecEnvFactory:
+        """Every stage trains on all of ``specs`` interleaved."""
+        return multitask_env_factory(specs, obs_limit)

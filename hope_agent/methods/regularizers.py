@@ -24,15 +24,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hope_agent.agents.agent import Agent, AgentOutput
+from hope_agent.agents.actor import AgentOutput
+from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.methods.base import Method
 from hope_agent.methods.replay import (
     sample_sequences,
     select_rows,
     sequence_inputs,
     sequence_outputs,
 )
-from hope_agent.train.methods import Method
 from hope_envs.curriculum import TaskSpec
 
 ParamTensors = dict[str, Tensor]

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hope_agent.agents.agent import Agent, AgentOutput
+from hope_agent.agents.actor import AgentOutput
+from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.ppo import masked_mean
+from hope_agent.methods.base import Method
 from hope_agent.models.state import State
-from hope_agent.train.methods import Method
 from hope_envs.curriculum import TaskSpec
 
 # The stored inputs of a sequence, in SequenceBatch's field names.
@@ -239,6 +240,6 @@ def sequence_outputs(agent: Agent, inputs: Mapping[str, Tensor], memory: State) 
         inputs["prev_reward"],
         inputs["is_first"],
         memory,
-        task=inputs["task"] if agent.config.task_id else None,
+        task=inputs["task"],
     )
     return out

@@ -1,7 +1,7 @@
-"""Continual training: config schemas, curriculum runner, evaluator, logging, builders.
+"""Continual training: config schemas, curriculum runner, evaluator, report, logging.
 
-Import :mod:`hope_agent.train.build` for the builders (it imports the environments);
-this package module stays light.
+The parts are assembled by the composition root :mod:`hope_agent.build`; this package module
+stays light.
 """
 
 from hope_agent.train.config import EvaluateConfig, RecordConfig, TrainConfig, register_configs

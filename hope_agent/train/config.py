@@ -2,15 +2,12 @@
 
 The yaml files under ``configs/`` (installed as the package ``hope_configs``) extend these schemas,
 so a misspelt key or a value of the wrong type fails at composition with one line naming it.
-Only builders (:mod:`hope_agent.train.build`, :mod:`hope_agent.cli`) read these objects; leaf
+Only builders (:mod:`hope_agent.build`, :mod:`hope_agent.cli`) read these objects; leaf
 modules take typed arguments.
 """
 
 from __future__ import annotations
 
-import inspect
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -19,53 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from hope_agent.algos.ppo import PPOConfig
+from hope_agent.train.evaluator import VideoSettings
 from hope_agent.train.faults import FaultSettings
-
-# What a config value can be, by annotation: its word in messages and the Python types taken.
-_CONFIG_TYPES: dict[Any, tuple[str, tuple[type, ...]]] = {
-    bool: ("true or false", (bool,)),
-    int: ("an integer", (int, float)),
-    float: ("a number", (int, float)),
-    str: ("a string", (str,)),
-    type(None): ("null", (type(None),)),
-    dict: ("a mapping", (dict,)),
-    list: ("a list", (list, tuple)),
-    tuple: ("a list", (list, tuple)),
-}
-
-
-def config_value(name: str, hint: Any, value: Any) -> Any:
-    """``value`` as an argument annotated ``hint`` takes it from a config: ``bool`` is no number,
-    an ``int`` takes only integral values (``4.0`` becomes ``4``) and a ``float`` any number
-    (as a float). An empty or ``Any`` annotation takes anything.
-
-    Raises ``ValueError`` ``"<name> must be <type words> (got <value>)"``, or, for an annotation
-    no config value can meet (a class, a callable), ``"<name> takes a Python object ..."``.
-    """
-    if hint is inspect.Parameter.empty or hint is Any:
-        return value
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    words = []
-    for member in typing.get_args(hint) if union else (hint,):
-        base = typing.get_origin(member) or member
-        word, accepted = _CONFIG_TYPES.get(base, ("", ()))
-        if not accepted:
-            continue
-        words.append(word)
-        if not isinstance(value, accepted) or (isinstance(value, bool) and base is not bool):
-            continue
-        if base is not int and base is not float:
-            return value
-        number = float(typing.cast(float, value))
-        if base is float:
-            return number
-        if number.is_integer():
-            return int(number)
-    if not words:
-        raise ValueError(
-            f"{name} takes a Python object and cannot be set in a config (got {value!r})"
-        )
-    raise ValueError(f"{name} must be {' or '.join(dict.fromkeys(words))} (got {value!r})")
 
 
 class Device(Enum):
@@ -279,6 +231,33 @@ class RecordConfig:
     gif: bool = False
     device: Device = Device.auto
     torch_threads: int = 1
+
+
+# Keys a resumed run may change: they alter where and how it runs, not what it computes.
+RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "logger", "faults")
+
+
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config container as ``{"a.b.c": leaf}`` (lists are leaves)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def video_settings(video: Any) -> VideoSettings | None:
+    """A ``video`` section (:class:`VideoSection`) as :class:`VideoSettings` (``None``: off)."""
+    if not video.enabled:
+        return None
+    return VideoSettings(
+        episodes=int(video.episodes),
+        size=(int(video.height), int(video.width)),
+        fps=int(video.fps),
+        frame_skip=int(video.frame_skip),
+        gif=bool(video.gif),
+    )
 
 
 def register_configs() -> None:

@@ -23,17 +23,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor
 
+from hope_agent.agents.actor import Actor
 from hope_agent.agents.agent import Agent
+from hope_agent.io import safe_name
 from hope_agent.metrics import normalized_score
 from hope_agent.optim import MultiTimescaleOptimizer
-from hope_agent.train.faults import EnvFaultGuard
-from hope_envs.curriculum import TaskSpec, defines_success, make_env, reference_returns
+from hope_agent.rollout.driver import EpisodeDriver
+from hope_agent.rollout.guard import EnvFaultGuard
+from hope_agent.video import tile_videos, write_video
+from hope_envs.curriculum import Curriculum, TaskSpec, defines_success, reference_returns
 
 
 @dataclass
@@ -95,9 +99,14 @@ class OnlineCMS:
             )
         return levels
 
-    def adapt(self, agent: Agent) -> tuple[Agent, MultiTimescaleOptimizer]:
-        """A copy of ``agent`` whose only trainable parameters are the chosen levels, and their
-        optimizer (SGD on each level's period)."""
+    def adapt(self, actor: Actor) -> tuple[Agent, MultiTimescaleOptimizer]:
+        """A copy of ``actor`` (an :class:`Agent`) whose only trainable parameters are the chosen
+        levels, and their optimizer (SGD on each level's period)."""
+        if not isinstance(actor, Agent):
+            raise ValueError(
+                f"eval.online_cms adapts a HOPE agent's CMS levels; {type(actor).__name__} has none"
+            )
+        agent = actor
         levels = set(self.chosen(agent))
         clone = copy.deepcopy(agent)
         # Groups first: backbones list only trainable parameters in their groups.
@@ -128,36 +137,31 @@ def task_performance(spec: TaskSpec, successes: np.ndarray, returns: np.ndarray)
 
 
 class Evaluator:
-    """Evaluates an agent on every task of a curriculum (see the module docstring).
+    """Evaluates an actor on every task of a curriculum (see the module docstring).
 
     Args:
-        specs: the curriculum's tasks.
-        obs_dim: common observation width.
-        act_dim: common action width.
+        curriculum: the tasks and their common spaces.
         episodes: stochastic episodes per task (one deterministic episode is added).
         seed: base seed of the per-(task, episode) seeds.
-        device: where the agent runs.
         online_cms: optional deployment-clock adaptation.
         obs_limit: largest plausible absolute observation value; each env is wrapped in an
-            :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that
+            :class:`~hope_agent.rollout.guard.EnvFaultGuard`, so a simulator blow-up ends that
             episode (with a logged warning) instead of stopping the run.
     """
 
     def __init__(
         self,
-        specs: Sequence[TaskSpec],
-        obs_dim: int,
-        act_dim: int,
-        episodes: int,
-        seed: int,
-        device: torch.device,
+        curriculum: Curriculum,
+        episodes: int = 10,
+        seed: int = 100_000,
+        *,
         online_cms: OnlineCMS | None = None,
         obs_limit: float = 1e6,
     ) -> None:
         if episodes < 0:
             raise ValueError(f"eval.episodes must be >= 0, got {episodes}")
-        self.specs, self.obs_dim, self.act_dim = list(specs), obs_dim, act_dim
-        self.episodes, self.seed, self.device = episodes, seed, device
+        self.curriculum, self.specs = curriculum, curriculum.specs
+        self.episodes, self.seed = episodes, seed
         self.online_cms = online_cms
         self.obs_limit = obs_limit
         self._envs: dict[int, list[gym.Env]] = {}
@@ -165,19 +169,19 @@ class Evaluator:
     def _task_envs(self, j: int) -> list[gym.Env]:
         if j not in self._envs:
             self._envs[j] = [
-                EnvFaultGuard(make_env(self.specs[j], self.obs_dim, self.act_dim), self.obs_limit)
+                EnvFaultGuard(self.curriculum.make_env(j), self.obs_limit)
                 for _ in range(self.episodes + 1)
             ]
         return self._envs[j]
 
-    def evaluate(self, agent: Agent, reset_every_step: bool = False) -> list[TaskEvaluation]:
+    def evaluate(self, actor: Actor, reset_every_step: bool = False) -> list[TaskEvaluation]:
         """Evaluate every task (see :meth:`evaluate_task`)."""
-        return [self.evaluate_task(agent, j, reset_every_step) for j in range(len(self.specs))]
+        return [self.evaluate_task(actor, j, reset_every_step) for j in range(len(self.specs))]
 
-    def evaluate_task(self, agent: Agent, j: int, reset_every_step: bool = False) -> TaskEvaluation:
+    def evaluate_task(self, actor: Actor, j: int, reset_every_step: bool = False) -> TaskEvaluation:
         """Run task ``j``'s evaluation episodes.
 
-        ``reset_every_step`` restarts the backbone memory at every step (the in-context-gain
+        ``reset_every_step`` restarts the actor's memory at every step (the in-context-gain
         control; the token's is_first feature still marks only the true episode start).
         """
         spec = self.specs[j]
@@ -185,53 +189,34 @@ class Evaluator:
         b = len(envs)
         optimizer: MultiTimescaleOptimizer | None = None
         if self.online_cms is not None:
-            agent, optimizer = self.online_cms.adapt(agent)
-        dev = self.device
-        generator = torch.Generator().manual_seed(self.seed + 1000 * j)
-        raw = np.stack(
-            [env.reset(seed=self.seed + 1000 * j + e)[0] for e, env in enumerate(envs)]
-        ).astype(np.float32)
-        deterministic = torch.zeros(b, dtype=torch.bool)
+            actor, optimizer = self.online_cms.adapt(actor)
+        deterministic = np.zeros(b, dtype=bool)
         deterministic[-1] = True
-        task = torch.full((b,), j, dtype=torch.long, device=dev) if agent.config.task_id else None
-        reset = torch.ones(b, dtype=torch.bool, device=dev) if reset_every_step else None
-        state = agent.init_state(b, dev)
-        is_first = torch.ones(b, dtype=torch.bool, device=dev)
-        alive = np.ones(b, dtype=bool)
-        returns = np.zeros(b)
-        lengths = np.zeros(b)
-        success = np.zeros(b, dtype=bool)
+        driver = EpisodeDriver(
+            actor,
+            envs,
+            generator=torch.Generator().manual_seed(self.seed + 1000 * j),
+            task=j,
+            deterministic=deterministic,
+            reset_every_step=reset_every_step,
+            grad=optimizer is not None,
+        )
+        driver.reset(self.seed + 1000 * j)
+        dev = actor.device
         err_sum = base_sum = 0.0
-        while alive.any():
+        while driver.running:
+            step = driver.step()
             with torch.set_grad_enabled(optimizer is not None):
-                obs = agent.obs_norm(torch.as_tensor(raw, device=dev))
-                res = agent.act(
-                    obs,
-                    state,
-                    is_first,
-                    deterministic=deterministic,
-                    generator=generator,
-                    reset=reset,
-                    task=task,
+                reward = actor.scale_reward(
+                    torch.as_tensor(step.reward, dtype=torch.float32, device=dev)
                 )
-            actions = res.env_action.detach().cpu().numpy()
-            next_raw, rewards = raw.copy(), np.zeros(b, dtype=np.float32)
-            live_now = alive.copy()
-            for e in np.flatnonzero(alive):
-                o, r, terminated, truncated, info = envs[e].step(actions[e])
-                next_raw[e], rewards[e] = o, r
-                returns[e] += r
-                lengths[e] += 1
-                success[e] |= bool(info.get("success", False))
-                if terminated or truncated:
-                    alive[e] = False
-            with torch.set_grad_enabled(optimizer is not None):
-                reward = agent.reward_scale(torch.as_tensor(rewards, device=dev))
-                target_delta = agent.obs_norm(torch.as_tensor(next_raw, device=dev)) - obs.detach()
-                pred_delta, pred_reward = agent.predict_world(res.output.features, res.env_action)
+                obs = step.act.obs.detach()
+                target_delta = actor.normalize_obs(torch.as_tensor(step.next_raw, device=dev)) - obs
+                features, env_action = step.act.output.features, step.act.env_action
+                pred_delta, pred_reward = actor.predict_world(features, env_action)
                 obs_err = (pred_delta - target_delta).square()
                 err = obs_err.sum(-1) + (pred_reward - reward).square()
-                live = torch.as_tensor(live_now, device=dev)
+                live = torch.as_tensor(step.valid, device=dev)
                 if optimizer is not None:
                     # Self-supervised (HOPE.md section 3): only the next-observation prediction
                     # error, averaged over dims as the training loss averages it; the reward
@@ -242,9 +227,9 @@ class Evaluator:
             base = target_delta.square().sum(-1) + reward.square()
             err_sum += float((err.detach() * live).sum())
             base_sum += float((base * live).sum())
-            state = agent.observe_reward(res.state, reward).detach()
-            raw = next_raw
-            is_first = torch.zeros(b, dtype=torch.bool, device=dev)
+        episodes = sorted(driver.finished, key=lambda e: e.row)
+        success = np.array([e.success for e in episodes])
+        returns = np.array([e.ret for e in episodes])
         stochastic = slice(0, self.episodes) if self.episodes > 0 else slice(b - 1, b)
         has_success = defines_success(spec)
         return TaskEvaluation(
@@ -255,7 +240,7 @@ class Evaluator:
             mean_return=float(returns[stochastic].mean()),
             return_deterministic=float(returns[-1]),
             wm_error=err_sum / base_sum if base_sum > 0 else float("nan"),
-            episode_length=float(lengths.mean()),
+            episode_length=float(np.mean([e.length for e in episodes])),
         )
 
     def close(self) -> None:
@@ -268,59 +253,80 @@ class Evaluator:
 
 @torch.no_grad()
 def record_episodes(
-    agent: Agent,
-    spec: TaskSpec,
-    obs_dim: int,
-    act_dim: int,
-    *,
+    actor: Actor,
+    curriculum: Curriculum,
     task_index: int,
+    *,
     seed: int,
     episodes: int = 1,
     deterministic: bool = True,
     size: tuple[int, int] = (96, 128),
     frame_skip: int = 1,
 ) -> list[np.ndarray]:
-    """Frames ``(H, W, 3) uint8`` of ``episodes`` consecutive episodes of one task.
+    """Frames ``(H, W, 3) uint8`` of ``episodes`` consecutive episodes of task ``task_index``.
 
-    Episode e starts from seed ``seed + e``; ``frame_skip`` keeps every k-th frame (the last
-    frame of each episode is always kept).
+    Episode e starts from seed ``seed + e`` with a fresh carry; ``frame_skip`` keeps every k-th
+    frame (the last frame of each episode is always kept).
     """
     if frame_skip < 1 or episodes < 1:
         raise ValueError(
             f"video: episodes and frame_skip must be >= 1, got {episodes}, {frame_skip}"
         )
-    env = EnvFaultGuard(make_env(spec, obs_dim, act_dim, render_mode="rgb_array", render_size=size))
-    dev = agent.log_std.device
+    env = EnvFaultGuard(curriculum.make_env(task_index, render_mode="rgb_array", render_size=size))
     frames: list[np.ndarray] = []
-    task: Tensor | None = None
-    if agent.config.task_id:
-        task = torch.full((1,), task_index, dtype=torch.long, device=dev)
     generator = torch.Generator().manual_seed(seed)
     try:
         for e in range(episodes):
-            raw, _ = env.reset(seed=seed + e)
-            state = agent.init_state(1, dev)
-            is_first = torch.ones(1, dtype=torch.bool, device=dev)
-            done, t = False, 0
-            while not done:
+            driver = EpisodeDriver(
+                actor, [env], generator=generator, task=task_index, deterministic=deterministic
+            )
+            driver.reset([seed + e])
+            t = 0
+            while driver.running:
                 if t % frame_skip == 0:
                     frames.append(np.asarray(env.render()))
-                obs = agent.obs_norm(torch.as_tensor(raw, dtype=torch.float32, device=dev)[None])
-                res = agent.act(
-                    obs,
-                    state,
-                    is_first,
-                    deterministic=deterministic,
-                    generator=generator,
-                    task=task,
-                )
-                raw, r, terminated, truncated, _ = env.step(res.env_action[0].cpu().numpy())
-                reward = agent.reward_scale(torch.tensor([r], dtype=torch.float32, device=dev))
-                state = agent.observe_reward(res.state, reward)
-                is_first = torch.zeros(1, dtype=torch.bool, device=dev)
-                done = bool(terminated or truncated)
+                driver.step()
                 t += 1
             frames.append(np.asarray(env.render()))
     finally:
         env.close()
     return frames
+
+
+@dataclass
+class VideoSettings:
+    """Rollout videos of every task (config section ``video``)."""
+
+    episodes: int = 1
+    size: tuple[int, int] = (96, 128)  # (height, width)
+    fps: int = 30
+    frame_skip: int = 2
+    gif: bool = False
+    deterministic: bool = True
+
+
+def write_task_videos(
+    actor: Actor, curriculum: Curriculum, folder: Path, video: VideoSettings, seed: int
+) -> list[Path]:
+    """An mp4 (or gif) per task and, written last, a grid of all tasks (``all_tasks``) into
+    ``folder``; task j's episodes start from seed ``seed + 1000 * j``. Returns the paths."""
+    suffix = ".gif" if video.gif else ".mp4"
+    written, clips = [], []
+    for j, spec in enumerate(curriculum.specs):
+        frames = record_episodes(
+            actor,
+            curriculum,
+            j,
+            seed=seed + 1000 * j,
+            episodes=video.episodes,
+            deterministic=video.deterministic,
+            size=video.size,
+            frame_skip=video.frame_skip,
+        )
+        written.append(
+            write_video(folder / f"{safe_name(spec.name)}{suffix}", frames, fps=video.fps)
+        )
+        clips.append(frames)
+    grid = tile_videos(clips, labels=curriculum.names)
+    written.append(write_video(folder / f"all_tasks{suffix}", grid, fps=video.fps))
+    return written

@@ -3,7 +3,7 @@
 The agent is never told of a task switch: each stage gets fresh vector envs of the next task and
 training simply continues (the backbone memory carries across the switch unless configured
 otherwise). Every part is injected (envs factory, agent, optimizer, PPO, evaluator, logger,
-method), so tests and later methods swap them freely; only :mod:`hope_agent.train.build` reads
+method), so tests and later methods swap them freely; only :mod:`hope_agent.build` reads
 the config.
 
 Per stage: rollouts of ``rollout_len`` steps x ``num_envs`` envs until the task's step budget is
@@ -37,18 +37,18 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
-from hope_agent.agents.agent import Agent, AgentState
+from hope_agent.agents.actor import AgentState
+from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer
 from hope_agent.algos.ppo import PPO
 from hope_agent.io import (
@@ -58,42 +58,74 @@ from hope_agent.io import (
     load_checkpoint,
     save_checkpoint,
 )
-from hope_agent.train.evaluator import Evaluator, TaskEvaluation, record_episodes
+from hope_agent.rollout.driver import EpisodeDriver
+from hope_agent.rollout.guard import RestartingVectorEnv, count_flag
+from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
+from hope_agent.train.evaluator import Evaluator, TaskEvaluation, VideoSettings, write_task_videos
 from hope_agent.train.faults import (
     FaultCounters,
     FaultSettings,
-    RestartingVectorEnv,
     TrainingDiverged,
-    count_flag,
     first_nonfinite,
     named_tensors,
     nonfinite_rows,
 )
 from hope_agent.train.logger import Logger
-from hope_agent.train.methods import Method
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
-from hope_agent.train.vec import make_vector_env
-from hope_agent.video import tile_videos, write_video
-from hope_envs.curriculum import TaskSpec
+from hope_envs.curriculum import Curriculum, TaskSpec
 
 log = logging.getLogger(__name__)
 
-VecEnvFactory = Callable[[TaskSpec, int, int, int, bool], gym.vector.VectorEnv]
-
 # The tree layout of a training checkpoint; version 1 (before resume support) cannot resume,
-# version 2 lacks progress.bad_in_a_row.
-CHECKPOINT_FORMAT = "hope_agent.train/3"
+# version 2 lacks progress.bad_in_a_row, version 3 carries the previous reward in the rollout
+# carry (the actor now takes it with the observation).
+CHECKPOINT_FORMAT = "hope_agent.train/4"
+
+
+class TrainingMethod(Protocol):
+    """What the runner calls of a continual-learning method (the contract and its defaults:
+    :class:`hope_agent.methods.base.Method`; its loss term goes to PPO when it is built)."""
+
+    name: str
+
+    def on_task_start(self, stage: int, spec: TaskSpec, agent: Agent) -> None:
+        """Before the first rollout of ``stage``."""
+        ...
+
+    def after_update(self, agent: Agent) -> None:
+        """After every PPO update."""
+        ...
+
+    def on_task_end(
+        self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
+    ) -> None:
+        """After the last update of ``stage``, with the last rollout's buffer."""
+        ...
+
+    def evaluation_agent(self, agent: Agent) -> Agent:
+        """The agent that evaluations and videos measure (``agent`` itself by default)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state for checkpoints."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        ...
 
 
 @dataclass
-class VideoSettings:
-    """Rollout videos after each stage."""
+class TrainingParts:
+    """The injected parts of a run: the agent and its updater, the evaluator, the logger, the
+    method and the env factory."""
 
-    episodes: int = 1
-    size: tuple[int, int] = (96, 128)  # (height, width)
-    fps: int = 30
-    frame_skip: int = 2
-    gif: bool = False
+    agent: Agent
+    ppo: PPO
+    evaluator: Evaluator
+    logger: Logger
+    method: TrainingMethod
+    make_envs: VecEnvFactory = make_vector_env
 
 
 @dataclass
@@ -125,11 +157,6 @@ class RunSummary:
     metrics: dict[str, Any]
     wall_time_s: float
     env_steps: int
-
-
-def safe_name(name: str) -> str:
-    """A task name usable as a file name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
 
 
 def step_checkpoint_name(global_step: int) -> str:
@@ -175,52 +202,35 @@ class CurriculumRunner:
     """Trains an agent over a curriculum (see the module docstring).
 
     Args:
-        specs: the curriculum's tasks, in order.
-        obs_dim: common observation width.
-        act_dim: common action width.
-        agent: the agent (its normalisers are updated here, during rollouts only).
-        ppo: the PPO updater (holds the optimizer).
-        evaluator: evaluates every task.
-        logger: logging sinks.
-        method: continual-learning plug-in.
+        curriculum: the tasks, in order, and their common spaces.
+        parts: the agent, PPO, evaluator, logger, method and env factory.
         settings: sizes, schedules and fault handling.
         run_dir: where every output goes.
-        device: where the agent runs.
         config_yaml: the resolved config, stored in every checkpoint.
-        make_envs: vector-env factory ``(spec, obs_dim, act_dim, num_envs, asynchronous)``.
     """
 
     def __init__(
         self,
-        *,
-        specs: Sequence[TaskSpec],
-        obs_dim: int,
-        act_dim: int,
-        agent: Agent,
-        ppo: PPO,
-        evaluator: Evaluator,
-        logger: Logger,
-        method: Method,
+        curriculum: Curriculum,
+        parts: TrainingParts,
         settings: RunnerSettings,
         run_dir: Path,
-        device: torch.device,
         config_yaml: str = "",
-        make_envs: VecEnvFactory = make_vector_env,
     ) -> None:
-        self.specs, self.obs_dim, self.act_dim = list(specs), obs_dim, act_dim
-        self.agent, self.ppo, self.evaluator = agent, ppo, evaluator
-        self.logger, self.method, self.settings = logger, method, settings
-        self.run_dir, self.device, self.config_yaml = Path(run_dir), device, config_yaml
-        self.make_envs = make_envs
-        self.record = RunRecord(task_names=[s.name for s in self.specs])
+        self.curriculum, self.specs = curriculum, list(curriculum.specs)
+        self.agent, self.ppo, self.evaluator = parts.agent, parts.ppo, parts.evaluator
+        self.logger, self.method, self.make_envs = parts.logger, parts.method, parts.make_envs
+        self.settings, self.run_dir, self.config_yaml = settings, Path(run_dir), config_yaml
+        self.device = self.agent.device
+        self.record = RunRecord(task_names=curriculum.names)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.buffer = RolloutBuffer(
             settings.rollout_len,
             settings.num_envs,
-            obs_dim,
-            act_dim,
+            curriculum.obs_dim,
+            curriculum.act_dim,
             settings.seq_len,
-            device,
+            self.device,
         )
         self.faults = FaultCounters()
         # Position in the curriculum: the stage, env steps into it, whether its end-of-stage
@@ -232,6 +242,7 @@ class CurriculumRunner:
         self.state: AgentState | None = None  # the agent's rollout carry
         self._bad_in_a_row = 0
         self._episode_stats: list[tuple[float, float, float]] = []
+        self._ret_acc = np.zeros(settings.num_envs)
 
     # ----------------------------------------------------------------- main loop
     def run(self, resume_from: Path | None = None) -> RunSummary:
@@ -299,14 +310,21 @@ class CurriculumRunner:
         else:
             seed = self._sync_seed()
         envs = RestartingVectorEnv(
-            partial(self.make_envs, spec, self.obs_dim, self.act_dim, n, s.async_envs),
+            partial(
+                self.make_envs,
+                spec,
+                self.curriculum.obs_dim,
+                self.curriculum.act_dim,
+                n,
+                s.async_envs,
+            ),
             s.faults.max_env_restarts,
         )
         checkpoint_due = False
         try:
-            carry = self._start_segment(envs, seed)
+            driver = self._start_segment(envs, seed)
             while self.task_step < spec.steps:
-                self._rollout(envs, carry)
+                self._rollout(driver)
                 steps = s.rollout_len * n
                 self.task_step += steps
                 previous = self.global_step
@@ -325,7 +343,7 @@ class CurriculumRunner:
                 )
                 if checkpoint_due and not last:
                     self._save(step_checkpoint_name(self.global_step))
-                    carry = self._start_segment(envs, self._sync_seed())
+                    driver = self._start_segment(envs, self._sync_seed())
         finally:
             envs.close()
         self._evaluate(stage, task_end=True)
@@ -366,114 +384,65 @@ class CurriculumRunner:
         entropy = [self.settings.seed, self.stage, self.task_step]
         return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
-    def _start_segment(self, envs: gym.vector.VectorEnv, seed: int) -> _Carry:
+    def _start_segment(self, envs: gym.vector.VectorEnv, seed: int) -> EpisodeDriver:
         """Reset every env with ``seed``: the start of a stage or a sync point."""
-        n = self.settings.num_envs
-        raw, infos = envs.reset(seed=seed)
-        if self.state is None:
-            self.state = self.agent.init_state(n, self.device)
+        driver = EpisodeDriver(
+            self.agent, envs, generator=self.generator, task=self.stage, carry=self.state
+        )
+        driver.reset(seed)
+        self.state = driver.carry
+        self._ret_acc = np.zeros(self.settings.num_envs)
         # Episodes cut by the reset never finished: they leave the episode charts.
         self._episode_stats.clear()
-        return _Carry(
-            raw=np.asarray(raw, dtype=np.float32),
-            is_first=np.ones(n, dtype=bool),
-            valid=np.ones(n, dtype=bool),
-            ret_acc=np.zeros(n),
-            ep_return=np.zeros(n),
-            ep_length=np.zeros(n),
-            ep_success=np.zeros(n, dtype=bool),
-            task=_episode_tasks(infos, np.full(n, self.stage, dtype=np.int64)),
-        )
+        return driver
 
     @torch.no_grad()
-    def _rollout(self, envs: gym.vector.VectorEnv, c: _Carry) -> None:
+    def _rollout(self, driver: EpisodeDriver) -> None:
         agent, buf, s, dev = self.agent, self.buffer, self.settings, self.device
-        assert self.state is not None
-        state = self.state
+        driver.carry = self.state  # a poisoned row may have been reset since the last rollout
         gamma = self.ppo.config.gamma
         for t in range(s.rollout_len):
-            task = torch.as_tensor(c.task, dtype=torch.long, device=dev)
-            task_arg = task if agent.config.task_id else None
-            raw_t = torch.as_tensor(c.raw, device=dev)
-            agent.obs_norm.update(raw_t)
-            obs = agent.obs_norm(raw_t)
-            is_first = torch.as_tensor(c.is_first, device=dev)
-            res = agent.act(obs, state, is_first, generator=self.generator, task=task_arg)
-            next_raw, reward, terminated, truncated, infos = envs.step(res.env_action.cpu().numpy())
-            next_raw = np.asarray(next_raw, dtype=np.float32)
-            valid = c.valid
-            terminated = np.asarray(terminated, dtype=bool) & valid
-            truncated = np.asarray(truncated, dtype=bool) & valid
-            done = terminated | truncated
-            reward = np.where(valid, np.asarray(reward, dtype=np.float64), 0.0)
+            agent.obs_norm.update(torch.as_tensor(driver.raw, device=dev))
+            step = driver.step()
+            valid, done = step.valid, step.done
             # Reward scale: running std of the discounted return, reset at episode ends.
-            c.ret_acc = np.where(valid, c.ret_acc * gamma + reward, c.ret_acc)
+            self._ret_acc = np.where(valid, self._ret_acc * gamma + step.reward, self._ret_acc)
             if valid.any():
-                agent.reward_scale.update(torch.as_tensor(c.ret_acc[valid], device=dev))
-            c.ret_acc[done] = 0.0
-            scaled = agent.reward_scale(torch.as_tensor(reward, dtype=torch.float32, device=dev))
-            self._episode_bookkeeping(c, reward, done, infos, valid)
+                agent.reward_scale.update(torch.as_tensor(self._ret_acc[valid], device=dev))
+            self._ret_acc[done] = 0.0
+            scaled = agent.reward_scale(
+                torch.as_tensor(step.reward, dtype=torch.float32, device=dev)
+            )
+            self.faults.env_resets += count_flag(step.infos, "env_fault")
+            self.faults.env_restarts += int("env_restart" in step.infos)
+            act = step.act
             buf.add(
                 t,
-                memory=state.memory,
-                obs=obs,
-                next_obs=agent.obs_norm(torch.as_tensor(next_raw, device=dev)),
-                prev_action=state.prev_action,
-                prev_reward=state.prev_reward,
-                is_first=is_first,
-                task=task,
-                action=res.action,
-                env_action=res.env_action,
-                log_prob=res.log_prob,
-                value=res.value,
+                memory=step.carry.memory,
+                obs=act.obs,
+                next_obs=agent.obs_norm(torch.as_tensor(step.next_raw, device=dev)),
+                prev_action=step.carry.prev_action,
+                prev_reward=act.prev_reward,
+                is_first=step.is_first,
+                task=step.task,
+                action=act.action,
+                env_action=act.env_action,
+                log_prob=act.log_prob,
+                value=act.value,
                 reward=scaled,
-                terminated=torch.as_tensor(terminated),
-                truncated=torch.as_tensor(truncated),
+                terminated=torch.as_tensor(step.terminated),
+                truncated=torch.as_tensor(step.truncated),
                 valid=torch.as_tensor(valid),
             )
-            state = agent.observe_reward(res.state, scaled)
-            # After an episode end comes the autoreset step (masked), then a first step.
-            c.is_first = ~valid
-            c.valid = ~done
-            c.raw = next_raw
-            c.task = _episode_tasks(infos, c.task)
         # Bootstrap value of the next observation from the carried state (V(final obs) when the
         # last step ended an episode by truncation), without advancing the carry.
-        obs = agent.obs_norm(torch.as_tensor(c.raw, device=dev))
-        task = torch.as_tensor(c.task, dtype=torch.long, device=dev)
-        out, _ = agent.step(
-            obs,
-            state.prev_action,
-            state.prev_reward,
-            torch.as_tensor(c.is_first, device=dev),
-            state.memory,
-            task=task if agent.config.task_id else None,
-        )
-        buf.compute_advantages(out.value, gamma, self.ppo.config.gae_lambda)
-        self.state = state
-
-    def _episode_bookkeeping(
-        self, c: _Carry, reward: np.ndarray, done: np.ndarray, infos: dict, valid: np.ndarray
-    ) -> None:
-        self.faults.env_resets += count_flag(infos, "env_fault")
-        restarted = "env_restart" in infos
-        self.faults.env_restarts += int(restarted)
-        faulty = np.zeros_like(done)
-        if "env_fault" in infos:
-            faulty |= np.asarray(infos["env_fault"], dtype=bool)
-        if restarted:
-            faulty[:] = True
-        c.ep_return += reward
-        c.ep_length += valid
-        if "success" in infos:
-            mask = np.asarray(infos.get("_success", np.ones_like(valid)), dtype=bool) & valid
-            c.ep_success |= np.asarray(infos["success"], dtype=bool) & mask
+        buf.compute_advantages(driver.peek().value, gamma, self.ppo.config.gae_lambda)
+        self.state = driver.carry
         # An episode cut short by a fault is no sample of the policy's return.
-        for i in np.flatnonzero(done & ~faulty):
-            self._episode_stats.append((c.ep_return[i], c.ep_length[i], float(c.ep_success[i])))
-        c.ep_return[done] = 0.0
-        c.ep_length[done] = 0.0
-        c.ep_success[done] = False
+        self._episode_stats += [
+            (e.ret, float(e.length), float(e.success)) for e in driver.finished if not e.faulty
+        ]
+        driver.finished.clear()
 
     def _update(self, stage: int) -> None:
         f = self.settings.faults
@@ -502,6 +471,7 @@ class CurriculumRunner:
                 }
             )
             self._episode_stats.clear()
+        self.method.after_update(self.agent)
         values["charts/stage"] = float(stage)
         values.update(self.faults.as_log())
         self.logger.log(self.global_step, values)
@@ -523,16 +493,17 @@ class CurriculumRunner:
         if not bool(bad.any()):
             return None
         # Poisoned memory would poison every later step of those envs: start them afresh.
-        self.state = state.where(bad.to(self.device), self.agent.init_state(n, self.device))
+        self.state = state.where(bad.to(self.device), self.agent.init_carry(n))
         rows = np.flatnonzero(bad.numpy()).tolist()
         return f"non-finite backbone memory or outputs in the rollout of envs {rows}"
 
     # ----------------------------------------------------------------- evaluation & outputs
     def _evaluate(self, stage: int, task_end: bool) -> None:
-        results = self.evaluator.evaluate(self.agent)
+        agent = self.method.evaluation_agent(self.agent)
+        results = self.evaluator.evaluate(agent)
         reset = None
         if task_end and self.settings.in_context_gain:
-            reset = self.evaluator.evaluate(self.agent, reset_every_step=True)
+            reset = self.evaluator.evaluate(agent, reset_every_step=True)
         self.record.events.append(EvalEvent(self.global_step, stage, task_end, results, reset))
         values: dict[str, float] = {}
         for r in results:
@@ -549,27 +520,11 @@ class CurriculumRunner:
         v = self.settings.video
         assert v is not None
         folder = self.run_dir / "videos" / f"stage_{stage:02d}"
-        suffix = ".gif" if v.gif else ".mp4"
-        if (folder / f"all_tasks{suffix}").is_file():
+        if (folder / f"all_tasks{'.gif' if v.gif else '.mp4'}").is_file():
             # Written last, atomically: a resumed run already made this stage's videos.
             return
-        clips = []
-        for j, spec in enumerate(self.specs):
-            frames = record_episodes(
-                self.agent,
-                spec,
-                self.obs_dim,
-                self.act_dim,
-                task_index=j,
-                seed=self.settings.eval_seed + 1000 * j,
-                episodes=v.episodes,
-                size=v.size,
-                frame_skip=v.frame_skip,
-            )
-            write_video(folder / f"{safe_name(spec.name)}{suffix}", frames, fps=v.fps)
-            clips.append(frames)
-        grid = tile_videos(clips, labels=[s.name for s in self.specs])
-        write_video(folder / f"all_tasks{suffix}", grid, fps=v.fps)
+        agent = self.method.evaluation_agent(self.agent)
+        write_task_videos(agent, self.curriculum, folder, v, self.settings.eval_seed)
 
     def _write_results(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         faults = {f"faults/{k}": v for k, v in dataclasses.asdict(self.faults).items()}
@@ -614,10 +569,10 @@ class CurriculumRunner:
             "faults": dataclasses.asdict(self.faults),
             "meta": {
                 "format": CHECKPOINT_FORMAT,
-                "obs_dim": self.obs_dim,
-                "act_dim": self.act_dim,
+                "obs_dim": self.curriculum.obs_dim,
+                "act_dim": self.curriculum.act_dim,
                 "num_envs": self.settings.num_envs,
-                "tasks": [s.name for s in self.specs],
+                "tasks": self.curriculum.names,
                 "task_ids": [s.id for s in self.specs],
             },
             "config": self.config_yaml,
@@ -676,10 +631,10 @@ class CurriculumRunner:
                 f"{CHECKPOINT_FORMAT!r} (written by this version); start a new run directory"
             )
         expected = {
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
+            "obs_dim": self.curriculum.obs_dim,
+            "act_dim": self.curriculum.act_dim,
             "num_envs": self.settings.num_envs,
-            "tasks": [s.name for s in self.specs],
+            "tasks": self.curriculum.names,
         }
         found_meta = {k: meta.get(k) for k in expected}
         if found_meta != expected or tree["method"]["name"] != self.method.name:
@@ -690,7 +645,7 @@ class CurriculumRunner:
             )
 
     def _carry_from(self, path: Path, leaves: list[Tensor]) -> AgentState:
-        template = self.agent.init_state(self.settings.num_envs, self.device)
+        template = self.agent.init_carry(self.settings.num_envs)
         shapes = [tuple(t.shape) for t in template.leaves()]
         if [tuple(t.shape) for t in leaves] != shapes:
             raise CheckpointError(
@@ -740,34 +695,6 @@ class CurriculumRunner:
             if ahead:
                 log.info("removing %s, saved in the abandoned segment", path)
                 atomic_remove(path)
-
-
-@dataclass
-class _Carry:
-    """Per-env loop state of the current segment (numpy, one entry per env)."""
-
-    raw: np.ndarray
-    is_first: np.ndarray
-    valid: np.ndarray
-    ret_acc: np.ndarray
-    ep_return: np.ndarray
-    ep_length: np.ndarray
-    ep_success: np.ndarray
-    task: np.ndarray  # the task index of each env's current observation
-
-
-def _episode_tasks(infos: dict[str, Any], previous: np.ndarray) -> np.ndarray:
-    """Each env's task index for its next step: ``infos["task_index"]`` where the env reports
-    one, ``previous`` elsewhere.
-
-    Envs of one task report none and keep the stage index. The multi-task env reports the task of
-    the episode its observation belongs to (an autoreset step reports the new episode's), so the
-    oracle task id follows the episode, not the stage.
-    """
-    if "task_index" not in infos:
-        return previous
-    reported = np.asarray(infos.get("_task_index", np.ones(len(previous), dtype=bool)), dtype=bool)
-    return np.where(reported, np.asarray(infos["task_index"], dtype=np.int64), previous)
 
 
 def _crossed(previous: int, current: int, every: int) -> bool:

@@ -8,19 +8,18 @@ switch. ``VecNormalize`` (optional, on by default) keeps updating its statistics
 our agent's normalisers do. SAC empties its replay buffer at each task switch by default
 (Continual World's fine-tuning setting; ``reset_buffer_on_task_change``).
 
-Evaluation is ours: :class:`SB3Agent` gives an SB3 policy the interface that
-:class:`~hope_agent.train.evaluator.Evaluator` and
-:func:`~hope_agent.train.evaluator.record_episodes` use to act (``init_state``, ``obs_norm``,
-``act``, ``reward_scale``, ``observe_reward``, ``predict_world``, ``config``), so the same seeds,
-episodes and performance definition apply. An MLP policy has no memory and no world model: its
-state is empty and its world-model error is NaN (reported as unavailable).
+Evaluation is ours: :class:`SB3Actor` implements the acting contract
+:class:`~hope_agent.agents.actor.Actor` for an SB3 policy, so the evaluator and the video
+recorder drive it through the same episode driver, seeds, episodes and performance definition
+as our agent. An MLP policy has no memory and no world model: its carry holds no memory and its
+world-model error is NaN (reported as unavailable).
 
 :func:`run_sb3_curriculum` writes what :class:`~hope_agent.train.runner.CurriculumRunner` writes
 (through :func:`hope_agent.train.report.write_results`): ``perf_matrix.csv``, ``curves.csv``,
 ``metrics.json``, plots, videos of every task after each stage, and pickle-free checkpoints of
 the policy and normaliser statistics (:func:`hope_agent.io.save_checkpoint`), reloadable with
 :func:`load_sb3_agent`; ``hope-evaluate`` and ``hope-record`` load them too
-(:func:`hope_agent.train.build.load_trained_agent` dispatches on the checkpoint's format).
+(:func:`hope_agent.build.load_trained_agent` dispatches on the checkpoint's format).
 """
 
 from __future__ import annotations
@@ -53,22 +52,15 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, Ve
 from stable_baselines3.sac.policies import SACPolicy
 from torch import Tensor
 
-from hope_agent.agents.agent import (
-    ActResult,
-    Agent,
-    AgentConfig,
-    AgentOutput,
-    AgentState,
-    gaussian_log_prob,
-)
+from hope_agent.agents.actor import ActResult, AgentOutput, AgentState, gaussian_log_prob
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
-from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection, config_value
-from hope_agent.train.evaluator import Evaluator, record_episodes
+from hope_agent.options import config_value
+from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection, video_settings
+from hope_agent.train.evaluator import Evaluator, VideoSettings, write_task_videos
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
-from hope_agent.train.runner import RunSummary, VideoSettings, safe_name
-from hope_agent.video import tile_videos, write_video
-from hope_envs.curriculum import TaskSpec, common_spaces, make_env, resolve_tasks
+from hope_agent.train.runner import RunSummary
+from hope_envs.curriculum import Curriculum, TaskSpec, resolve_tasks
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES: dict[str, type[BasePolicy]] = {"ppo": ActorCriticPolicy, "sac": SACPolicy}
@@ -104,18 +96,15 @@ class FrozenObsNormalizer:
         return ((obs - mean) / torch.sqrt(var + self.epsilon)).clamp(-self.clip, self.clip)
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-class SB3Agent:
-    """An SB3 PPO or SAC policy behind the acting interface of our :class:`Agent`.
+class SB3Actor:
+    """An SB3 PPO or SAC policy behind the acting contract (:class:`~hope_agent.agents.actor.Actor`).
 
     Actions follow the policy's own distribution, with the noise drawn from the caller's
     generator (so evaluations are reproducible): PPO samples ``mean + std * noise`` and the env
     receives it clipped to [-1, 1], as SB3's ``predict`` does; SAC samples
     ``tanh(mean + std * noise)``. Deterministic actions are the clipped mean (PPO) and
-    ``tanh(mean)`` (SAC), equal to ``model.predict(..., deterministic=True)``.
+    ``tanh(mean)`` (SAC), equal to ``model.predict(..., deterministic=True)``. Rewards are not
+    scaled: there is no reward-conditioned memory to feed.
 
     Args:
         policy: an ``ActorCriticPolicy`` (PPO) or ``SACPolicy`` (SAC) over ``Box(obs_dim,)``
@@ -132,56 +121,41 @@ class SB3Agent:
     ) -> None:
         if not isinstance(policy, (ActorCriticPolicy, SACPolicy)):
             raise TypeError(
-                f"SB3Agent supports PPO (ActorCriticPolicy) and SAC (SACPolicy) policies, got "
+                f"SB3Actor supports PPO (ActorCriticPolicy) and SAC (SACPolicy) policies, got "
                 f"{type(policy).__name__}"
             )
         if policy.use_sde if isinstance(policy, ActorCriticPolicy) else policy.actor.use_sde:
-            raise ValueError("SB3Agent does not support gSDE policies; train with use_sde=False")
+            raise ValueError("SB3Actor does not support gSDE policies; train with use_sde=False")
         obs_shape = policy.observation_space.shape
         act_shape = policy.action_space.shape
         if obs_shape is None or act_shape is None or len(obs_shape) != 1 or len(act_shape) != 1:
             raise ValueError(
-                "SB3Agent needs flat Box observation and action spaces (the curriculum's common "
+                "SB3Actor needs flat Box observation and action spaces (the curriculum's common "
                 f"spaces), got {policy.observation_space} and {policy.action_space}"
             )
-        self.policy = policy
-        self.config = AgentConfig(obs_dim=int(obs_shape[0]), act_dim=int(act_shape[0]))
-        self.obs_dim, self.act_dim = self.config.obs_dim, self.config.act_dim
-        self.obs_norm = FrozenObsNormalizer(obs_rms, clip_obs)
-        # Evaluation works on raw rewards: there is no reward-conditioned memory to feed.
-        self.reward_scale = _identity
-        self.observe_reward = Agent.observe_reward
+        self.sb3_policy = policy
+        self.obs_dim, self.act_dim = int(obs_shape[0]), int(act_shape[0])
+        self.normalize_obs = FrozenObsNormalizer(obs_rms, clip_obs)
 
     @property
     def device(self) -> torch.device:
         """Where the policy runs."""
-        return self.policy.device
+        return self.sb3_policy.device
 
-    @property
-    def log_std(self) -> Tensor:
-        """The policy's log-std parameter (PPO) or an empty tensor (SAC's is state-dependent).
-
-        Our evaluator reads the agent's device from it.
-        """
-        if isinstance(self.policy, ActorCriticPolicy):
-            return cast(Tensor, self.policy.log_std)
-        return torch.zeros(0, device=self.device)
-
-    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> AgentState:
+    def init_carry(self, batch_size: int) -> AgentState:
         """A fresh (memoryless) carry for ``batch_size`` rows."""
-        dev = torch.device(device) if device is not None else self.device
         return AgentState(
-            memory=NoMemory(),
-            prev_action=torch.zeros(batch_size, self.act_dim, device=dev),
-            prev_reward=torch.zeros(batch_size, device=dev),
+            memory=NoMemory(), prev_action=torch.zeros(batch_size, self.act_dim, device=self.device)
         )
 
-    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(mean, log_std, value)`` of the policy's Gaussian (pre-tanh for SAC) at ``obs``.
+    def scale_reward(self, reward: Tensor) -> Tensor:
+        """Rewards as they are."""
+        return reward
 
-        ``value`` is PPO's state value; SAC has no state-value head (NaN).
-        """
-        policy = self.policy
+    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean, log_std, value)`` of the policy's Gaussian (pre-tanh for SAC) at normalised
+        ``obs``; ``value`` is PPO's state value, NaN for SAC (no state-value head)."""
+        policy = self.sb3_policy
         policy.set_training_mode(False)
         if isinstance(policy, ActorCriticPolicy):
             normal = policy.get_distribution(obs).distribution
@@ -195,28 +169,28 @@ class SB3Agent:
         return mean, log_std, value
 
     @torch.no_grad()
-    def act(
+    def policy(
         self,
+        carry: AgentState,
         obs: Tensor,
-        state: AgentState,
+        prev_reward: Tensor,
         is_first: Tensor,
         *,
+        task: Tensor | None = None,
         deterministic: bool | Tensor = False,
         generator: torch.Generator | None = None,
         reset: Tensor | None = None,
-        task: Tensor | None = None,
-    ) -> ActResult:
-        """Actions for one step of ``B`` envs, in :meth:`Agent.act`'s convention.
-
-        ``obs`` is normalised ``(B, obs_dim)``; ``is_first``, ``reset`` and ``task`` are accepted
-        for the interface and ignored (no memory, no task input).
-        """
+    ) -> tuple[AgentState, ActResult]:
+        """One step of ``B`` envs (:meth:`hope_agent.agents.actor.Actor.policy`) from raw
+        ``obs``; ``prev_reward``, ``is_first``, ``task`` and ``reset`` are ignored (no memory,
+        no task input)."""
         if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
             raise ValueError(
-                f"SB3Agent.act expects observations of shape (B, {self.obs_dim}), "
+                f"SB3Actor expects observations of shape (B, {self.obs_dim}), "
                 f"got {tuple(obs.shape)}"
             )
-        mean, log_std, value = self.distribution(obs.to(self.device))
+        obs = self.normalize_obs(obs.to(self.device))
+        mean, log_std, value = self.distribution(obs)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
         sample = mean + log_std.exp() * noise
         if isinstance(deterministic, Tensor):
@@ -224,25 +198,23 @@ class SB3Agent:
         else:
             pre = mean if deterministic else sample
         log_prob = gaussian_log_prob(pre, mean, log_std)
-        if isinstance(self.policy, SACPolicy):
+        if isinstance(self.sb3_policy, SACPolicy):
             action = torch.tanh(pre)
             # Change of variables of the tanh squashing (as SB3's SquashedDiagGaussian).
             log_prob = log_prob - torch.log(1.0 - action.square() + 1e-6).sum(-1)
         else:
             action = pre
         env_action = action.clamp(-1.0, 1.0)
-        output = AgentOutput(mean=mean, log_std=log_std, value=value, features=mean)
-        new_state = AgentState(
-            memory=state.memory, prev_action=env_action, prev_reward=state.prev_reward
-        )
-        return ActResult(
+        result = ActResult(
+            obs=obs,
+            prev_reward=torch.zeros(obs.shape[0], device=obs.device),
             action=action,
             env_action=env_action,
             log_prob=log_prob,
             value=value,
-            output=output,
-            state=new_state,
+            output=AgentOutput(mean=mean, log_std=log_std, value=value, features=mean),
         )
+        return AgentState(memory=carry.memory, prev_action=env_action), result
 
     def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
         """No world model: NaN predictions, so the world-model error is reported unavailable."""
@@ -252,11 +224,6 @@ class SB3Agent:
             torch.full((*lead, self.obs_dim), nan, device=features.device),
             torch.full(lead, nan, device=features.device),
         )
-
-    def as_agent(self) -> Agent:
-        """This adapter typed as an :class:`Agent` for the evaluator and the video recorder,
-        which use only the acting interface that this class implements."""
-        return cast(Agent, self)
 
 
 @dataclass
@@ -318,32 +285,20 @@ class _SB3Run:
     """The state of one :func:`run_sb3_curriculum` call."""
 
     def __init__(
-        self, specs: Sequence[TaskSpec], algo: str, seed: int, run_dir: Path, s: SB3Settings
+        self, curriculum: Curriculum, algo: str, seed: int, run_dir: Path, s: SB3Settings
     ) -> None:
-        self.specs, self.algo, self.seed, self.run_dir, self.settings = (
-            specs,
-            algo,
-            seed,
-            run_dir,
-            s,
-        )
-        self.obs_dim, self.act_dim = common_spaces(specs)
-        self.record = RunRecord(task_names=[spec.name for spec in specs])
-        self.evaluator = Evaluator(
-            specs,
-            self.obs_dim,
-            self.act_dim,
-            s.eval_episodes,
-            s.eval_seed,
-            get_device(s.device),
-        )
+        self.curriculum, self.specs = curriculum, curriculum.specs
+        self.algo, self.seed, self.run_dir, self.settings = algo, seed, run_dir, s
+        self.device = get_device(s.device)
+        self.record = RunRecord(task_names=curriculum.names)
+        self.evaluator = Evaluator(curriculum, s.eval_episodes, s.eval_seed)
         self.model: BaseAlgorithm | None = None
         self.venv: VecEnv | None = None
 
     def make_venv(self, stage: int) -> VecEnv:
-        spec, s = self.specs[stage], self.settings
+        s = self.settings
         fns: list[Callable[[], gym.Env]] = [
-            partial(make_env, spec, self.obs_dim, self.act_dim) for _ in range(s.n_envs)
+            partial(self.curriculum.make_env, stage) for _ in range(s.n_envs)
         ]
         venv: VecEnv = VecMonitor(DummyVecEnv(fns))
         if s.normalize:
@@ -356,14 +311,14 @@ class _SB3Run:
         venv.seed(self.seed * 1_000_003 + 10_000 * stage)
         return venv
 
-    def agent(self) -> SB3Agent:
+    def actor(self) -> SB3Actor:
         assert self.model is not None
         rms = _obs_rms(self.venv)
         clip = self.venv.clip_obs if isinstance(self.venv, VecNormalize) else 10.0
-        return SB3Agent(self.model.policy, None if rms is None else rms.copy(), clip)
+        return SB3Actor(self.model.policy, None if rms is None else rms.copy(), clip)
 
     def evaluate(self, stage: int, global_step: int, task_end: bool) -> None:
-        results = self.evaluator.evaluate(self.agent().as_agent())
+        results = self.evaluator.evaluate(self.actor())
         self.record.events.append(EvalEvent(global_step, stage, task_end, results))
 
     def train_stage(self, stage: int) -> None:
@@ -376,7 +331,7 @@ class _SB3Run:
                     "MlpPolicy",
                     self.venv,
                     seed=self.seed,
-                    device=self.evaluator.device,
+                    device=self.device,
                     # SB3 writes into policy_kwargs: give it a copy of ours.
                     **copy.deepcopy(s.algo_kwargs),
                 )
@@ -433,9 +388,9 @@ class _SB3Run:
                 "format": CHECKPOINT_FORMAT,
                 "algo": self.algo,
                 "policy_kwargs": _plain_policy_kwargs(self.model.policy_kwargs),
-                "obs_dim": self.obs_dim,
-                "act_dim": self.act_dim,
-                "tasks": [spec.name for spec in self.specs],
+                "obs_dim": self.curriculum.obs_dim,
+                "act_dim": self.curriculum.act_dim,
+                "tasks": self.curriculum.names,
                 "task_ids": [spec.id for spec in self.specs],
             },
             "config": self.settings.config_yaml,
@@ -444,25 +399,7 @@ class _SB3Run:
 
     def videos(self, stage: int, v: VideoSettings) -> None:
         folder = self.run_dir / "videos" / f"stage_{stage:02d}"
-        suffix = ".gif" if v.gif else ".mp4"
-        agent = self.agent().as_agent()
-        clips = []
-        for j, spec in enumerate(self.specs):
-            frames = record_episodes(
-                agent,
-                spec,
-                self.obs_dim,
-                self.act_dim,
-                task_index=j,
-                seed=self.settings.eval_seed + 1000 * j,
-                episodes=v.episodes,
-                size=v.size,
-                frame_skip=v.frame_skip,
-            )
-            write_video(folder / f"{safe_name(spec.name)}{suffix}", frames, fps=v.fps)
-            clips.append(frames)
-        grid = tile_videos(clips, labels=[spec.name for spec in self.specs])
-        write_video(folder / f"all_tasks{suffix}", grid, fps=v.fps)
+        write_task_videos(self.actor(), self.curriculum, folder, v, self.settings.eval_seed)
 
 
 def _obs_rms(venv: VecEnv | None) -> RunningMeanStd | None:
@@ -532,7 +469,7 @@ def run_sb3_curriculum(
     run_dir = Path(run_dir)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    run = _SB3Run(specs, algo, seed, run_dir, s)
+    run = _SB3Run(Curriculum.of(specs), algo, seed, run_dir, s)
     try:
         for stage in range(len(specs)):
             run.train_stage(stage)
@@ -553,10 +490,10 @@ def run_sb3_curriculum(
     return RunSummary(run_dir, run.record.matrix("perf"), metrics, wall, steps)
 
 
-def load_sb3_agent(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Agent, dict[str, Any]]:
-    """Rebuild the :class:`SB3Agent` of a checkpoint written by :func:`run_sb3_curriculum`.
+def load_actor(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Actor, dict[str, Any]]:
+    """Rebuild the :class:`SB3Actor` of a checkpoint written by :func:`run_sb3_curriculum`.
 
-    Returns ``(agent, tree)``; a directory that is not such a checkpoint raises
+    Returns ``(actor, tree)``; a directory that is not such a checkpoint raises
     :class:`~hope_agent.io.CheckpointError` (from loading) or ``ValueError``.
     """
     tree = load_checkpoint(checkpoint, map_location=device)
@@ -566,11 +503,11 @@ def load_sb3_agent(checkpoint: Path | str, device: str = "cpu") -> tuple[SB3Agen
             f"{checkpoint} is not an SB3 checkpoint of run_sb3_curriculum (format "
             f"{meta.get('format')!r}); our agent's checkpoints load with hope-evaluate"
         )
-    return sb3_agent_from_tree(tree, device), tree
+    return actor_from_tree(tree, device), tree
 
 
-def sb3_agent_from_tree(tree: dict[str, Any], device: torch.device | str = "cpu") -> SB3Agent:
-    """The :class:`SB3Agent` of a loaded SB3 checkpoint tree (format :data:`CHECKPOINT_FORMAT`)."""
+def actor_from_tree(tree: dict[str, Any], device: torch.device | str = "cpu") -> SB3Actor:
+    """The :class:`SB3Actor` of a loaded SB3 checkpoint tree (format :data:`CHECKPOINT_FORMAT`)."""
     meta = tree["meta"]
     obs_space = Box(-np.inf, np.inf, (int(meta["obs_dim"]),), np.float32)
     act_space = Box(-1.0, 1.0, (int(meta["act_dim"]),), np.float32)
@@ -586,10 +523,10 @@ def sb3_agent_from_tree(tree: dict[str, Any], device: torch.device | str = "cpu"
         rms.var = np.asarray(stats["var"], dtype=np.float64)
         rms.count = float(stats["count"])
         clip = float(stats["clip"])
-    return SB3Agent(policy, rms, clip)
+    return SB3Actor(policy, rms, clip)
 
 
-def sb3_eval_config(saved: DictConfig | str) -> DictConfig:
+def eval_config(saved: DictConfig | str) -> DictConfig:
     """An SB3 run's saved config (:class:`SB3TrainConfig`, yaml text or loaded) as a
     :class:`~hope_agent.train.config.TrainConfig` for ``hope-evaluate`` and ``hope-record``.
 
@@ -749,7 +686,7 @@ def _config_problems(cfg: DictConfig) -> list[str]:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         first = str(e).strip().splitlines()[0]
-        return [f"{key}: {first} (see SB3TrainConfig in hope_agent/sb3_adapter.py)"]
+        return [f"{key}: {first} (see SB3TrainConfig in hope_agent/baselines/sb3.py)"]
     algo = str(cfg.algo)
     rules = [
         ("algo", algo in ALGOS, f"must be one of {', '.join(ALGOS)}"),
@@ -807,7 +744,6 @@ def train_sb3(cfg: DictConfig, run_dir: Path | str) -> RunSummary:
         torch.set_num_threads(int(cfg.torch_threads))
     kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)
     assert isinstance(kwargs, dict)
-    v = cfg.video
     yaml_text = OmegaConf.to_yaml(cfg, resolve=True)
     settings = SB3Settings(
         n_envs=int(cfg.n_envs if cfg.n_envs is not None else (8 if algo == "ppo" else 1)),
@@ -819,15 +755,7 @@ def train_sb3(cfg: DictConfig, run_dir: Path | str) -> RunSummary:
         eval_seed=int(cfg.eval.seed),
         smooth_last=cfg.eval.smooth_last,
         reference_auc=None if cfg.eval.reference_auc is None else list(cfg.eval.reference_auc),
-        video=VideoSettings(
-            episodes=int(v.episodes),
-            size=(int(v.height), int(v.width)),
-            fps=int(v.fps),
-            frame_skip=int(v.frame_skip),
-            gif=bool(v.gif),
-        )
-        if v.enabled
-        else None,
+        video=video_settings(cfg.video),
         device=str(cfg.device),
         config_yaml=yaml_text,
     )

@@ -1,11 +1,15 @@
-"""Continual-learning methods as trainer plug-ins.
+"""The contract of continual-learning methods: trainer plug-ins.
 
 A method sees the curriculum only through these hooks, so regularisers (L2, EWC), replay
-(behaviour cloning) or multi-task training plug in without touching the runner:
+(behaviour cloning), consolidation or multi-task training plug in without touching the runner
+(which calls them through its :class:`hope_agent.train.runner.TrainingMethod` protocol):
 
 - :meth:`Method.on_task_start` / :meth:`Method.on_task_end`: called around each stage (e.g. to
   snapshot weights or compute a Fisher matrix at a task end);
 - :meth:`Method.extra_loss`: a loss added to every PPO minibatch;
+- :meth:`Method.after_update`: called after every PPO update (e.g. to move averaged weights);
+- :meth:`Method.evaluation_agent`: the agent that evaluations and videos measure;
+- :meth:`Method.env_factory`: the method's own training envs, when it needs them (multi-task);
 - :meth:`Method.state_dict` / :meth:`Method.load_state_dict`: saved in every checkpoint.
 
 ``finetune`` (plain sequential training) is the baseline every other method is measured against.
@@ -13,12 +17,15 @@ A method sees the curriculum only through these hooks, so regularisers (L2, EWC)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
-from hope_agent.agents.agent import Agent, AgentOutput
+from hope_agent.agents.actor import AgentOutput
+from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.rollout.vec import VecEnvFactory
 from hope_envs.curriculum import TaskSpec
 
 
@@ -34,10 +41,21 @@ class Method:
         """A loss added to the PPO loss of each minibatch (``None``: nothing to add)."""
         return None
 
+    def after_update(self, agent: Agent) -> None:
+        """Called after every PPO update."""
+
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
     ) -> None:
         """Called after the last update of ``stage``, with the last rollout's buffer."""
+
+    def evaluation_agent(self, agent: Agent) -> Agent:
+        """The agent that evaluations and videos measure: the trained one by default."""
+        return agent
+
+    def env_factory(self, specs: Sequence[TaskSpec], obs_limit: float) -> VecEnvFactory | None:
+        """The method's own training envs (``None``: each stage's task, the default)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """The method's state for checkpoints (tensors, arrays, scalars, strings)."""

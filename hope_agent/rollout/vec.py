@@ -2,7 +2,7 @@
 
 ``SyncVectorEnv`` steps the envs in this process (best for a few cheap envs or 2 CPU cores);
 ``AsyncVectorEnv`` runs one process per env (worth it with many cores or slow physics). Every env
-is wrapped in :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that
+is wrapped in :class:`~hope_agent.rollout.guard.EnvFaultGuard`, so a simulator blow-up ends that
 env's episode instead of sending NaNs into training.
 """
 
@@ -15,10 +15,13 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
-from hope_agent.train.faults import EnvFaultGuard
+from hope_agent.rollout.guard import EnvFaultGuard
 from hope_envs.curriculum import TaskSpec, make_env
 
 EnvFn = Callable[[], gym.Env[Any, Any]]
+# ``(spec, obs_dim, act_dim, num_envs, asynchronous) -> vector env``: how the trainer gets the
+# envs of a stage (a method may bring its own, e.g. multi-task training).
+VecEnvFactory = Callable[[TaskSpec, int, int, int, bool], gym.vector.VectorEnv]
 
 
 def vector_env(

@@ -1,14 +1,17 @@
-"""Builders: the only code that reads the Hydra config and turns it into typed parts.
+"""The composition root: the only code that reads the training config and builds its parts.
 
-Every check of user input happens here, before any work starts, and fails with one
-:class:`ConfigError` naming the problem and the fix.
+It stands above :mod:`hope_agent.train`, :mod:`hope_agent.methods` and
+:mod:`hope_agent.baselines` and injects one into the other. Every check of user input happens
+here, before any work starts, and fails with one :class:`ConfigError` naming the problem and
+the fix. Trained agents load through one map from checkpoint format to loader
+(:data:`LOADERS`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, is_dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,27 +21,35 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from hope_agent.agents.actor import Actor
 from hope_agent.agents.agent import Agent, AgentConfig
 from hope_agent.algos.ppo import PPO, PPOConfig
+from hope_agent.baselines import sb3
 from hope_agent.io import CheckpointError, load_checkpoint
-from hope_agent.methods import METHODS, make_method, multitask_env_factory
+from hope_agent.methods import METHODS, make_method
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
-from hope_agent.sb3_adapter import CHECKPOINT_FORMAT as SB3_CHECKPOINT_FORMAT
-from hope_agent.sb3_adapter import sb3_agent_from_tree, sb3_eval_config
-from hope_agent.train.config import Device, OptimizerName, TaskEntry, TrainConfig
+from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
+from hope_agent.train.config import (
+    RESUMABLE_CHANGES,
+    Device,
+    OptimizerName,
+    TaskEntry,
+    TrainConfig,
+    flatten_config,
+    video_settings,
+)
 from hope_agent.train.evaluator import Evaluator, OnlineCMS
 from hope_agent.train.faults import FaultSettings
 from hope_agent.train.logger import Logger
 from hope_agent.train.runner import (
+    CHECKPOINT_FORMAT,
     CurriculumRunner,
     RunnerSettings,
-    VecEnvFactory,
-    VideoSettings,
+    TrainingParts,
     latest_checkpoint,
 )
-from hope_agent.train.vec import make_vector_env
-from hope_envs.curriculum import CurriculumError, TaskSpec, common_spaces, resolve_tasks
+from hope_envs.curriculum import Curriculum, CurriculumError, resolve_tasks
 
 
 class ConfigError(ValueError):
@@ -210,16 +221,14 @@ def as_train_config(raw: DictConfig | dict[str, Any] | str) -> DictConfig:
 
 
 # ----------------------------------------------------------------------------- parts
-def build_specs(cfg: DictConfig) -> tuple[list[TaskSpec], int, int]:
-    """Resolve the curriculum: ``(specs, obs_dim, act_dim)``."""
+def build_curriculum(cfg: DictConfig) -> Curriculum:
+    """Resolve the curriculum's tasks and their common spaces."""
     tasks = OmegaConf.to_container(cfg.curriculum.tasks, resolve=True)
     assert isinstance(tasks, list)
-    specs = resolve_tasks(tasks, int(cfg.steps_per_task))
-    obs_dim, act_dim = common_spaces(specs)
-    return specs, obs_dim, act_dim
+    return Curriculum.of(resolve_tasks(tasks, int(cfg.steps_per_task)))
 
 
-def build_agent(cfg: DictConfig, obs_dim: int, act_dim: int, num_tasks: int) -> Agent:
+def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
     """The backbone of ``cfg.model`` with the agent heads of ``cfg.agent``."""
     raw = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     assert isinstance(raw, dict)
@@ -231,9 +240,9 @@ def build_agent(cfg: DictConfig, obs_dim: int, act_dim: int, num_tasks: int) -> 
         return Agent(
             backbone,
             AgentConfig(
-                obs_dim=obs_dim,
-                act_dim=act_dim,
-                num_tasks=num_tasks,
+                obs_dim=curriculum.obs_dim,
+                act_dim=curriculum.act_dim,
+                num_tasks=len(curriculum),
                 task_id=bool(a.task_id),
                 log_std_init=float(a.log_std_init),
                 wm_hidden=int(a.wm_hidden),
@@ -279,28 +288,29 @@ def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | 
 
 def build_evaluator(
     cfg: DictConfig,
-    specs: Sequence[TaskSpec],
-    obs_dim: int,
-    act_dim: int,
-    device: torch.device,
-    agent: Agent,
+    curriculum: Curriculum,
+    actor: Actor,
+    *,
+    episodes: int | None = None,
+    online_cms: bool | None = None,
 ) -> Evaluator:
-    """The evaluator of ``cfg.eval`` (checks online-CMS levels against the agent)."""
+    """The evaluator of ``cfg.eval``; ``episodes`` and ``online_cms`` (``None``: the config's)
+    override it, and the online-CMS levels are checked against ``actor``."""
+    e = cfg.eval
     online = None
-    if cfg.eval.online_cms.enabled:
-        online = OnlineCMS(list(cfg.eval.online_cms.levels), float(cfg.eval.online_cms.lr))
+    if e.online_cms.enabled if online_cms is None else online_cms:
+        online = OnlineCMS(list(e.online_cms.levels), float(e.online_cms.lr))
+        if not isinstance(actor, Agent):
+            raise ConfigError("online_cms=true needs a HOPE agent's checkpoint, not a baseline's")
         try:
-            online.chosen(agent)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+            online.chosen(actor)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
     return Evaluator(
-        specs,
-        obs_dim,
-        act_dim,
-        int(cfg.eval.episodes),
-        int(cfg.eval.seed),
-        device,
-        online,
+        curriculum,
+        int(e.episodes if episodes is None else episodes),
+        int(e.seed),
+        online_cms=online,
         obs_limit=float(cfg.faults.obs_limit),
     )
 
@@ -310,11 +320,11 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
     validate_train_config(cfg)
     device = resolve_device(cfg.device)
     try:
-        specs, obs_dim, act_dim = build_specs(cfg)
+        curriculum = build_curriculum(cfg)
     except CurriculumError as e:
         raise ConfigError(str(e)) from e
     torch.manual_seed(int(cfg.seed))
-    agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
+    agent = build_agent(cfg, curriculum).to(device)
     options = OmegaConf.to_container(cfg.method_options, resolve=True)
     assert isinstance(options, dict)
     try:
@@ -322,9 +332,9 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
     except ValueError as e:
         raise ConfigError(f"method={cfg.method}: {e}") from e
     faults = fault_settings(cfg)
-    make_envs: VecEnvFactory = partial(make_vector_env, obs_limit=faults.obs_limit)
-    if cfg.method == "multitask":
-        make_envs = multitask_env_factory(specs, faults.obs_limit)
+    make_envs: VecEnvFactory = method.env_factory(curriculum.specs, faults.obs_limit) or partial(
+        make_vector_env, obs_limit=faults.obs_limit
+    )
     ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
     try:
         optimizer = build_optimizer(agent, cfg)
@@ -337,8 +347,6 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         np.random.default_rng(int(cfg.seed)),
         extra_loss=method.extra_loss,
     )
-    evaluator = build_evaluator(cfg, specs, obs_dim, act_dim, device, agent)
-    v = cfg.video
     settings = RunnerSettings(
         num_envs=int(cfg.ppo.num_envs),
         rollout_len=int(cfg.ppo.rollout_len),
@@ -352,48 +360,28 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         smooth_last=cfg.eval.smooth_last,
         reference_auc=None if cfg.eval.reference_auc is None else list(cfg.eval.reference_auc),
         eval_seed=int(cfg.eval.seed),
-        video=VideoSettings(
-            episodes=int(v.episodes),
-            size=(int(v.height), int(v.width)),
-            fps=int(v.fps),
-            frame_skip=int(v.frame_skip),
-            gif=bool(v.gif),
-        )
-        if v.enabled
-        else None,
+        video=video_settings(cfg.video),
         faults=faults,
     )
-    total = sum(
-        -(-s.steps // (settings.rollout_len * settings.num_envs))
-        * settings.rollout_len
-        * settings.num_envs
-        for s in specs
-    )
+    per_rollout = settings.rollout_len * settings.num_envs
+    total = sum(-(-s.steps // per_rollout) * per_rollout for s in curriculum.specs)
     logger = Logger(
         run_dir, total, tensorboard=bool(cfg.logger.tensorboard), progress=bool(cfg.logger.progress)
     )
-    return CurriculumRunner(
-        specs=specs,
-        obs_dim=obs_dim,
-        act_dim=act_dim,
+    parts = TrainingParts(
         agent=agent,
         ppo=ppo,
-        evaluator=evaluator,
+        evaluator=build_evaluator(cfg, curriculum, agent),
         logger=logger,
         method=method,
-        settings=settings,
-        run_dir=run_dir,
-        device=device,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         make_envs=make_envs,
+    )
+    return CurriculumRunner(
+        curriculum, parts, settings, run_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)
     )
 
 
 # ----------------------------------------------------------------------------- checkpoints
-# Keys a resumed run may change: they alter where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "logger", "faults")
-
-
 def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint a run in ``run_dir`` continues from, or ``None`` for a fresh start.
 
@@ -451,57 +439,27 @@ def config_differences(saved_yaml: str, cfg: DictConfig) -> list[str]:
     ]
 
 
-def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config container as ``{"a.b.c": leaf}`` (lists are leaves)."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten_config(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): value}
+@dataclass
+class TrainedActor:
+    """A checkpoint's actor with the run config, curriculum and checkpoint tree it came from."""
+
+    actor: Actor
+    cfg: DictConfig
+    curriculum: Curriculum
+    tree: dict[str, Any]
 
 
-def load_trained_agent(
-    checkpoint: Path, cfg: DictConfig | None, device: torch.device
-) -> tuple[Agent, DictConfig, list[TaskSpec], int, int, dict[str, Any]]:
-    """Rebuild the agent of a checkpoint and load its weights and normalisers.
-
-    ``cfg`` (a run's saved config) defaults to the config stored in the checkpoint. Returns
-    ``(agent, cfg, specs, obs_dim, act_dim, tree)``; a checkpoint that does not match the config
-    raises :class:`~hope_agent.io.CheckpointError`. A checkpoint of an SB3 baseline
-    (``scripts/train_sb3.py``, format :data:`hope_agent.sb3_adapter.CHECKPOINT_FORMAT`) gives its
-    policy behind the agent's acting interface and its run config as a :class:`TrainConfig`
-    (:func:`hope_agent.sb3_adapter.sb3_eval_config`).
-    """
-    tree = load_checkpoint(checkpoint, map_location=device)
-    meta = tree.get("meta")
-    sb3 = isinstance(meta, dict) and meta.get("format") == SB3_CHECKPOINT_FORMAT
-    if not sb3 and (not isinstance(tree.get("agent"), dict) or meta is None):
+def _load_agent(
+    checkpoint: Path, tree: dict[str, Any], saved: Any, device: torch.device
+) -> TrainedActor:
+    if not isinstance(tree.get("agent"), dict):
         raise CheckpointError(
-            f"{checkpoint} is not a training checkpoint of hope_agent (no 'agent'/'meta' entries); "
-            "pass a folder under <run_dir>/checkpoints/"
+            f"{checkpoint} holds no 'agent' entry; pass a folder under <run_dir>/checkpoints/"
         )
-    saved = tree["config"] if cfg is None else cfg
-    if sb3:
-        try:
-            cfg = sb3_eval_config(saved)
-        except ValueError as e:
-            raise CheckpointError(f"{checkpoint} is an SB3 checkpoint but {e}") from None
-    else:
-        cfg = as_train_config(saved)
-        validate_train_config(cfg)
-    specs, obs_dim, act_dim = build_specs(cfg)
-    meta = tree["meta"]
-    expected = {"obs_dim": obs_dim, "act_dim": act_dim, "tasks": [s.name for s in specs]}
-    found = {k: meta.get(k) for k in expected}
-    if found != expected:
-        raise CheckpointError(
-            f"checkpoint {checkpoint} does not match the config: it was saved for {found}, the "
-            f"config gives {expected}; evaluate it with the run's own config (run_dir=...)"
-        )
-    if sb3:
-        return sb3_agent_from_tree(tree, device).as_agent(), cfg, specs, obs_dim, act_dim, tree
-    agent = build_agent(cfg, obs_dim, act_dim, len(specs)).to(device)
+    cfg = as_train_config(saved)
+    validate_train_config(cfg)
+    curriculum = _matching_curriculum(checkpoint, cfg, tree["meta"])
+    agent = build_agent(cfg, curriculum).to(device)
     try:
         agent.load_state_dict(tree["agent"])
     except RuntimeError as e:
@@ -510,4 +468,60 @@ def load_trained_agent(
             f"checkpoint {checkpoint} does not match model={cfg.model.name} of the config "
             f"({' '.join(first[:3])}); evaluate it with the run's own config (run_dir=...)"
         ) from e
-    return agent, cfg, specs, obs_dim, act_dim, tree
+    return TrainedActor(agent, cfg, curriculum, tree)
+
+
+def _load_sb3(
+    checkpoint: Path, tree: dict[str, Any], saved: Any, device: torch.device
+) -> TrainedActor:
+    try:
+        cfg = sb3.eval_config(saved)
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint} is an SB3 checkpoint but {e}") from None
+    curriculum = _matching_curriculum(checkpoint, cfg, tree["meta"])
+    return TrainedActor(sb3.actor_from_tree(tree, device), cfg, curriculum, tree)
+
+
+def _matching_curriculum(checkpoint: Path, cfg: DictConfig, meta: dict[str, Any]) -> Curriculum:
+    curriculum = build_curriculum(cfg)
+    expected = {
+        "obs_dim": curriculum.obs_dim,
+        "act_dim": curriculum.act_dim,
+        "tasks": curriculum.names,
+    }
+    found = {k: meta.get(k) for k in expected}
+    if found != expected:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not match the config: it was saved for {found}, the "
+            f"config gives {expected}; evaluate it with the run's own config (run_dir=...)"
+        )
+    return curriculum
+
+
+# Checkpoint format family (the part of ``meta.format`` before the version) -> loader.
+LOADERS: dict[str, Callable[[Path, dict[str, Any], Any, torch.device], TrainedActor]] = {
+    CHECKPOINT_FORMAT.split("/")[0]: _load_agent,
+    sb3.CHECKPOINT_FORMAT.split("/")[0]: _load_sb3,
+}
+
+
+def load_trained_agent(
+    checkpoint: Path, cfg: DictConfig | None, device: torch.device
+) -> TrainedActor:
+    """Rebuild the actor of a checkpoint of any known format (:data:`LOADERS`: our agents, every
+    version, and the SB3 baselines) with its weights and normalisers.
+
+    ``cfg`` (a run's saved config) defaults to the config stored in the checkpoint. A
+    checkpoint that does not match the config, or of an unknown format, raises
+    :class:`~hope_agent.io.CheckpointError` saying why.
+    """
+    tree = load_checkpoint(checkpoint, map_location=device)
+    meta = tree.get("meta")
+    found = meta.get("format") if isinstance(meta, dict) else None
+    loader = LOADERS.get(str(found).split("/")[0]) if found is not None else None
+    if loader is None:
+        raise CheckpointError(
+            f"{checkpoint} is not a checkpoint of hope_agent (format {found!r}; known: "
+            f"{', '.join(sorted(LOADERS))}); pass a folder under <run_dir>/checkpoints/"
+        )
+    return loader(checkpoint, tree, tree["config"] if cfg is None else cfg, device)

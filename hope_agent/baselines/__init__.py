@@ -1,0 +1,1 @@
+"""Baselines that train with other libraries and are evaluated by ours (Stable-Baselines3)."""

@@ -1,0 +1,1 @@
+"""Acting in environments: the episode driver, vector envs, env-side fault handling."""
