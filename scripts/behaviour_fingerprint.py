@@ -67,7 +67,12 @@ def fingerprint(work: Path) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for label, (script, overrides) in RUNS.items():
         run_dir = work / label
-        cmd = [sys.executable, str(ROOT / "scripts" / script), *overrides, f"hydra.run.dir={run_dir}"]
+        cmd = [
+            sys.executable,
+            str(ROOT / "scripts" / script),
+            *overrides,
+            f"hydra.run.dir={run_dir}",
+        ]
         done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{label}: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")

@@ -20,8 +20,8 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from hope_agent.cli import one_line, precheck  # noqa: E402
 from hope_agent.baselines.sb3 import register_sb3_config, train_sb3  # noqa: E402
+from hope_agent.cli import one_line, precheck  # noqa: E402
 from hope_envs.curriculum import CurriculumError  # noqa: E402
 
 register_sb3_config()

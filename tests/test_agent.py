@@ -27,8 +27,11 @@ def _agent(name: str, **cfg: object) -> Agent:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_act_over_steps_equals_forward_over_sequence(name: str) -> None:
+def test_policy_over_steps_equals_forward_over_sequence(name: str) -> None:
     agent = _agent(name)
+    # Non-trivial normaliser statistics: the policy normalises raw inputs itself.
+    agent.obs_norm.update(torch.randn(64, OBS) * 2 + 1)
+    agent.reward_scale.update(torch.randn(64) * 3)
     b, t = 3, 11
     obs = torch.randn(b, t, OBS)
     rewards = torch.randn(b, t)
@@ -36,26 +39,30 @@ def test_act_over_steps_equals_forward_over_sequence(name: str) -> None:
     is_first[:, 0] = True
     is_first[1, 4] = is_first[2, 7] = True  # episode starts mid-stream in some rows
     gen = torch.Generator().manual_seed(1)
-    state = agent.init_state(b)
-    prev_actions, prev_rewards, means, values = [], [], [], []
+    carry = agent.init_carry(b)
+    prev_reward = torch.zeros(b)
+    prev_actions, prev_rewards, obs_seen, means, values = [], [], [], [], []
     with torch.no_grad():
         for k in range(t):
-            prev_actions.append(state.prev_action)
-            prev_rewards.append(state.prev_reward)
-            res = agent.act(obs[:, k], state, is_first[:, k], generator=gen)
+            prev_actions.append(carry.prev_action)
+            carry, res = agent.policy(carry, obs[:, k], prev_reward, is_first[:, k], generator=gen)
+            prev_rewards.append(res.prev_reward)
+            obs_seen.append(res.obs)
             means.append(res.output.mean)
             values.append(res.value)
             torch.testing.assert_close(
                 res.log_prob, gaussian_log_prob(res.action, res.output.mean, res.output.log_std)
             )
+            torch.testing.assert_close(res.obs, agent.obs_norm(obs[:, k]))
+            torch.testing.assert_close(res.prev_reward, agent.reward_scale(prev_reward))
             assert res.env_action.abs().max() <= 1.0
-            state = agent.observe_reward(res.state, rewards[:, k])
+            prev_reward = rewards[:, k]
         out, _ = agent(
-            obs,
+            torch.stack(obs_seen, 1),
             torch.stack(prev_actions, 1),
             torch.stack(prev_rewards, 1),
             is_first,
-            agent.init_state(b).memory,
+            agent.init_carry(b).memory,
         )
     torch.testing.assert_close(out.mean, torch.stack(means, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.value, torch.stack(values, 1), atol=1e-5, rtol=1e-5)
@@ -91,14 +98,14 @@ def test_predict_follows_sb3_convention() -> None:
     assert np.all(np.abs(action) <= 1.0)
     # Deterministic actions are the clipped mean of the normalised observation.
     with torch.no_grad():
-        out, _ = agent.step(
-            agent.obs_norm(torch.as_tensor(obs)),
-            torch.zeros(4, ACT),
-            torch.zeros(4),
-            torch.ones(4, dtype=torch.bool),
+        out, _ = agent(
+            agent.obs_norm(torch.as_tensor(obs))[:, None],
+            torch.zeros(4, 1, ACT),
+            torch.zeros(4, 1),
+            torch.ones(4, 1, dtype=torch.bool),
             agent.backbone.init_state(4),
         )
-    np.testing.assert_allclose(action, out.mean.clamp(-1, 1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(action, out.mean[:, 0].clamp(-1, 1).numpy(), atol=1e-6)
     # The state carries memory: the same observation gives a different action mid-episode,
     # and episode_start resets it to the fresh-start action.
     again, state2 = agent.predict(obs, state, np.zeros(4, bool), deterministic=True, reward=1.0)
@@ -113,15 +120,41 @@ def test_predict_follows_sb3_convention() -> None:
 
 def test_oracle_task_id_is_required_and_changes_the_policy() -> None:
     agent = _agent("mlp", num_tasks=3, task_id=True)
-    obs = torch.randn(2, OBS)
-    state = agent.init_state(2)
+    obs, r = torch.randn(2, OBS), torch.zeros(2)
+    carry = agent.init_carry(2)
     first = torch.ones(2, dtype=torch.bool)
     with pytest.raises(ValueError, match="task_id"):
-        agent.act(obs, state, first)
+        agent.policy(carry, obs, r, first)
     torch.nn.init.normal_(agent.policy_mean.weight)
-    a0 = agent.act(obs, state, first, deterministic=True, task=torch.tensor([0, 0])).action
-    a1 = agent.act(obs, state, first, deterministic=True, task=torch.tensor([1, 1])).action
-    assert not torch.allclose(a0, a1)
+    a0 = agent.policy(carry, obs, r, first, deterministic=True, task=torch.tensor([0, 0]))[1]
+    a1 = agent.policy(carry, obs, r, first, deterministic=True, task=torch.tensor([1, 1]))[1]
+    assert not torch.allclose(a0.action, a1.action)
+
+
+def test_task_index_is_ignored_without_the_oracle_task_id() -> None:
+    agent = _agent("mlp", num_tasks=3)
+    obs, r = torch.randn(2, OBS), torch.zeros(2)
+    first = torch.ones(2, dtype=torch.bool)
+    a0 = agent.policy(agent.init_carry(2), obs, r, first, deterministic=True)[1]
+    a1 = agent.policy(
+        agent.init_carry(2), obs, r, first, deterministic=True, task=torch.tensor([2, 1])
+    )[1]
+    torch.testing.assert_close(a0.action, a1.action)
+
+
+def test_deterministic_policy_draws_no_noise() -> None:
+    agent = _agent("mlp")
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    agent.policy(
+        agent.init_carry(2),
+        torch.randn(2, OBS),
+        torch.zeros(2),
+        torch.ones(2, dtype=torch.bool),
+        deterministic=True,
+        generator=gen,
+    )
+    assert torch.equal(gen.get_state(), before)
 
 
 @pytest.mark.parametrize("name", NAMES)

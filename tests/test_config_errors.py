@@ -7,8 +7,8 @@ from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from hope_agent.build import ConfigError, build_runner
 from hope_agent.cli import check_overrides, evaluate, record
-from hope_agent.train.build import ConfigError, build_runner
 
 TINY = ["model=mlp", "steps_per_task=64", "logger.progress=false", "device=cpu"]
 

@@ -23,20 +23,13 @@ from torch import Tensor
 
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.build import build_runner
 from hope_agent.io import load_checkpoint
 from hope_agent.methods import multitask_env_factory
-from hope_agent.train.build import build_runner
+from hope_agent.methods.base import Method
+from hope_agent.rollout.guard import EnvFaultGuard, EnvRestartError, RestartingVectorEnv, count_flag
 from hope_agent.train.config import register_configs
-from hope_agent.train.faults import (
-    EnvFaultGuard,
-    EnvRestartError,
-    RestartingVectorEnv,
-    TrainingDiverged,
-    count_flag,
-    first_nonfinite,
-    named_tensors,
-)
-from hope_agent.train.methods import Method
+from hope_agent.train.faults import TrainingDiverged, first_nonfinite, named_tensors
 from hope_agent.train.runner import CurriculumRunner
 from hope_envs.curriculum import TaskSpec, common_spaces, resolve_tasks
 from hope_envs.point import PointReachEnv
@@ -145,7 +138,7 @@ def finite_agent(runner: CurriculumRunner) -> bool:
 def test_ppo_skips_nonfinite_minibatches(tmp_path: Path) -> None:
     runner = build_runner(config(ONE_TASK, "steps_per_task=64"), tmp_path)
     envs = gym.vector.SyncVectorEnv([lambda: FaultyPoint(mode="none")] * 2)
-    runner._rollout(envs, runner._start_segment(envs, 0))
+    runner._rollout(runner._start_segment(envs, 0))
     before = [p.detach().clone() for p in runner.agent.parameters()]
     hook(runner, nan_on({1, 2}))
     stats = runner.ppo.update(runner.buffer)
@@ -397,10 +390,11 @@ def test_multitask_slots_guard_each_task_env(
 def test_multitask_runs_use_the_configured_obs_limit(tmp_path: Path) -> None:
     runner = build_runner(config(ONE_TASK, "method=multitask", "faults.obs_limit=0.001"), tmp_path)
     spec = runner.specs[0]
-    envs = runner.make_envs(spec, runner.obs_dim, runner.act_dim, 1, False)
+    c = runner.curriculum
+    envs = runner.make_envs(spec, c.obs_dim, c.act_dim, 1, False)
     envs.reset(seed=0)
     # PointReach observations are about 0.01 at the start: beyond that limit.
-    _, _, _, truncated, infos = envs.step(np.zeros((1, runner.act_dim), np.float32))
+    _, _, _, truncated, infos = envs.step(np.zeros((1, c.act_dim), np.float32))
     assert truncated.all() and count_flag(infos, "env_fault") == 1
     envs.close()
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from hope_agent.agents import Agent, AgentConfig
 from hope_agent.algos import RolloutBuffer
+from hope_agent.build import build_runner
 from hope_agent.cli import train
 from hope_agent.io import load_checkpoint, save_checkpoint
 from hope_agent.methods import (
@@ -30,7 +31,6 @@ from hope_agent.methods import (
 )
 from hope_agent.methods.replay import gaussian_kl
 from hope_agent.models.factory import make_backbone
-from hope_agent.train.build import build_runner
 from hope_envs.curriculum import TaskSpec
 
 OBS, ACT = 4, 2
@@ -49,24 +49,25 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float =
     """A rollout of random observations with the policy's own sampled actions."""
     gen = torch.Generator().manual_seed(seed)
     n = buffer.num_envs
-    state = agent.init_state(n)
+    carry = agent.init_carry(n)
     is_first = torch.ones(n, dtype=torch.bool)
     valid = torch.ones(n, dtype=torch.bool)
     obs = torch.randn(n, OBS, generator=gen)
     task = torch.zeros(n, dtype=torch.long)
-    task_arg = task if agent.config.task_id else None
+    prev_reward = torch.zeros(n)
     for t in range(buffer.num_steps):
-        res = agent.act(obs, state, is_first, generator=gen, task=task_arg)
+        before = carry
+        carry, res = agent.policy(carry, obs, prev_reward, is_first, generator=gen, task=task)
         next_obs = torch.randn(n, OBS, generator=gen)
         reward = res.action[:, 0].clamp(-1, 1) * valid
         done = valid & (torch.rand(n, generator=gen) < done_prob)
         buffer.add(
             t,
-            memory=state.memory,
-            obs=obs,
-            next_obs=next_obs,
-            prev_action=state.prev_action,
-            prev_reward=state.prev_reward,
+            memory=before.memory,
+            obs=res.obs,
+            next_obs=agent.obs_norm(next_obs),
+            prev_action=before.prev_action,
+            prev_reward=res.prev_reward,
             is_first=is_first,
             task=task,
             action=res.action,
@@ -78,11 +79,10 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float =
             truncated=done,
             valid=valid,
         )
-        state = agent.observe_reward(res.state, reward)
+        prev_reward = reward
         is_first, valid, obs = ~valid, ~done, next_obs
-    out, _ = agent.step(
-        obs, state.prev_action, state.prev_reward, is_first, state.memory, task=task_arg
-    )
+    _, res = agent.policy(carry, obs, prev_reward, is_first, deterministic=True, task=task)
+    out = res.output
     buffer.compute_advantages(out.value, 0.99, 0.95)
 
 
@@ -403,7 +403,8 @@ def test_multitask_oracle_labels_each_step_with_its_episode_task(
 ) -> None:
     cfg = _tiny_config("method=multitask", "agent.task_id=true", "ppo.rollout_len=128")
     runner = build_runner(cfg, tmp_path)
-    envs = runner.make_envs(runner.specs[0], runner.obs_dim, runner.act_dim, 2, False)
+    c = runner.curriculum
+    envs = runner.make_envs(c.specs[0], c.obs_dim, c.act_dim, 2, False)
     truth: list[list[int]] = []
     step = envs.step
 
@@ -413,7 +414,7 @@ def test_multitask_oracle_labels_each_step_with_its_episode_task(
         return step(actions)
 
     monkeypatch.setattr(envs, "step", watched)
-    runner._rollout(envs, runner._start_segment(envs, 0))
+    runner._rollout(runner._start_segment(envs, 0))
     envs.close()
     runner.logger.close()
     expected = np.array(truth)

@@ -118,24 +118,26 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0) -> None:
     """A synthetic rollout with episode ends (truncation + autoreset) like the runner's."""
     gen = torch.Generator().manual_seed(seed)
     n, t_len = buffer.num_envs, buffer.num_steps
-    state = agent.init_state(n)
+    carry = agent.init_carry(n)
     is_first = torch.ones(n, dtype=torch.bool)
     valid = torch.ones(n, dtype=torch.bool)
     obs = torch.randn(n, OBS, generator=gen)
+    prev_reward = torch.zeros(n)
     with torch.no_grad():
         for t in range(t_len):
-            res = agent.act(obs, state, is_first, generator=gen)
+            before = carry
+            carry, res = agent.policy(carry, obs, prev_reward, is_first, generator=gen)
             next_obs = torch.randn(n, OBS, generator=gen)
             # Reward: +1 when the first action dim is positive (something PPO can learn).
             reward = (res.action[:, 0] > 0).float() * valid
             done = valid & (torch.rand(n, generator=gen) < 0.1)
             buffer.add(
                 t,
-                memory=state.memory,
-                obs=obs,
-                next_obs=next_obs,
-                prev_action=state.prev_action,
-                prev_reward=state.prev_reward,
+                memory=before.memory,
+                obs=res.obs,
+                next_obs=agent.obs_norm(next_obs),
+                prev_action=before.prev_action,
+                prev_reward=res.prev_reward,
                 is_first=is_first,
                 task=torch.zeros(n, dtype=torch.long),
                 action=res.action,
@@ -147,9 +149,9 @@ def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0) -> None:
                 truncated=done,
                 valid=valid,
             )
-            state = agent.observe_reward(res.state, reward)
+            prev_reward = reward
             is_first, valid, obs = ~valid, ~done, next_obs
-        out, _ = agent.step(obs, state.prev_action, state.prev_reward, is_first, state.memory)
+        out = agent.policy(carry, obs, prev_reward, is_first, deterministic=True)[1].output
     buffer.compute_advantages(out.value, 0.99, 0.95)
 
 
@@ -190,13 +192,13 @@ def test_ppo_update_raises_probability_of_rewarded_actions() -> None:
     assert np.isfinite(stats["policy"]) and stats["updates"] == 8
     probe = torch.randn(64, OBS)
     with torch.no_grad():
-        out, _ = agent.step(
+        out = agent.policy(
+            agent.init_carry(64),
             probe,
-            torch.zeros(64, ACT),
             torch.zeros(64),
             torch.ones(64, dtype=torch.bool),
-            agent.backbone.init_state(64),
-        )
+            deterministic=True,
+        )[1].output
     # The policy now prefers a positive first action dim (it earns reward).
     assert out.mean[:, 0].mean().item() > 0.1
     assert agent.policy_mean.bias[0].item() > before

@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from hope_agent.build import ConfigError, resume_point
 from hope_agent.cli import check_resume_dir, evaluate, record, train
 from hope_agent.io import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint
-from hope_agent.train.build import ConfigError, resume_point
 from hope_agent.train.runner import CurriculumRunner, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,18 +13,18 @@ from omegaconf import DictConfig
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from hope_agent.cli import evaluate, record
-from hope_agent.compare import read_perf_csv
-from hope_agent.sb3_adapter import (
-    SB3Agent,
+from hope_agent.baselines.sb3 import (
+    SB3Actor,
     SB3Settings,
-    load_sb3_agent,
+    load_actor,
     register_sb3_config,
     run_sb3_curriculum,
     train_sb3,
 )
+from hope_agent.cli import evaluate, record
+from hope_agent.compare import read_perf_csv
 from hope_agent.train.evaluator import Evaluator
-from hope_envs.curriculum import TaskSpec, make_env, resolve_tasks
+from hope_envs.curriculum import Curriculum, TaskSpec, make_env, resolve_tasks
 
 register_sb3_config()
 
@@ -95,11 +95,11 @@ def test_ppo_run_writes_the_runner_outputs(ppo_run: Path) -> None:
 
 
 def test_checkpoint_reproduces_the_final_row(ppo_run: Path) -> None:
-    agent, tree = load_sb3_agent(ppo_run / "checkpoints" / "stage_01")
+    agent, tree = load_actor(ppo_run / "checkpoints" / "stage_01")
     assert tree["progress"]["global_step"] == 512
     specs = _specs()
-    evaluator = Evaluator(specs, OBS, ACT, episodes=2, seed=100_000, device=torch.device("cpu"))
-    results = evaluator.evaluate(agent.as_agent())
+    evaluator = Evaluator(Curriculum.of(specs), episodes=2, seed=100_000)
+    results = evaluator.evaluate(agent)
     evaluator.close()
     metrics = json.loads((ppo_run / "metrics.json").read_text())
     assert [r.perf for r in results] == metrics["perf_matrix"][-1]
@@ -149,19 +149,20 @@ def _model(algo: str) -> tuple[PPO | SAC, VecNormalize]:
 @pytest.mark.parametrize("algo", ["ppo", "sac"])
 def test_adapter_acts_like_sb3_predict(algo: str) -> None:
     model, venv = _model(algo)
-    agent = SB3Agent(model.policy, venv.obs_rms, venv.clip_obs)
-    raw = np.random.default_rng(0).normal(size=(16, OBS)).astype(np.float32) * 3
-    obs = agent.obs_norm(torch.as_tensor(raw))
-    np.testing.assert_allclose(obs.numpy(), venv.normalize_obs(raw), rtol=1e-5, atol=1e-6)
-    state = agent.init_state(16)
-    first = torch.ones(16, dtype=torch.bool)
-    res = agent.act(obs, state, first, deterministic=True)
-    expected, _ = model.predict(venv.normalize_obs(raw), deterministic=True)
+    agent = SB3Actor(model.policy, venv.obs_rms, venv.clip_obs)
+    raw_np = np.random.default_rng(0).normal(size=(16, OBS)).astype(np.float32) * 3
+    raw = torch.as_tensor(raw_np)
+    obs = agent.normalize_obs(raw)
+    np.testing.assert_allclose(obs.numpy(), venv.normalize_obs(raw_np), rtol=1e-5, atol=1e-6)
+    carry = agent.init_carry(16)
+    first, r = torch.ones(16, dtype=torch.bool), torch.zeros(16)
+    _, res = agent.policy(carry, raw, r, first, deterministic=True)
+    expected, _ = model.predict(venv.normalize_obs(raw_np), deterministic=True)
     np.testing.assert_allclose(res.env_action.numpy(), expected, rtol=1e-5, atol=1e-6)
     assert np.abs(expected).max() > 0.05  # a non-trivial policy
     # Stochastic actions: reproducible from the generator, spread around the deterministic one.
     draw = [
-        agent.act(obs, state, first, generator=torch.Generator().manual_seed(7)).env_action
+        agent.policy(carry, raw, r, first, generator=torch.Generator().manual_seed(7))[1].env_action
         for _ in range(2)
     ]
     torch.testing.assert_close(draw[0], draw[1])
@@ -170,8 +171,8 @@ def test_adapter_acts_like_sb3_predict(algo: str) -> None:
     # Per-row choice, as our evaluator asks for (the last row deterministic).
     mixed = torch.zeros(16, dtype=torch.bool)
     mixed[-1] = True
-    rows = agent.act(
-        obs, state, first, deterministic=mixed, generator=torch.Generator().manual_seed(7)
+    _, rows = agent.policy(
+        carry, raw, r, first, deterministic=mixed, generator=torch.Generator().manual_seed(7)
     )
     torch.testing.assert_close(rows.env_action[-1], res.env_action[-1])
     torch.testing.assert_close(rows.env_action[:-1], draw[0][:-1])
@@ -187,7 +188,7 @@ def test_sac_fine_tunes_over_the_curriculum(tmp_path: Path) -> None:
     )
     summary = run_sb3_curriculum(_specs(), "sac", 96, seed=0, run_dir=tmp_path, settings=settings)
     assert summary.env_steps == 2 * 96 and summary.perf.shape == (2, 2)
-    agent, tree = load_sb3_agent(tmp_path / "checkpoints" / "stage_01")
+    agent, tree = load_actor(tmp_path / "checkpoints" / "stage_01")
     assert tree["meta"]["algo"] == "sac" and tree["meta"]["policy_kwargs"]["net_arch"] == [32]
     assert not (tmp_path / "videos").exists()
 
@@ -245,5 +246,5 @@ def test_bad_inputs_fail_with_one_clear_error(tmp_path: Path) -> None:
         from hope_agent.io import save_checkpoint
 
         save_checkpoint(tmp_path / "other", {"meta": {"format": "hope_agent.train/1"}})
-        load_sb3_agent(tmp_path / "other")
+        load_actor(tmp_path / "other")
     assert not (tmp_path / "config.yaml").exists()

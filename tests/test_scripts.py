@@ -7,7 +7,7 @@ import pytest
 from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 
-from hope_agent.train.build import ConfigError, validate_train_config
+from hope_agent.build import ConfigError, validate_train_config
 from hope_agent.train.config import register_configs
 from hope_agent.train.report import read_matrix_csv
 

@@ -12,16 +12,16 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
-from hope_agent.cli import evaluate, record, train
-from hope_agent.optim import M3, MultiTimescaleOptimizer
-from hope_agent.train.build import (
+from hope_agent.build import (
     ConfigError,
     OptimizerChain,
     build_agent,
+    build_curriculum,
     build_runner,
-    build_specs,
     load_trained_agent,
 )
+from hope_agent.cli import evaluate, record, train
+from hope_agent.optim import M3, MultiTimescaleOptimizer
 from hope_agent.train.evaluator import Evaluator, OnlineCMS, TaskEvaluation, record_episodes
 from hope_agent.train.report import (
     EvalEvent,
@@ -182,11 +182,9 @@ def test_recorded_rollouts_are_not_blank(run_dir: Path, tmp_path: Path) -> None:
     checkpoint = run_dir / "checkpoints" / "stage_01"
     paths = record(_record_config(f"checkpoint={checkpoint}", f"out_dir={tmp_path}", "gif=true"))
     assert [p.name for p in paths][-1] == "all_tasks.gif" and all(p.is_file() for p in paths)
-    agent, _, specs, obs_dim, act_dim, _ = load_trained_agent(
-        run_dir / "checkpoints" / "stage_01", None, torch.device("cpu")
-    )
+    trained = load_trained_agent(run_dir / "checkpoints" / "stage_01", None, torch.device("cpu"))
     frames = record_episodes(
-        agent, specs[0], obs_dim, act_dim, task_index=0, seed=0, size=(48, 64), frame_skip=10
+        trained.actor, trained.curriculum, 0, seed=0, size=(48, 64), frame_skip=10
     )
     assert len(frames) >= 5 and frames[0].shape == (48, 64, 3)
     assert not is_blank(frames)
@@ -261,17 +259,16 @@ def test_m3_optimizer_and_async_envs_run(tmp_path: Path) -> None:
 def test_online_cms_adapts_a_copy_only() -> None:
     pytest.importorskip("hope_agent.models.hope")
     cfg = tiny_config(model="hope", n_tasks=1)
-    specs, obs_dim, act_dim = build_specs(cfg)
-    agent = build_agent(cfg, obs_dim, act_dim, 1)
+    curriculum = build_curriculum(cfg)
+    agent = build_agent(cfg, curriculum)
     online = OnlineCMS(["cms.0"], lr=0.05)
     clone, optimizer = online.adapt(agent)
     trainable = {id(p) for p in clone.parameters() if p.requires_grad}
     assert trainable == {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert all(p.requires_grad for p in agent.parameters())
     before = [p.detach().clone() for p in agent.parameters()]
-    cpu = torch.device("cpu")
-    plain = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu).evaluate_task(agent, 0)
-    adapted = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(agent, 0)
+    plain = Evaluator(curriculum, 1, 0).evaluate_task(agent, 0)
+    adapted = Evaluator(curriculum, 1, 0, online_cms=online).evaluate_task(agent, 0)
     assert adapted.wm_error != plain.wm_error  # the deployed copy kept learning
     assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters(), strict=True))
     with pytest.raises(ValueError, match="CMS levels"):
@@ -281,20 +278,19 @@ def test_online_cms_adapts_a_copy_only() -> None:
 def test_online_cms_learns_from_the_observation_prediction_only() -> None:
     pytest.importorskip("hope_agent.models.hope")
     cfg = tiny_config(model="hope", n_tasks=1)
-    specs, obs_dim, act_dim = build_specs(cfg)
-    agent = build_agent(cfg, obs_dim, act_dim, 1)
+    curriculum = build_curriculum(cfg)
+    agent = build_agent(cfg, curriculum)
     other = copy.deepcopy(agent)
     with torch.no_grad():  # another reward prediction, the same next-observation prediction
-        other.world_model[-1].weight[obs_dim].normal_()
-        other.world_model[-1].bias[obs_dim] += 3.0
+        other.world_model[-1].weight[curriculum.obs_dim].normal_()
+        other.world_model[-1].bias[curriculum.obs_dim] += 3.0
     online = OnlineCMS([], lr=0.5)
-    cpu = torch.device("cpu")
-    a = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(agent, 0)
-    b = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu, online).evaluate_task(other, 0)
+    a = Evaluator(curriculum, 1, 0, online_cms=online).evaluate_task(agent, 0)
+    b = Evaluator(curriculum, 1, 0, online_cms=online).evaluate_task(other, 0)
     assert a.wm_error != b.wm_error  # the reported error counts the reward prediction...
     # ...but the adaptation does not: both copies learn the same, so they act the same.
     assert (a.mean_return, a.return_deterministic) == (b.mean_return, b.return_deterministic)
-    plain = Evaluator(specs, obs_dim, act_dim, 1, 0, cpu).evaluate_task(agent, 0)
+    plain = Evaluator(curriculum, 1, 0).evaluate_task(agent, 0)
     assert plain.mean_return != a.mean_return  # the adaptation did change the actions
 
 

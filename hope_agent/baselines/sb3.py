@@ -97,7 +97,7 @@ class FrozenObsNormalizer:
 
 
 class SB3Actor:
-    """An SB3 PPO or SAC policy behind the acting contract (:class:`~hope_agent.agents.actor.Actor`).
+    """An SB3 PPO or SAC policy behind the acting contract (:class:`hope_agent.agents.Actor`).
 
     Actions follow the policy's own distribution, with the noise drawn from the caller's
     generator (so evaluations are reproducible): PPO samples ``mean + std * noise`` and the env

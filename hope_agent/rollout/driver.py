@@ -137,7 +137,7 @@ class EpisodeDriver:
     ) -> None:
         self.actor, self.generator, self.grad = actor, generator, grad
         self.vector = isinstance(envs, gym.vector.VectorEnv)
-        self.envs: Any = envs if self.vector else _EnvList(envs)  # type: ignore[arg-type]
+        self.envs: Any = envs if isinstance(envs, gym.vector.VectorEnv) else _EnvList(envs)
         b = self.num_envs = int(self.envs.num_envs)
         dev = actor.device
         self.carry = carry
