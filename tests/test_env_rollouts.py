@@ -112,7 +112,7 @@ def record(env_id: str, kwargs: dict[str, Any], seed: int) -> dict[str, Any]:
     env = gym.make(env_id, **kwargs)
     obs, info = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    action = np.zeros(env.action_space.shape, dtype=np.float64)
+    action = np.zeros(env.action_space.shape or (), dtype=np.float64)
     observations = {0: obs.tolist()}
     rewards, successes = [], []
     terms = {0: {k: float(v) for k, v in info.items() if k != "success"}}
