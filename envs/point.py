@@ -87,7 +87,7 @@ class PointMassEnv(MujocoEnv, utils.EzPickle):
         if goal_array.shape != (2,) or not np.all(np.abs(goal_array) < _TABLE_HALF_WIDTH):
             raise ValueError(
                 f"{self.label} {what} must be 2 numbers inside the table (-1, 1), got {goal!r}; "
-                "pass e.g. goal=[0.6, 0.0]."
+                f"pass e.g. {what}=[0.6, 0.0]."
             )
         return goal_array
 
