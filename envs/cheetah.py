@@ -5,16 +5,21 @@ backward, jump, stand on the front legs, hold a target speed. The observation is
 every task and does not name the task, so a policy fine-tuned on one task after another loses
 the earlier skills unless it keeps them on purpose: the main curriculum for GPU runs.
 
-Every task shares `CheetahEnv`'s body, observation, reset and control cost; a subclass adds its
-task reward terms through `_task_reward` and its success criterion through `_success`. Each task
-reports `info["success"]`, but curricula score locomotion by normalised return
-(`defines_success = False`): the success thresholds are this package's choice, a coarse check of
-the behaviour, not a measure of how well it is done.
+Every task shares `CheetahEnv`'s body, observation, reset and control cost; a subclass declares
+its keyword arguments as data (`task_defaults`) and adds its reward terms through `_task_reward`
+and its success criterion through `_success`. Run backward is run forward with the sign flipped;
+jump and front stand share `CheetahInPlaceEnv`'s reward. Each task reports `info["success"]`, but
+curricula score locomotion by normalised return (`defines_success = False`): the success
+thresholds are this package's choice, a coarse check of the behaviour, not a measure of how well
+it is done.
 """
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +29,8 @@ from gymnasium import utils
 from gymnasium.envs.mujoco import MujocoEnv
 from gymnasium.spaces import Box
 from numpy.typing import NDArray
+
+from hope_envs.registration import RENDER_MODES
 
 _XML = Path(__file__).resolve().parent / "assets" / "cheetah.xml"
 
@@ -41,6 +48,12 @@ REST_HEIGHT = 0.6
 # enough that a random policy's lurches do not pass, short enough to be met early in a 50 s
 # episode.
 SUCCESS_WINDOW_STEPS = 40
+# Defaults shared by the in-place tasks (jump, front stand): drift charge, rest and goal heights.
+_IN_PLACE_DEFAULTS: dict[str, float] = {
+    "drift_cost_weight": 0.1,
+    "rest_height": REST_HEIGHT,
+    "success_height": 1.0,
+}
 
 _COMMON_DOC = """
     ## Body
@@ -76,23 +89,62 @@ _COMMON_DOC = """
 class CheetahEnv(MujocoEnv, utils.EzPickle):
     """Shared body, observation, reset and control cost of the cheetah tasks (not registered).
 
-    Subclasses implement `_task_reward` and document their reward terms.
+    A task subclass declares its own keyword arguments in `task_defaults` (name -> default; the
+    constructor takes them by keyword, checks that they are numbers, the success thresholds
+    `success_*` positive, and keeps them in `params`) and implements `_task_reward` and
+    `_success`. Its docstring gets the arguments and the shared sections appended, generated from
+    the same data, so the documented defaults are the ones in force.
     """
 
-    metadata = {
-        "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
-        "render_fps": 20,
-    }
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 20}
     # Curricula score locomotion by normalised return; `info["success"]` is a coarse check only.
     defines_success: ClassVar[bool] = False
+    task_defaults: ClassVar[Mapping[str, float]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        doc = cls.__dict__.get("__doc__")
+        if doc:
+            # The shared numeric arguments, with their defaults read from the signature.
+            shared = {
+                name: parameter.default
+                for name, parameter in inspect.signature(CheetahEnv.__init__).parameters.items()
+                if isinstance(parameter.default, float)
+            }
+            arguments = ", ".join(
+                f"`{name} = {default:g}`"
+                for name, default in {**cls.task_defaults, **shared}.items()
+            )
+            section = textwrap.fill(
+                f"Floats, by keyword only: {arguments}; plus `MujocoEnv`'s rendering arguments.",
+                width=96,
+                initial_indent="    ",
+                subsequent_indent="    ",
+            )
+            cls.__doc__ = f"{doc.rstrip()}\n\n    ## Arguments\n{section}\n{_COMMON_DOC}"
 
     def __init__(
         self,
+        *,
         ctrl_cost_weight: float = 0.1,
         reset_noise_scale: float = 0.1,
         default_camera_config: dict[str, Any] = DEFAULT_CAMERA_CONFIG,
         **kwargs: Any,
     ) -> None:
+        # Keyword-only: the task arguments come first in no order a positional call could name.
+        given = {name: kwargs.pop(name, default) for name, default in self.task_defaults.items()}
+        utils.EzPickle.__init__(
+            self,
+            ctrl_cost_weight=ctrl_cost_weight,
+            reset_noise_scale=reset_noise_scale,
+            default_camera_config=default_camera_config,
+            **given,
+            **kwargs,
+        )
+        self._params = {name: _number(value, name) for name, value in given.items()}
+        for name, value in self._params.items():
+            if name.startswith("success_") and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}.")
         if reset_noise_scale < 0:
             raise ValueError(f"reset_noise_scale must be >= 0, got {reset_noise_scale}.")
         self._ctrl_cost_weight = ctrl_cost_weight
@@ -113,6 +165,11 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
         self._floor_id = self.model.geom("floor").id
         back_leg = [self.model.body(f"back_{part}").id for part in ("thigh", "shin", "foot")]
         self._back_leg_geoms = np.flatnonzero(np.isin(self.model.geom_bodyid, back_leg))
+
+    @property
+    def params(self) -> Mapping[str, float]:
+        """The task's own arguments (`task_defaults` overridden by the constructor's), a copy."""
+        return dict(self._params)
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
         """The task's reward terms, keyed `reward_<term>`, evaluated after the physics step."""
@@ -190,8 +247,7 @@ class CheetahEnv(MujocoEnv, utils.EzPickle):
 
 
 class CheetahRunEnv(CheetahEnv):
-    __doc__ = (
-        """Run forward (+x) as fast as possible.
+    """Run forward (+x) as fast as possible.
 
     ## Rewards
     `reward = reward_forward + reward_ctrl`:
@@ -202,46 +258,25 @@ class CheetahRunEnv(CheetahEnv):
     `info["success"]`: the mean forward speed over the last 2 s is at least `success_speed`
     (1.5 m/s). Random actions never met it in 50 episodes; a scripted gait does
     (tests/test_envs.py).
-
-    ## Arguments
-    `forward_reward_weight: float = 1.0`, `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, `success_speed: float = 1.5` (m/s), plus `MujocoEnv`
-    rendering arguments.
     """
-        + _COMMON_DOC
-    )
 
-    def __init__(
-        self,
-        forward_reward_weight: float = 1.0,
-        ctrl_cost_weight: float = 0.1,
-        reset_noise_scale: float = 0.1,
-        success_speed: float = 1.5,
-        **kwargs: Any,
-    ) -> None:
-        utils.EzPickle.__init__(
-            self,
-            forward_reward_weight,
-            ctrl_cost_weight,
-            reset_noise_scale,
-            success_speed,
-            **kwargs,
-        )
-        self._forward_reward_weight = forward_reward_weight
-        self._success_speed = _positive(success_speed, "success_speed")
-        super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
+    # The running direction: +1 forward, -1 backward (a subclass). `way` names the weight
+    # argument (`<way>_reward_weight`) and the reward term (`reward_<way>`).
+    sign: ClassVar[float] = 1.0
+    way: ClassVar[str] = "forward"
+    task_defaults = {"forward_reward_weight": 1.0, "success_speed": 1.5}
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
-        return {"reward_forward": self._forward_reward_weight * x_velocity}
+        weight = self._params[f"{self.way}_reward_weight"]
+        return {f"reward_{self.way}": self.sign * weight * x_velocity}
 
     def _success(self) -> bool:
         speed = self._window_speed()
-        return speed is not None and speed >= self._success_speed
+        return speed is not None and self.sign * speed >= self._params["success_speed"]
 
 
-class CheetahRunBackwardEnv(CheetahEnv):
-    __doc__ = (
-        """Run backward (-x) as fast as possible.
+class CheetahRunBackwardEnv(CheetahRunEnv):
+    """Run backward (-x) as fast as possible: `CheetahRunEnv` with the sign flipped.
 
     ## Rewards
     `reward = reward_backward + reward_ctrl`:
@@ -253,45 +288,35 @@ class CheetahRunBackwardEnv(CheetahEnv):
     (1.5 m/s, i.e. mean x velocity <= -1.5 m/s). Random actions never met it in 50 episodes; a
     scripted gait does (tests/test_envs.py).
 
-    ## Arguments
-    `backward_reward_weight: float = 1.0`, `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, `success_speed: float = 1.5` (m/s), plus `MujocoEnv`
-    rendering arguments.
     """
-        + _COMMON_DOC
-    )
 
-    def __init__(
-        self,
-        backward_reward_weight: float = 1.0,
-        ctrl_cost_weight: float = 0.1,
-        reset_noise_scale: float = 0.1,
-        success_speed: float = 1.5,
-        **kwargs: Any,
-    ) -> None:
-        utils.EzPickle.__init__(
-            self,
-            backward_reward_weight,
-            ctrl_cost_weight,
-            reset_noise_scale,
-            success_speed,
-            **kwargs,
-        )
-        self._backward_reward_weight = backward_reward_weight
-        self._success_speed = _positive(success_speed, "success_speed")
-        super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
+    sign = -1.0
+    way = "backward"
+    task_defaults = {"backward_reward_weight": 1.0, "success_speed": 1.5}
+
+
+class CheetahInPlaceEnv(CheetahEnv):
+    """The in-place tasks (jump, front stand, not registered): pay a height, charge any drift.
+
+    `reward_<term> = <term>_reward_weight * _lift()` with the subclass's `term` and `_lift`,
+    then `reward_drift = -drift_cost_weight * x_velocity^2`, so running is no way to earn them.
+    """
+
+    term: ClassVar[str]
+
+    def _lift(self) -> float:
+        """The height (m) the task pays for, evaluated after the physics step."""
+        raise NotImplementedError
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
-        return {"reward_backward": -self._backward_reward_weight * x_velocity}
+        return {
+            f"reward_{self.term}": self._params[f"{self.term}_reward_weight"] * self._lift(),
+            "reward_drift": -self._params["drift_cost_weight"] * x_velocity**2,
+        }
 
-    def _success(self) -> bool:
-        speed = self._window_speed()
-        return speed is not None and -speed >= self._success_speed
 
-
-class CheetahJumpEnv(CheetahEnv):
-    __doc__ = (
-        """Jump: keep the torso high above its rest height, staying in place.
+class CheetahJumpEnv(CheetahInPlaceEnv):
+    """Jump: keep the torso high above its rest height, staying in place.
 
     ## Rewards
     `reward = reward_height + reward_drift + reward_ctrl`:
@@ -308,57 +333,21 @@ class CheetahJumpEnv(CheetahEnv):
     `success_height` (1.0 m, 0.4 m above rest) high at that step: standing tall does not count.
     Random actions never met it in 50 episodes; a scripted crouch-and-extend does
     (tests/test_envs.py).
-
-    ## Arguments
-    `height_reward_weight: float = 10.0`, `drift_cost_weight: float = 0.1`,
-    `rest_height: float = 0.6` (m), `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, `success_height: float = 1.0` (m), plus `MujocoEnv`
-    rendering arguments.
     """
-        + _COMMON_DOC
-    )
 
-    def __init__(
-        self,
-        height_reward_weight: float = 10.0,
-        drift_cost_weight: float = 0.1,
-        rest_height: float = REST_HEIGHT,
-        ctrl_cost_weight: float = 0.1,
-        reset_noise_scale: float = 0.1,
-        success_height: float = 1.0,
-        **kwargs: Any,
-    ) -> None:
-        utils.EzPickle.__init__(
-            self,
-            height_reward_weight,
-            drift_cost_weight,
-            rest_height,
-            ctrl_cost_weight,
-            reset_noise_scale,
-            success_height,
-            **kwargs,
-        )
-        self._height_reward_weight = height_reward_weight
-        self._drift_cost_weight = drift_cost_weight
-        self._rest_height = rest_height
-        self._success_height = _positive(success_height, "success_height")
-        super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
+    term = "height"
+    task_defaults = {"height_reward_weight": 10.0, **_IN_PLACE_DEFAULTS}
 
-    def _task_reward(self, x_velocity: float) -> dict[str, float]:
-        height = max(self._torso_height() - self._rest_height, 0.0)
-        return {
-            "reward_height": self._height_reward_weight * height,
-            "reward_drift": -self._drift_cost_weight * x_velocity**2,
-        }
+    def _lift(self) -> float:
+        return max(self._torso_height() - self._params["rest_height"], 0.0)
 
     def _success(self) -> bool:
         airborne = self._floor_contacts().size == 0
-        return airborne and self._torso_height() >= self._success_height
+        return airborne and self._torso_height() >= self._params["success_height"]
 
 
-class CheetahFrontStandEnv(CheetahEnv):
-    __doc__ = (
-        """Stand on the front legs: raise the rear of the torso high, staying in place.
+class CheetahFrontStandEnv(CheetahInPlaceEnv):
+    """Stand on the front legs: raise the rear of the torso high, staying in place.
 
     ## Rewards
     `reward = reward_stand + reward_drift + reward_ctrl`:
@@ -373,53 +362,22 @@ class CheetahFrontStandEnv(CheetahEnv):
     rests on its front leg, or on front leg and head in a headstand). Random actions met it in 2
     of 50 episodes, by tipping over nose-first and staying there; a scripted gait does
     (tests/test_envs.py).
-
-    ## Arguments
-    `stand_reward_weight: float = 5.0`, `drift_cost_weight: float = 0.1`,
-    `rest_height: float = 0.6` (m), `ctrl_cost_weight: float = 0.1`,
-    `reset_noise_scale: float = 0.1`, `success_height: float = 1.0` (m), plus `MujocoEnv`
-    rendering arguments.
     """
-        + _COMMON_DOC
-    )
 
-    def __init__(
-        self,
-        stand_reward_weight: float = 5.0,
-        drift_cost_weight: float = 0.1,
-        rest_height: float = REST_HEIGHT,
-        ctrl_cost_weight: float = 0.1,
-        reset_noise_scale: float = 0.1,
-        success_height: float = 1.0,
-        **kwargs: Any,
-    ) -> None:
-        utils.EzPickle.__init__(
-            self,
-            stand_reward_weight,
-            drift_cost_weight,
-            rest_height,
-            ctrl_cost_weight,
-            reset_noise_scale,
-            success_height,
-            **kwargs,
-        )
-        self._stand_reward_weight = stand_reward_weight
-        self._drift_cost_weight = drift_cost_weight
-        self._rest_height = rest_height
-        self._success_height = _positive(success_height, "success_height")
+    term = "stand"
+    task_defaults = {"stand_reward_weight": 5.0, **_IN_PLACE_DEFAULTS}
+
+    def __init__(self, **kwargs: Any) -> None:
         # Consecutive steps (up to now) in the front-stand pose.
         self._stand_steps = 0
-        super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
+        super().__init__(**kwargs)
 
-    def _task_reward(self, x_velocity: float) -> dict[str, float]:
-        return {
-            "reward_stand": self._stand_reward_weight * (self._rear_height() - self._rest_height),
-            "reward_drift": -self._drift_cost_weight * x_velocity**2,
-        }
+    def _lift(self) -> float:
+        return self._rear_height() - self._params["rest_height"]
 
     def _success(self) -> bool:
         back_leg_down = bool(np.isin(self._floor_contacts(), self._back_leg_geoms).any())
-        in_pose = not back_leg_down and self._rear_height() >= self._success_height
+        in_pose = not back_leg_down and self._rear_height() >= self._params["success_height"]
         self._stand_steps = self._stand_steps + 1 if in_pose else 0
         return self._stand_steps >= SUCCESS_WINDOW_STEPS
 
@@ -430,8 +388,7 @@ class CheetahFrontStandEnv(CheetahEnv):
 
 
 class CheetahTargetSpeedEnv(CheetahEnv):
-    __doc__ = (
-        """Hold a target forward speed (neither faster nor slower).
+    """Hold a target forward speed (neither faster nor slower).
 
     ## Rewards
     `reward = reward_speed + reward_ctrl`:
@@ -443,47 +400,22 @@ class CheetahTargetSpeedEnv(CheetahEnv):
     (0.2 m/s) of `target_speed`. Random actions never met it (target 1.5 m/s) in 50 episodes; a
     scripted gait holds it (tests/test_envs.py).
 
-    ## Arguments
-    `target_speed: float = 1.5` (m/s, negative = backward), `speed_cost_weight: float = 1.0`,
-    `ctrl_cost_weight: float = 0.1`, `reset_noise_scale: float = 0.1`,
-    `success_tolerance: float = 0.2` (m/s), plus `MujocoEnv` rendering arguments.
     """
-        + _COMMON_DOC
-    )
 
-    def __init__(
-        self,
-        target_speed: float = 1.5,
-        speed_cost_weight: float = 1.0,
-        ctrl_cost_weight: float = 0.1,
-        reset_noise_scale: float = 0.1,
-        success_tolerance: float = 0.2,
-        **kwargs: Any,
-    ) -> None:
-        utils.EzPickle.__init__(
-            self,
-            target_speed,
-            speed_cost_weight,
-            ctrl_cost_weight,
-            reset_noise_scale,
-            success_tolerance,
-            **kwargs,
-        )
-        self._target_speed = target_speed
-        self._speed_cost_weight = speed_cost_weight
-        self._success_tolerance = _positive(success_tolerance, "success_tolerance")
-        super().__init__(ctrl_cost_weight, reset_noise_scale, **kwargs)
+    task_defaults = {"target_speed": 1.5, "speed_cost_weight": 1.0, "success_tolerance": 0.2}
 
     def _task_reward(self, x_velocity: float) -> dict[str, float]:
-        return {"reward_speed": -self._speed_cost_weight * abs(x_velocity - self._target_speed)}
+        error = abs(x_velocity - self._params["target_speed"])
+        return {"reward_speed": -self._params["speed_cost_weight"] * error}
 
     def _success(self) -> bool:
         speed = self._window_speed()
-        return speed is not None and abs(speed - self._target_speed) <= self._success_tolerance
+        target, tolerance = self._params["target_speed"], self._params["success_tolerance"]
+        return speed is not None and abs(speed - target) <= tolerance
 
 
-def _positive(value: float, name: str) -> float:
-    """`value` if it is a positive number, else one ValueError naming the argument."""
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}.")
+def _number(value: Any, name: str) -> float:
+    """`value` as a float, else one ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
     return float(value)

@@ -4,13 +4,17 @@ A curriculum is a list of entries `{id, kwargs, steps, name}` (a Hydra config gr
 `configs/curriculum/*.yaml`). `resolve_tasks` turns the entries into `TaskSpec`s and checks them
 once (every id exists, every env builds with its kwargs); `common_spaces` finds the observation
 and action widths every task can be padded to; `make_env` builds one task with those spaces.
-Any Gymnasium id with flat Box observations and bounded Box actions can join a curriculum.
+Any Gymnasium id with flat Box observations and bounded Box actions can join a curriculum, by
+its own name: `module:Env-v0` imports `module` first (Gymnasium's convention for packages that
+register on import), and an id in a namespace of `KNOWN_NAMESPACES` (`Meta-World/MT1`) imports
+its package first, or fails with one line naming the install command.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import inspect
 import json
 import math
@@ -24,9 +28,10 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.registration import load_env_creator
+from gymnasium.envs.registration import EnvSpec, load_env_creator, parse_env_id
 from omegaconf import OmegaConf
 
+from hope_envs.metaworld_tasks import INSTALL_HINT as METAWORLD_INSTALL_HINT
 from hope_envs.wrappers import CommonSpaces, action_dim, observation_dim
 
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
@@ -37,6 +42,29 @@ _LIST_IDS_HINT = (
     "(this package's own: hope_envs.registered_ids()); ids registered by another package need "
     "that package imported, e.g. id 'some_module:Env-v0'"
 )
+
+
+@dataclass(frozen=True)
+class KnownNamespace:
+    """A Gymnasium id namespace whose package registers its ids when imported.
+
+    Attributes:
+        module: the package to import before its ids can be looked up.
+        install: the command that installs it (the error for a missing package names it).
+        defines_success: whether its envs report `info["success"]` as their criterion (then
+            curricula score them by it, as for an env class with `defines_success = True`).
+    """
+
+    module: str
+    install: str
+    defines_success: bool
+
+
+# Namespaces whose ids work in a curriculum without naming the module: `Meta-World/MT1` imports
+# `metaworld` (Meta-World 3 registers `Meta-World/*` on import and defines success per task).
+KNOWN_NAMESPACES: dict[str, KnownNamespace] = {
+    "Meta-World": KnownNamespace("metaworld", METAWORLD_INSTALL_HINT, defines_success=True),
+}
 
 
 class CurriculumError(ValueError):
@@ -163,6 +191,8 @@ def make_env(
     """
     _positive_int(obs_dim, "obs_dim")
     _positive_int(act_dim, "act_dim")
+    # Imports the registering package here too: a worker process may not have resolved the id.
+    env_spec(spec.id)
     kwargs = dict(spec.kwargs)
     if render_mode is not None:
         height, width = _render_size(render_size)
@@ -181,10 +211,58 @@ def defines_success(spec: TaskSpec) -> bool:
     """Whether curricula score the task by `info["success"]` (else by normalised return).
 
     An env class declares it with the class attribute `defines_success = True` (this package's
-    point-mass and Meta-World tasks); `make_env` then keeps `info["success"]` and drops it
-    otherwise. The cheetah tasks report a success flag of their own but are scored by return.
+    point-mass and Meta-World tasks); an env without the attribute follows its namespace in
+    `KNOWN_NAMESPACES` (Meta-World's own ids do), else it is False. `make_env` keeps
+    `info["success"]` where this is true and drops it otherwise. The cheetah tasks report a
+    success flag of their own but are scored by return.
     """
-    return bool(getattr(_env_creator(spec.id), "defines_success", False))
+    declared = getattr(_env_creator(spec.id), "defines_success", None)
+    if declared is None:
+        known = KNOWN_NAMESPACES.get(_namespace(spec.id) or "")
+        declared = known is not None and known.defines_success
+    return bool(declared)
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    """The registered `EnvSpec` of a task id, importing the package that registers it first.
+
+    `module:Env-v0` imports `module`, then looks up `Env-v0`; an id in a namespace of
+    `KNOWN_NAMESPACES` not registered yet imports that namespace's package. Other ids must be
+    registered already (Gymnasium's own, this package's `hope/...`).
+
+    Raises:
+        CurriculumError: one line: the module cannot be imported, the known package is not
+            installed (with its install command), or the id is unknown (with close matches
+            and how to list ids).
+    """
+    module, colon, name = env_id.partition(":")
+    if not colon:
+        module, name = "", env_id
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise CurriculumError(
+                f"task id {env_id!r} names the module {module!r}, which cannot be imported "
+                f"({err}); install the package that provides it, or correct the module name."
+            ) from err
+    known = KNOWN_NAMESPACES.get(_namespace(name) or "")
+    if known is not None and name not in gym.registry:
+        try:
+            importlib.import_module(known.module)
+        except ImportError as err:
+            raise CurriculumError(
+                f"task id {env_id!r} is registered by the package `{known.module}`, which is not "
+                f"installed: {known.install}."
+            ) from err
+    try:
+        return gym.spec(name)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise CurriculumError(
+            f"unknown task id {env_id!r}{hint}. To see valid ids, {_LIST_IDS_HINT}."
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -320,13 +398,17 @@ def _positive_int(value: Any, what: str) -> int:
 
 def _check_id(env_id: str, where: str) -> None:
     try:
-        gym.spec(env_id)
-    except (gym.error.Error, ModuleNotFoundError) as err:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=5, cutoff=0.5)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise CurriculumError(
-            f"{where}: unknown task id {env_id!r}{hint}. To see valid ids, {_LIST_IDS_HINT}."
-        ) from err
+        env_spec(env_id)
+    except CurriculumError as err:
+        raise CurriculumError(f"{where}: {err}") from err
+
+
+def _namespace(env_id: str) -> str | None:
+    """The namespace of an id (`Meta-World` of `Meta-World/MT1`), None for ids without one."""
+    try:
+        return parse_env_id(env_id.partition(":")[2] or env_id)[0]
+    except gym.error.Error:
+        return None
 
 
 def _plain(value: Any, where: str) -> Any:
@@ -395,7 +477,7 @@ def _probe(key: str) -> _Probe:
     except (TypeError, ValueError, gym.error.Error) as err:
         raise CurriculumError(
             f"the env could not be built ({type(err).__name__}: {err}); check the kwargs against "
-            f"the docstring of its entry point {gym.spec(env_id).entry_point}."
+            f"the docstring of its entry point {env_spec(env_id).entry_point}."
         ) from err
     try:
         return _Probe(env.observation_space, env.action_space)
@@ -404,7 +486,7 @@ def _probe(key: str) -> _Probe:
 
 
 def _env_creator(env_id: str) -> Any:
-    entry_point = gym.spec(env_id).entry_point
+    entry_point = env_spec(env_id).entry_point
     return entry_point if callable(entry_point) else load_env_creator(str(entry_point))
 
 

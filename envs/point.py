@@ -3,6 +3,9 @@
 Each task asks the same body to reach a different region of the table. The goal is a constructor
 argument and is *not* in the observation, so a single policy trained on several goals in sequence
 has to infer the active one from the reward: the tasks conflict, and naive fine-tuning forgets.
+
+`PointMassEnv` is the body shared with the adaptation tasks (`hope_envs.point_adapt`): the
+table, the start pose, the control cost and the drawn goal marker.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco import MujocoEnv
 from gymnasium.spaces import Box
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
+
+from hope_envs.registration import RENDER_MODES
 
 _XML = Path(__file__).resolve().parent / "assets" / "point.xml"
 
@@ -25,7 +30,88 @@ _TABLE_HALF_WIDTH = 1.0
 DEFAULT_CAMERA_CONFIG: dict[str, float] = {"distance": 2.7, "elevation": -90.0, "azimuth": 90.0}
 
 
-class PointReachEnv(MujocoEnv, utils.EzPickle):
+class PointMassEnv(MujocoEnv, utils.EzPickle):
+    """The point mass on its table: body, start pose, control cost, goal marker (not registered).
+
+    A task subclass passes its own constructor arguments (`arguments`, recorded for pickling with
+    the shared ones) and its observation width; it computes rewards from `_distance_to` and
+    `_ctrl_cost`, and places the drawn goal with `_show_goal`.
+    """
+
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 50}
+    defines_success: ClassVar[bool] = True
+    # The task's name in error messages.
+    label: ClassVar[str] = "PointMass"
+
+    def __init__(
+        self,
+        *,
+        arguments: dict[str, Any],
+        observation_size: int,
+        ctrl_cost_weight: float = 0.05,
+        success_radius: float = 0.1,
+        reset_noise_scale: float = 0.05,
+        default_camera_config: dict[str, float] = DEFAULT_CAMERA_CONFIG,
+        **kwargs: Any,
+    ) -> None:
+        utils.EzPickle.__init__(
+            self,
+            **arguments,
+            ctrl_cost_weight=ctrl_cost_weight,
+            success_radius=success_radius,
+            reset_noise_scale=reset_noise_scale,
+            default_camera_config=default_camera_config,
+            **kwargs,
+        )
+        if success_radius <= 0 or reset_noise_scale < 0:
+            raise ValueError(
+                f"{self.label} needs success_radius > 0 and reset_noise_scale >= 0, got "
+                f"{success_radius} and {reset_noise_scale}."
+            )
+        self._ctrl_cost_weight = ctrl_cost_weight
+        self._success_radius = success_radius
+        self._reset_noise_scale = reset_noise_scale
+        MujocoEnv.__init__(
+            self,
+            str(_XML),
+            frame_skip=1,
+            observation_space=Box(-np.inf, np.inf, shape=(observation_size,), dtype=np.float64),
+            default_camera_config=default_camera_config,
+            **kwargs,
+        )
+        self.model.site_size[self.model.site("goal").id, 0] = success_radius
+
+    def _goal_array(self, goal: ArrayLike, what: str = "goal") -> NDArray[np.float64]:
+        """`goal` as a position inside the table, else one ValueError naming the fix."""
+        goal_array = np.asarray(goal, dtype=np.float64)
+        if goal_array.shape != (2,) or not np.all(np.abs(goal_array) < _TABLE_HALF_WIDTH):
+            raise ValueError(
+                f"{self.label} {what} must be 2 numbers inside the table (-1, 1), got {goal!r}; "
+                f"pass e.g. {what}=[0.6, 0.0]."
+            )
+        return goal_array
+
+    def _show_goal(self, goal: NDArray[np.float64]) -> None:
+        # Only drawn: lets rendered rollouts show where the hidden goal is.
+        self.model.site_pos[self.model.site("goal").id, :2] = goal
+
+    def _distance_to(self, goal: NDArray[np.float64]) -> float:
+        return float(np.linalg.norm(self.data.qpos[:2] - goal))
+
+    def _ctrl_cost(self, action: NDArray[np.float32]) -> float:
+        return -self._ctrl_cost_weight * float(np.sum(np.square(action)))
+
+    def _body_obs(self) -> NDArray[np.float64]:
+        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+
+    def _reset_body(self) -> None:
+        """Start near the table centre, at rest, drawn from `self.np_random`."""
+        noise = self._reset_noise_scale
+        qpos = self.init_qpos + self.np_random.uniform(-noise, noise, size=self.model.nq)
+        self.set_state(qpos, np.zeros(self.model.nv))
+
+
+class PointReachEnv(PointMassEnv):
     r"""A point mass on a table must reach a goal that it cannot see.
 
     ## Description
@@ -76,60 +162,18 @@ class PointReachEnv(MujocoEnv, utils.EzPickle):
     | `reset_noise_scale` | float             | 0.05       | half-width of the start square (m)   |
     """
 
-    metadata = {
-        "render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"],
-        "render_fps": 50,
-    }
-    defines_success: ClassVar[bool] = True
+    label = "PointReach"
 
     def __init__(
-        self,
-        goal: Sequence[float] = (0.6, 0.0),
-        distance_weight: float = 1.0,
-        ctrl_cost_weight: float = 0.05,
-        success_radius: float = 0.1,
-        reset_noise_scale: float = 0.05,
-        default_camera_config: dict[str, float] = DEFAULT_CAMERA_CONFIG,
-        **kwargs: Any,
+        self, goal: Sequence[float] = (0.6, 0.0), distance_weight: float = 1.0, **kwargs: Any
     ) -> None:
-        goal_array = np.asarray(goal, dtype=np.float64)
-        if goal_array.shape != (2,) or not np.all(np.abs(goal_array) < _TABLE_HALF_WIDTH):
-            raise ValueError(
-                f"PointReach goal must be 2 numbers inside the table (-1, 1), got {goal!r}; "
-                "pass e.g. goal=[0.6, 0.0]."
-            )
-        if success_radius <= 0 or reset_noise_scale < 0:
-            raise ValueError(
-                f"PointReach needs success_radius > 0 and reset_noise_scale >= 0, got "
-                f"{success_radius} and {reset_noise_scale}."
-            )
-        utils.EzPickle.__init__(
-            self,
-            goal,
-            distance_weight,
-            ctrl_cost_weight,
-            success_radius,
-            reset_noise_scale,
-            default_camera_config,
-            **kwargs,
-        )
-        self._goal = goal_array
+        """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
+        `PointMassEnv`'s), then `MujocoEnv`'s rendering arguments."""
+        self._goal = self._goal_array(goal)
         self._distance_weight = distance_weight
-        self._ctrl_cost_weight = ctrl_cost_weight
-        self._success_radius = success_radius
-        self._reset_noise_scale = reset_noise_scale
-
-        MujocoEnv.__init__(
-            self,
-            str(_XML),
-            frame_skip=1,
-            observation_space=Box(-np.inf, np.inf, shape=(4,), dtype=np.float64),
-            default_camera_config=default_camera_config,
-            **kwargs,
-        )
-        # Only drawn: lets rendered rollouts show where the hidden goal is.
-        self.model.site_pos[self.model.site("goal").id, :2] = self._goal
-        self.model.site_size[self.model.site("goal").id, 0] = success_radius
+        arguments = {"goal": goal, "distance_weight": distance_weight}
+        super().__init__(arguments=arguments, observation_size=4, **kwargs)
+        self._show_goal(self._goal)
 
     @property
     def goal(self) -> NDArray[np.float64]:
@@ -137,35 +181,26 @@ class PointReachEnv(MujocoEnv, utils.EzPickle):
         return self._goal.copy()
 
     def _distance(self) -> float:
-        return float(np.linalg.norm(self.data.qpos[:2] - self._goal))
+        return self._distance_to(self._goal)
 
     def step(  # type: ignore[override]  # MujocoEnv's annotation allows float64 info values only
         self, action: NDArray[np.float32]
     ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
         """Apply the force `action` for one 0.02 s step; see the class docstring for the reward."""
         self.do_simulation(action, self.frame_skip)
-        reward, reward_info = self._get_rew(action)
+        reward_distance = -self._distance_weight * self._distance()
+        reward_info = {"reward_distance": reward_distance, "reward_ctrl": self._ctrl_cost(action)}
         info = {"distance": self._distance(), "success": self._distance() < self._success_radius}
         if self.render_mode == "human":
             self.render()
         # Truncation comes from the TimeLimit wrapper added by `gymnasium.make`.
-        return self._get_obs(), reward, False, False, {**info, **reward_info}
-
-    def _get_rew(self, action: NDArray[np.float32]) -> tuple[float, dict[str, float]]:
-        reward_distance = -self._distance_weight * self._distance()
-        reward_ctrl = -self._ctrl_cost_weight * float(np.sum(np.square(action)))
-        reward_info = {"reward_distance": reward_distance, "reward_ctrl": reward_ctrl}
-        return reward_distance + reward_ctrl, reward_info
-
-    def _get_obs(self) -> NDArray[np.float64]:
-        return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
+        reward = reward_distance + reward_info["reward_ctrl"]
+        return self._body_obs(), reward, False, False, {**info, **reward_info}
 
     def reset_model(self) -> NDArray[np.float64]:
         """Start near the table centre, at rest."""
-        noise = self._reset_noise_scale
-        qpos = self.init_qpos + self.np_random.uniform(-noise, noise, size=self.model.nq)
-        self.set_state(qpos, np.zeros(self.model.nv))
-        return self._get_obs()
+        self._reset_body()
+        return self._body_obs()
 
     def _get_reset_info(self) -> dict[str, Any]:
         return {"distance": self._distance(), "success": self._distance() < self._success_radius}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import textwrap
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,9 @@ from hydra import compose, initialize_config_dir
 import hope_envs
 from hope_envs import curriculum
 from hope_envs.curriculum import (
+    KNOWN_NAMESPACES,
     CurriculumError,
+    KnownNamespace,
     ReferenceBudgetWarning,
     TaskSpec,
     common_spaces,
@@ -56,7 +60,7 @@ gym.register("hope_test/ImageObs-v0", entry_point=_ImageEnv, max_episode_steps=1
 
 
 def test_shipped_curricula_are_hydra_group_files() -> None:
-    assert {"fast", "locomotion", "cw10", "cw20", "gym_mixed"} <= set(curriculum_names())
+    assert {"fast", "locomotion", "cw10", "cw20", "gym_mixed", "adapt"} <= set(curriculum_names())
     for name in curriculum_names():
         path = REPO / "configs" / "curriculum" / f"{name}.yaml"
         assert path.read_text().startswith("# @package curriculum\n")
@@ -64,7 +68,8 @@ def test_shipped_curricula_are_hydra_group_files() -> None:
         assert data["name"] == name
         for task in data["tasks"]:
             assert set(task) <= {"id", "kwargs", "steps", "name"}
-            assert task["steps"] is None
+            # null (the run's steps_per_task) except where a curriculum sizes its own budgets.
+            assert task["steps"] is None if name != "adapt" else task["steps"] > 0
 
 
 def test_fast_curriculum_resolves_to_four_conflicting_goals() -> None:
@@ -176,6 +181,120 @@ def test_missing_metaworld_extra_gives_the_install_command(
     assert "kwargs against" not in message and "not installed" in message
     with pytest.raises(ImportError, match=r'pip install "hope-agent\[metaworld\]"'):
         gym.make("hope/MetaWorld-v0", task="hammer-v3")
+
+
+# A package of one's own that registers its env when imported, as Meta-World and most env
+# packages do. `{ns}` is the namespace it registers under.
+_REGISTERING_MODULE = """
+import numpy as np
+import gymnasium as gym
+from gymnasium.spaces import Box
+
+
+class Drift(gym.Env):
+    observation_space = Box(-np.inf, np.inf, (3,), np.float64)
+    action_space = Box(-2.0, 2.0, (1,), np.float32)
+
+    def __init__(self, speed=1.0):
+        self.speed = speed
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = self.np_random.uniform(-1, 1, 3)
+        return self.x.copy(), {}
+
+    def step(self, action):
+        self.x = self.x + self.speed * float(action[0])
+        return self.x.copy(), -abs(self.x[0]), False, False, {"success": abs(self.x[0]) < 0.1}
+
+
+gym.register("{ns}/Drift-v0", entry_point=__name__ + ":Drift", max_episode_steps=7)
+"""
+
+
+@pytest.fixture
+def registering_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Writes module `hope_tmp_registering` (registers `HopeTmp/Drift-v0` on import) on the path;
+    afterwards forgets the module and the id, so no other test sees them."""
+    name = "hope_tmp_registering"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(_REGISTERING_MODULE.replace("{ns}", "HopeTmp"))
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+    gym.registry.pop("HopeTmp/Drift-v0", None)
+
+
+def test_an_id_of_a_module_that_registers_on_import_works_by_its_own_name(
+    registering_module: str,
+) -> None:
+    env_id = f"{registering_module}:HopeTmp/Drift-v0"
+    assert "HopeTmp/Drift-v0" not in gym.registry
+    (spec,) = resolve_tasks([{"id": env_id, "kwargs": {"speed": 0.5}}], 5)
+    assert (spec.id, spec.name) == (env_id, "Drift[speed=0.5]")
+    assert common_spaces([spec]) == (3, 1)
+    assert not defines_success(spec)  # its class does not declare a success criterion
+    env = make_env(spec, 4, 2)
+    obs, _ = env.reset(seed=0)
+    steps, done = 0, False
+    while not done:
+        # A common action of 0.5 is 1.0 in the task's [-2, 2], times speed 0.5: x moves by 0.5.
+        next_obs, _, terminated, truncated, info = env.step(np.array([0.5, 0.0], np.float32))
+        np.testing.assert_allclose(next_obs[:3] - obs[:3], 0.5, rtol=1e-5)
+        assert "success" not in info and next_obs[3] == 0.0
+        obs, steps, done = next_obs, steps + 1, terminated or truncated
+    assert steps == 7  # its registered time limit holds
+
+
+def test_an_id_whose_module_cannot_be_imported_says_so_in_one_line() -> None:
+    with pytest.raises(CurriculumError) as info:
+        resolve_tasks([{"id": "hope_no_such_module:Env-v0"}], 5)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("curriculum task 0: ")
+    assert "names the module 'hope_no_such_module', which cannot be imported" in message
+
+
+def test_a_known_namespace_imports_its_package_and_scores_by_its_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mechanism behind `Meta-World/MT1`, with a package of our own in place of Meta-World:
+    the id alone, without `module:`, resolves, and the namespace says success is the score."""
+    name = "hope_tmp_namespace"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(_REGISTERING_MODULE.replace("{ns}", "HopeNs"))
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(KNOWN_NAMESPACES, "HopeNs", KnownNamespace(name, "pip install x", True))
+    try:
+        assert "HopeNs/Drift-v0" not in gym.registry and name not in sys.modules
+        (spec,) = resolve_tasks([{"id": "HopeNs/Drift-v0"}], 5)
+        assert name in sys.modules and defines_success(spec)
+        env = make_env(spec, 3, 1)
+        env.reset(seed=0)
+        assert env.step(np.zeros(1, np.float32))[4]["success"] in (True, False)
+        with pytest.raises(CurriculumError, match="unknown task id 'HopeNs/Drfit-v0'.*HopeNs/Dr"):
+            resolve_tasks([{"id": "HopeNs/Drfit-v0"}], 5)
+    finally:
+        sys.modules.pop(name, None)
+        gym.registry.pop("HopeNs/Drift-v0", None)
+
+
+def test_meta_worlds_own_ids_without_the_package_name_the_install_command_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # makes `import metaworld` fail
+    for env_id in [key for key in gym.registry if key.startswith("Meta-World/")]:
+        monkeypatch.delitem(gym.registry, env_id)  # as in a process without the package
+    entry = {"id": "Meta-World/MT1", "kwargs": {"env_name": "button-press-topdown-v3"}}
+    with pytest.raises(CurriculumError) as info:
+        resolve_tasks([entry], 5)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "'Meta-World/MT1' is registered by the package `metaworld`, which is not installed" in (
+        message
+    )
+    assert 'pip install "hope-agent[metaworld]"' in message
 
 
 def test_mixed_bodies_share_padded_observations_and_one_action_space() -> None:

@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import hope_envs
-from hope_envs.cheetah import REST_HEIGHT, SUCCESS_WINDOW_STEPS
+from hope_envs.cheetah import REST_HEIGHT, SUCCESS_WINDOW_STEPS, CheetahRunEnv
 from hope_envs.curriculum import load_curriculum
 from hope_envs.metaworld_tasks import METAWORLD_ID
 from hope_envs.registration import NAMESPACE
@@ -314,5 +314,24 @@ def test_envs_pickle_with_their_arguments() -> None:
     env = gym.make("hope/PointReach-v0", goal=[-0.4, 0.5]).unwrapped
     clone = pickle.loads(pickle.dumps(env))
     np.testing.assert_array_equal(clone.goal, [-0.4, 0.5])
-    speed = gym.make("hope/CheetahTargetSpeed-v0", target_speed=-0.7).unwrapped
-    assert pickle.loads(pickle.dumps(speed))._target_speed == -0.7
+    speed = gym.make("hope/CheetahTargetSpeed-v0", target_speed=-0.7, ctrl_cost_weight=0.3)
+    clone = pickle.loads(pickle.dumps(speed.unwrapped))
+    assert clone.params == {
+        "target_speed": -0.7,
+        "speed_cost_weight": 1.0,
+        "success_tolerance": 0.2,
+    }
+    assert clone._ezpickle_kwargs["ctrl_cost_weight"] == 0.3
+    backward = pickle.loads(pickle.dumps(gym.make("hope/CheetahRunBackward-v0").unwrapped))
+    assert backward.params == {"backward_reward_weight": 1.0, "success_speed": 1.5}
+
+
+def test_cheetah_task_arguments_are_keywords_and_checked() -> None:
+    """Task arguments are data (`task_defaults`): a positional call or a non-number is refused
+    with one error rather than landing on another argument."""
+    with pytest.raises(TypeError, match="positional"):
+        CheetahRunEnv(2.0)
+    with pytest.raises(ValueError, match="forward_reward_weight must be a number"):
+        gym.make("hope/CheetahRun-v0", forward_reward_weight="fast")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'forward_reward_weight'"):
+        gym.make("hope/CheetahRunBackward-v0", forward_reward_weight=1.0)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -110,3 +114,44 @@ def test_every_cw10_task_is_solvable_in_200_steps(task: str) -> None:
     env = gym.make(METAWORLD_ID, task=task)
     assert np.mean([expert_succeeds(env, task, seed) for seed in range(10)]) >= 0.8
     env.close()
+
+
+MT1_ENTRY = {"id": "Meta-World/MT1", "kwargs": {"env_name": "button-press-topdown-v3"}}
+
+
+def test_meta_worlds_own_mt1_id_joins_a_curriculum_scored_by_success() -> None:
+    """The form of Meta-World's README: `Meta-World/MT1` with `env_name`, no wrapper of ours."""
+    (spec,) = resolve_tasks([MT1_ENTRY], 5)
+    assert spec.name == "MT1[env_name=button-press-topdown-v3]"
+    assert defines_success(spec)
+    assert common_spaces([spec]) == (39, 4)
+    env = make_env(spec, 39, 4)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (39,) and info["success"] is False
+    policy = expert("button-press-topdown-v3")
+    solved = False
+    for _ in range(200):
+        action = np.clip(policy.get_action(obs.astype(np.float64)), -1.0, 1.0)  # type: ignore[attr-defined]
+        obs, _, terminated, truncated, info = env.step(action.astype(np.float32))
+        assert isinstance(info["success"], bool)
+        solved = solved or info["success"]
+        if terminated or truncated:
+            break
+    assert solved
+    env.close()
+
+
+def test_mt1_resolves_in_a_fresh_interpreter_that_never_imported_metaworld(
+    tmp_path: Path,
+) -> None:
+    """Nothing but the id makes `metaworld` register its envs (issue 12's failing example)."""
+    code = (
+        "import sys; from hope_envs.curriculum import resolve_tasks; "
+        "assert 'metaworld' not in sys.modules; "
+        f"print(resolve_tasks([{MT1_ENTRY!r}], 5)[0].id)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Meta-World/MT1"
