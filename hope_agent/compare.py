@@ -42,7 +42,14 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
-from hope_agent.html_report import escape, html_page, read_curves, svg_figure, to_float
+from hope_agent.html_report import (
+    escape,
+    html_page,
+    markdown_code,
+    read_curves,
+    svg_figure,
+    to_float,
+)
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
 from hope_agent.train.build import RESUMABLE_CHANGES, flatten_config
 from hope_agent.train.logger import rows_to_csv
@@ -462,11 +469,12 @@ def row_keys(rows: Sequence[ComparisonRow]) -> list[str]:
 
 
 def table_csv(rows: Sequence[ComparisonRow]) -> str:
-    """CSV: ``label, name, method, model, seeds, n_seeds``, a column per config key that varies
-    between rows (:func:`row_keys`), and per metric ``<m>, <m>_low, <m>_high, <m>_n`` (empty
-    where no run has the metric)."""
+    """CSV: ``label, name, method, model, seeds, n_seeds``, a column ``setting.<key>`` per config
+    key that varies between rows (:func:`row_keys`), and per metric ``<m>, <m>_low, <m>_high,
+    <m>_n`` (empty where no run has the metric)."""
     keys = row_keys(rows)
-    columns = ["label", "name", "method", "model", "seeds", "n_seeds", *keys]
+    columns = ["label", "name", "method", "model", "seeds", "n_seeds"]
+    columns += [f"setting.{k}" for k in keys]
     for key in METRICS:
         columns += [key, f"{key}_low", f"{key}_high", f"{key}_n"]
     out = []
@@ -478,7 +486,7 @@ def table_csv(rows: Sequence[ComparisonRow]) -> str:
             "model": row.model,
             "seeds": " ".join(str(s) for s in row.seeds),
             "n_seeds": len(row.seeds),
-            **{k: _format_value(row.setting[k]) for k in keys},
+            **{f"setting.{k}": _format_value(row.setting[k]) for k in keys},
         }
         for key in METRICS:
             st = row.stats.get(key)
@@ -692,7 +700,7 @@ def write_comparison_report(
         + "</tr>"
         + "".join(lines)
         + "</table>",
-        "<ul class='note'>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>",
+        "<ul class='note'>" + "".join(f"<li>{markdown_code(n)}</li>" for n in notes) + "</ul>",
         "<h2>Metrics with their intervals</h2>",
         svg_figure(lambda p: plot_comparison(rows, p), "each metric's mean and interval", "bars"),
         "<h2>Performance over training, overlaid</h2>",
@@ -700,7 +708,9 @@ def write_comparison_report(
             lambda p: _overlaid_curves(rows, tasks, p),
             "each setting's mean performance curve, per task and over tasks",
             "curves",
-        ),
+        )
+        if any((d / "curves.csv").is_file() for row in rows for d in row.run_dirs)
+        else "<p class='note' id='curves'>No run holds a curves.csv.</p>",
         f"<h2>Runs</h2><ul>{runs}</ul>",
     ]
     out = Path(path)

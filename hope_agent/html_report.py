@@ -25,11 +25,13 @@ import csv
 import html
 import json
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import matplotlib
 import numpy as np
@@ -80,6 +82,11 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def markdown_code(text: str) -> str:
+    """``text`` escaped for HTML, with its Markdown `code` spans as ``<code>`` elements."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+
+
 def html_page(title: str, body: Sequence[str]) -> str:
     """A whole page: ``body`` (HTML fragments) under ``title``, with the inline style."""
     return (
@@ -99,14 +106,16 @@ def data_uri(data: bytes, mime: str) -> str:
 def svg_figure(draw: Callable[[Path], object], alt: str, element_id: str) -> str:
     """An ``<img>`` of the SVG that ``draw(path)`` writes, embedded as a data URI.
 
-    matplotlib names the SVG's clip paths from a hash salt: fixing it makes one run's page the
-    same bytes every time it is written.
+    matplotlib names the SVG's clip paths from a hash salt and stamps the time: fixing the one
+    and dropping the other makes one run's page the same bytes every time it is written.
     """
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "figure.svg"
         with matplotlib.rc_context({"svg.hashsalt": "hope_agent", "svg.fonttype": "none"}):
             draw(path)
-        data = path.read_bytes()
+        # The metadata block holds the time of drawing: without it the same figure is the same
+        # bytes.
+        data = re.sub(rb"<metadata>.*?</metadata>\s*", b"", path.read_bytes(), flags=re.DOTALL)
     return (
         f"<figure id='{escape(element_id)}'><img alt='{escape(alt)}' "
         f"src='{data_uri(data, 'image/svg+xml')}'></figure>"
@@ -293,7 +302,8 @@ def _videos(run_dir: Path, tasks: Sequence[str], max_video_bytes: int) -> list[s
         items = []
         for p in ps:
             mime = VIDEO_TYPES[p.suffix]
-            src = data_uri(p.read_bytes(), mime) if embed else p.relative_to(run_dir).as_posix()
+            link = quote(p.relative_to(run_dir).as_posix())
+            src = data_uri(p.read_bytes(), mime) if embed else link
             element = (
                 f"<video controls muted loop playsinline preload='metadata' src='{escape(src)}' "
                 f"title='{escape(p.stem)}'></video>"
@@ -384,7 +394,9 @@ def write_run_report(run_dir: PathLike, max_video_bytes: int = MAX_VIDEO_BYTES) 
         )
     notes = metrics.get("notes") or []
     if notes:
-        body.append("<ul class='note'>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
+        body.append(
+            "<ul class='note'>" + "".join(f"<li>{markdown_code(n)}</li>" for n in notes) + "</ul>"
+        )
     body.append("<h2>Retention: performance after each task</h2>")
     for name, element_id, caption in (
         ("perf_matrix.csv", "perf-matrix", "row i: evaluated after training task i"),
