@@ -9,6 +9,7 @@ Chromium is installed (``.ci/run`` installs the Debian package).
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -238,10 +239,8 @@ class DevTools:
             self.events.append(self._read(deadline))
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError, TimeoutError, OSError):
             self.call("Browser.close")
-        except (RuntimeError, TimeoutError, OSError):
-            pass
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -261,7 +260,8 @@ _PROBE = """
     setTimeout(done, 20000);
   })));
   const table = id => { const t = document.getElementById(id); return t === null ? null :
-    [...t.rows].map(r => [...r.cells].map(c => [c.textContent, getComputedStyle(c).backgroundColor]));
+    [...t.rows].map(r => [...r.cells].map(c =>
+      [c.textContent, getComputedStyle(c).backgroundColor]));
   };
   const box = id => { const e = document.getElementById(id); return e === null ? null :
     e.getBoundingClientRect().height; };
