@@ -47,6 +47,7 @@ from hope_agent.html_report import (
     html_page,
     markdown_code,
     read_curves,
+    stage_starts,
     svg_figure,
     to_float,
 )
@@ -612,19 +613,24 @@ def _overlaid_curves(
     rows: Sequence[ComparisonRow], tasks: Sequence[str], path: Path, column: str = "perf"
 ) -> None:
     """One panel for the mean over tasks and one per task: a line per row, the mean over the
-    row's runs (their ``curves.csv``) at each evaluation step."""
+    row's runs (their ``curves.csv``) at each evaluation step, and dotted lines at the stage
+    starts (grey where every row's stages start at the same steps, else in each row's colour)."""
     panels = ["mean over tasks", *tasks]
     cols = min(4, len(panels))
     n_rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(3.6 * cols + 1.0, 2.6 * n_rows + 1.0), layout="constrained")
     axes = fig.subplots(n_rows, cols, sharex=True, squeeze=False).ravel()
+    boundaries: dict[int, list[float]] = {}
     for k, row in enumerate(rows):
         by_step: dict[int, list[list[float]]] = {}
         for run_dir in row.run_dirs:
             if not (run_dir / "curves.csv").is_file():
                 continue
             events: dict[int, list[float]] = {}
-            for r in read_curves(run_dir / "curves.csv"):
+            curves = read_curves(run_dir / "curves.csv")
+            if curves:
+                boundaries.setdefault(k, stage_starts(curves))
+            for r in curves:
                 values = events.setdefault(int(r["global_step"]), [math.nan] * len(tasks))
                 if int(r["task_index"]) < len(tasks):
                     values[int(r["task_index"])] = to_float(r.get(column))
@@ -642,6 +648,13 @@ def _overlaid_curves(
         axes[0].plot(steps, overall, color=color, marker=".", label=row.label)
         for j in range(len(tasks)):
             axes[j + 1].plot(steps, mean[:, j], color=color, marker=".")
+    shared = len({tuple(b) for b in boundaries.values()}) == 1
+    for k, starts in boundaries.items():
+        for ax in axes[: len(panels)]:
+            for start in starts[1:]:
+                ax.axvline(start, color="0.3" if shared else f"C{k % 10}", ls=":", lw=1.0)
+        if shared:
+            break
     for ax, name in zip(axes, panels, strict=False):
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)

@@ -240,23 +240,30 @@ def _metrics_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def stage_starts(curves: Sequence[Mapping[str, str]]) -> list[float]:
+    """The env step at which each stage of a ``curves.csv`` starts: stage i at the step of stage
+    i-1's task-end evaluation (where training moved on; the last evaluation when that stage's
+    task end is missing), stage 0 at 0."""
+    ends = {int(r["stage"]): int(r["global_step"]) for r in curves if r.get("task_end") == "1"}
+    last = max(int(r["global_step"]) for r in curves)
+    n_stages = max(int(r["stage"]) for r in curves) + 1
+    return [0.0] + [float(ends.get(i, last)) for i in range(n_stages - 1)]
+
+
 def _curves_figure(
     curves: Sequence[Mapping[str, str]], tasks: Sequence[str], column: str, ylabel: str, key: str
 ) -> str:
-    """Per-task curves of ``column`` over env steps with the stage boundaries: stage i starts at
-    the step of stage i-1's task-end evaluation (where training moved on), stage 0 at 0."""
+    """Per-task curves of ``column`` over env steps with the stage boundaries
+    (:func:`stage_starts`)."""
     steps = sorted({int(r["global_step"]) for r in curves})
     index = {s: t for t, s in enumerate(steps)}
     values = np.full((len(steps), len(tasks)), np.nan)
-    ends: dict[int, int] = {}
     for r in curves:
         t, j = index[int(r["global_step"])], int(r["task_index"])
         if j < len(tasks):
             values[t, j] = to_float(r.get(column))
-        if r.get("task_end") == "1":
-            ends[int(r["stage"])] = int(r["global_step"])
-    n_stages = max(int(r["stage"]) for r in curves) + 1
-    starts = [0.0] + [float(ends.get(i, steps[-1])) for i in range(n_stages - 1)]
+    starts = stage_starts(curves)
+    n_stages = len(starts)
     if not np.any(np.isfinite(values)):
         return f"<p class='note' id='{escape(key)}'>no task has a finite {escape(ylabel)}.</p>"
     return svg_figure(

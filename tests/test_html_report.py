@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from hope_agent.compare import write_comparison
-from hope_agent.html_report import REPORT_NAME, main, write_run_report
+from hope_agent.html_report import REPORT_NAME, main, read_curves, stage_starts, write_run_report
 from hope_agent.video import write_video
 
 TASKS = ["reach_east", "reach<west>"]  # markup in a name must be escaped, not rendered
@@ -140,6 +140,8 @@ def test_report_holds_the_run_and_needs_no_network(tmp_path: Path) -> None:
     sources = re.findall(r"(?:src|href)='([^']*)'", page)
     assert sources and all(s.startswith("data:") for s in sources)
     assert write_run_report(run).read_text() == page  # the same run writes the same page
+    # Stage 1 starts where stage 0's task-end evaluation was taken.
+    assert stage_starts(read_curves(run / "curves.csv")) == [0.0, 2048.0]
 
 
 def test_report_links_videos_past_the_budget_and_fails_clearly(tmp_path: Path) -> None:
