@@ -21,7 +21,7 @@ Forward transfer can also be computed here from single-task reference runs
 is the mean AUC of its reference runs.
 
 Outputs: ``comparison.csv``, ``comparison.md``, ``comparison.png`` (:func:`write_comparison`) and
-``comparison.html`` (:func:`hope_agent.html_report.write_comparison_report`).
+``comparison.html`` (:func:`write_comparison_report`).
 """
 
 from __future__ import annotations

@@ -41,7 +41,6 @@ from hope_agent.io import PathLike, atomic_write_text
 from hope_agent.viz import plot_curves
 
 REPORT_NAME = "report.html"
-COMPARISON_NAME = "comparison.html"
 # Above this many bytes of video in all, a run report links its videos instead of embedding them.
 MAX_VIDEO_BYTES = 64 * 1024 * 1024
 VIDEO_TYPES = {".mp4": "video/mp4", ".gif": "image/gif"}
