@@ -2,22 +2,26 @@
 
 Each run directory (of ``scripts/train_curriculum.py`` or ``scripts/train_sb3.py``) holds its
 resolved config (``config.yaml``, else Hydra's ``.hydra/config.yaml``), ``metrics.json`` and
-``perf_matrix.csv``. Runs are grouped by their label ``<method>+<model>``, read from the config:
-``method`` (with its ``method_options`` when any, e.g. ``ewc[coef=10]``), ``model.name``, and
-``+task_id`` for the oracle (``agent.task_id``). For each group and each metric (average
-performance, forgetting, backward and forward transfer) the table gives the mean over seeds and
-a percentile-bootstrap confidence interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000
-resamples, as Continual World reports). A metric a run could not compute (forward transfer
-without a reference AUC) is left out of that run's group; a group where no run has it shows an
-empty cell.
+``perf_matrix.csv``. Runs are grouped into rows by their whole config less the seed (and less
+what changes where or how a run runs, :data:`IGNORED_KEYS`) and by their env steps: the seeds of
+one setting share a row. Each row is labelled by the keys in which its setting differs from the
+other rows' (e.g. ``model.kwargs.cms_periods=[1,4,16]``, :func:`row_labels`), and the tables
+name the keys that vary; each run also has a short name ``<method>+<model>`` (``+task_id`` for
+the oracle). Only runs that cannot share a table are refused: runs of different curricula or
+task lists.
 
-The runs of one label must differ only in their seed (and in what changes where or how a run
-runs, :data:`IGNORED_KEYS`): a config that differs in anything else, or another number of env
-steps, is refused, since the interval would mix settings. Forward transfer can also be computed
-here from single-task reference runs (:func:`load_references`, ``--reference`` of
-``scripts/compare.py``): ``AUC_ref`` of each task is the mean AUC of its reference runs.
+For each row and each metric (average performance, forgetting, backward and forward transfer)
+the table gives the mean over seeds and a percentile-bootstrap confidence interval
+(:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000 resamples, as Continual World reports). A
+metric a run could not compute (forward transfer without a reference AUC) is left out of that
+run's row; a row where no run has it shows an empty cell.
 
-Outputs: ``comparison.csv``, ``comparison.md`` and ``comparison.png`` (:func:`write_comparison`).
+Forward transfer can also be computed here from single-task reference runs
+(:func:`load_references`, ``--reference`` of ``scripts/compare.py``): ``AUC_ref`` of each task
+is the mean AUC of its reference runs.
+
+Outputs: ``comparison.csv``, ``comparison.md``, ``comparison.png`` (:func:`write_comparison`) and
+``comparison.html`` (:func:`write_comparison_report`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import dataclasses
 import io
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +42,15 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
+from hope_agent.html_report import (
+    escape,
+    html_page,
+    markdown_code,
+    read_curves,
+    stage_starts,
+    svg_figure,
+    to_float,
+)
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
 from hope_agent.train.config import RESUMABLE_CHANGES, flatten_config
 from hope_agent.train.logger import rows_to_csv
@@ -96,13 +110,29 @@ class MetricStats:
 
 @dataclass
 class ComparisonRow:
-    """One table row: a method+model label over its seeds."""
+    """One table row: the runs of one setting, over their seeds.
+
+    ``label`` names the row by the keys in which its setting differs from the other rows'
+    (:func:`row_labels`), ``setting`` holds the row's value of every key that varies between
+    rows (:data:`UNSET` where its runs lack the key), ``name`` is the runs' short
+    ``<method>+<model>`` name.
+    """
 
     label: str
     method: str
     model: str
     seeds: list[int]
     stats: dict[str, MetricStats | None] = field(default_factory=dict)
+    name: str = ""
+    setting: dict[str, Any] = field(default_factory=dict)
+    run_dirs: list[Path] = field(default_factory=list)
+
+
+# A key that some rows' configs hold and this row's does not.
+UNSET = "(unset)"
+# The pseudo-key of a row's env steps: runs of one config normally agree on them, and rows that
+# do not are told apart by it.
+ENV_STEPS_KEY = "env_steps"
 
 
 def _read_config(run_dir: Path) -> DictConfig:
@@ -243,8 +273,8 @@ def _check_same_setup(label: str, members: Sequence[RunResult]) -> None:
         if diff:
             raise ValueError(
                 f"{label}: runs {first.run_dir} and {other.run_dir} differ at {', '.join(diff)}; "
-                "the runs of one row may differ only in their seed: leave out the runs of the "
-                "other setting"
+                "the reference runs of one task may differ only in their seed: leave out the "
+                "runs of the other setting"
             )
 
 
@@ -328,17 +358,66 @@ def with_forward_transfer(runs: Sequence[RunResult], refs: References) -> list[R
     return out
 
 
+def _setting(run: RunResult) -> dict[str, Any]:
+    """What a run's row is keyed by: its config less :data:`IGNORED_KEYS`, and its env steps."""
+    return {**run.settings, ENV_STEPS_KEY: run.env_steps}
+
+
+def _format_value(value: Any) -> str:
+    """A config value as it appears in a row label: lists and mappings as compact JSON."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+def varying_keys(settings: Sequence[dict[str, Any]]) -> list[str]:
+    """The keys whose value is not the same in every one of ``settings`` (a missing key counts
+    as a value of its own), sorted."""
+    keys = set().union(*settings) if settings else set()
+    return sorted(k for k in keys if len({_format_value(s.get(k, UNSET)) for s in settings}) > 1)
+
+
+def row_labels(settings: Sequence[dict[str, Any]], names: Sequence[str]) -> list[str]:
+    """A label per setting: ``key=value`` for each key in which it differs from the others.
+
+    Where a section's ``name`` varies (``model.name=gru`` vs ``hope``), the other keys of that
+    section follow from the name and are left out of the label, and so are keys a setting lacks;
+    settings whose short label would then coincide are labelled by every varying key. A single
+    setting (nothing varies) is labelled by its ``names`` entry, the runs' ``<method>+<model>``.
+    """
+    keys = varying_keys(settings)
+    if not keys:
+        return list(names)
+    sections = {k.rsplit(".", 1)[0] for k in keys if k.endswith(".name") and "." in k}
+
+    def implied(key: str) -> bool:
+        return not key.endswith(".name") and any(key.startswith(f"{s}.") for s in sections)
+
+    def full(setting: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={_format_value(setting.get(k, UNSET))}" for k in keys)
+
+    short = [
+        ", ".join(f"{k}={_format_value(s[k])}" for k in keys if k in s and not implied(k))
+        for s in settings
+    ]
+    return [
+        full(s) if not label or short.count(label) > 1 else label
+        for s, label in zip(settings, short, strict=True)
+    ]
+
+
 def compare_runs(
     runs: Sequence[RunResult],
     confidence: float = 0.9,
     n_resamples: int = 4000,
     seed: int = 0,
 ) -> list[ComparisonRow]:
-    """Group ``runs`` by label and summarise every metric over seeds; rows sorted by label.
+    """Group ``runs`` into rows by setting (config less seed, and env steps) and summarise every
+    metric over each row's seeds; rows sorted by label.
 
-    Raises ``ValueError`` when the runs come from different curricula, when one label holds
-    the same seed twice (a duplicate would shrink the interval), or runs whose configs differ in
-    more than :data:`IGNORED_KEYS` or whose env steps differ (the interval would mix settings).
+    Raises ``ValueError`` when the runs come from different curricula or task lists (their
+    metrics are not of one thing), or when one setting holds the same seed twice (a duplicate
+    would shrink the interval).
     """
     if not runs:
         raise ValueError("compare_runs needs at least one run")
@@ -350,17 +429,30 @@ def compare_runs(
         )
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        key = json.dumps(_setting(run), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    members_of = [sorted(g, key=lambda r: (r.seed, str(r.run_dir))) for g in groups.values()]
+    settings = [_setting(m[0]) for m in members_of]
+    keys = varying_keys(settings)
+    labels = row_labels(settings, [m[0].label for m in members_of])
     rows = []
-    for label in sorted(groups):
-        members = sorted(groups[label], key=lambda r: r.seed)
+    for label, members, setting in zip(labels, members_of, settings, strict=True):
         seeds = [r.seed for r in members]
         if len(set(seeds)) != len(seeds):
             dup = sorted({s for s in seeds if seeds.count(s) > 1})
             dirs = [str(r.run_dir) for r in members if r.seed in dup]
-            raise ValueError(f"{label}: seed(s) {dup} appear more than once ({dirs}); keep one")
-        _check_same_setup(label, members)
-        row = ComparisonRow(label, members[0].method, members[0].model, seeds)
+            raise ValueError(
+                f"{label}: seed(s) {dup} appear more than once ({dirs}) in one setting; keep one"
+            )
+        row = ComparisonRow(
+            label,
+            members[0].method,
+            members[0].model,
+            seeds,
+            name=members[0].label,
+            setting={k: setting.get(k, UNSET) for k in keys},
+            run_dirs=[r.run_dir for r in members],
+        )
         for key in METRICS:
             values = [v for r in members if (v := r.metrics.get(key)) is not None]
             if values:
@@ -369,23 +461,33 @@ def compare_runs(
             else:
                 row.stats[key] = None
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: r.label)
+
+
+def row_keys(rows: Sequence[ComparisonRow]) -> list[str]:
+    """The config keys that vary between ``rows`` (those of their ``setting``), sorted."""
+    return sorted(set().union(*(r.setting for r in rows))) if rows else []
 
 
 def table_csv(rows: Sequence[ComparisonRow]) -> str:
-    """CSV: ``label, method, model, seeds, n_seeds`` and per metric ``<m>, <m>_low, <m>_high,
+    """CSV: ``label, name, method, model, seeds, n_seeds``, a column ``setting.<key>`` per config
+    key that varies between rows (:func:`row_keys`), and per metric ``<m>, <m>_low, <m>_high,
     <m>_n`` (empty where no run has the metric)."""
-    columns = ["label", "method", "model", "seeds", "n_seeds"]
+    keys = row_keys(rows)
+    columns = ["label", "name", "method", "model", "seeds", "n_seeds"]
+    columns += [f"setting.{k}" for k in keys]
     for key in METRICS:
         columns += [key, f"{key}_low", f"{key}_high", f"{key}_n"]
     out = []
     for row in rows:
         flat: dict[str, object] = {
             "label": row.label,
+            "name": row.name,
             "method": row.method,
             "model": row.model,
             "seeds": " ".join(str(s) for s in row.seeds),
             "n_seeds": len(row.seeds),
+            **{f"setting.{k}": _format_value(row.setting[k]) for k in keys},
         }
         for key in METRICS:
             st = row.stats.get(key)
@@ -397,34 +499,30 @@ def table_csv(rows: Sequence[ComparisonRow]) -> str:
     return rows_to_csv(out, columns)
 
 
-def table_markdown(
+def format_stat(st: MetricStats | None, n_seeds: int) -> str:
+    """``mean [low, high]`` (``(n=k)`` when only k of the row's ``n_seeds`` runs have it), or
+    ``–`` for a metric no run of the row could compute."""
+    if st is None:
+        return "–"
+    mark = f" (n={st.n})" if st.n < n_seeds else ""
+    return f"{st.mean:.2f} [{st.low:.2f}, {st.high:.2f}]{mark}"
+
+
+def table_notes(
     rows: Sequence[ComparisonRow],
     curriculum: str = "",
     confidence: float = 0.9,
     reference: str | None = None,
-) -> str:
-    """A Markdown table: one row per label, ``mean [low, high]`` per metric; ``reference`` names
-    the label of the single-task reference runs when forward transfer was computed from them."""
-    head = ["method", "model", "task id", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    partial = False
-    for row in rows:
-        cells = [
-            row.method,
-            row.model,
-            "given" if row.label.endswith("+task_id") else "–",
-            str(len(row.seeds)),
-        ]
-        for key in METRICS:
-            st = row.stats.get(key)
-            if st is None:
-                cells.append("–")
-                continue
-            mark = ""
-            if st.n < len(row.seeds):
-                mark, partial = f" (n={st.n})", True
-            cells.append(f"{st.mean:.2f} [{st.low:.2f}, {st.high:.2f}]{mark}")
-        lines.append("| " + " | ".join(cells) + " |")
+) -> list[str]:
+    """The sentences under a comparison table: which keys vary between its rows, how the
+    intervals were computed, where forward transfer comes from."""
+    keys = row_keys(rows)
+    varies = (
+        "The rows differ in " + ", ".join(f"`{k}`" for k in keys) + "; the runs of a row only "
+        "in their seed."
+        if keys
+        else "All runs share one setting; they differ only in their seed."
+    )
     where = f" on the `{curriculum}` curriculum" if curriculum else ""
     ft = (
         f"Forward transfer against single-task reference runs of `{reference}`"
@@ -433,13 +531,45 @@ def table_markdown(
         "`eval.reference_auc`)"
     )
     notes = [
-        "",
+        varies,
         f"Mean over seeds{where} with a {round(100 * confidence)}% percentile-bootstrap "
         f"confidence interval. {ft}; – marks a metric no run of the row could compute.",
     ]
-    if partial:
+    if any(st is not None and st.n < len(r.seeds) for r in rows for st in r.stats.values()):
         notes.append("(n=k): only k of the row's runs could compute that metric.")
-    return "\n".join(lines + notes) + "\n"
+    return notes
+
+
+def table_markdown(
+    rows: Sequence[ComparisonRow],
+    curriculum: str = "",
+    confidence: float = 0.9,
+    reference: str | None = None,
+) -> str:
+    """A Markdown table: one row per setting, ``mean [low, high]`` per metric, and the notes of
+    :func:`table_notes`; ``reference`` names the single-task reference runs' ``<method>+<model>``
+    when forward transfer was computed from them."""
+    head = [
+        "setting",
+        "method",
+        "model",
+        "task id",
+        "seeds",
+        *(METRIC_TITLES[k] for k in METRICS),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [
+            f"`{row.label}`" if row.setting else row.label,
+            row.method,
+            row.model,
+            "given" if row.name.endswith("+task_id") else "–",
+            str(len(row.seeds)),
+            *(format_stat(row.stats.get(key), len(row.seeds)) for key in METRICS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = table_notes(rows, curriculum, confidence, reference)
+    return "\n".join([*lines, "", *notes]) + "\n"
 
 
 def plot_comparison(
@@ -479,6 +609,128 @@ def plot_comparison(
     return Path(path)
 
 
+def _overlaid_curves(
+    rows: Sequence[ComparisonRow], tasks: Sequence[str], path: Path, column: str = "perf"
+) -> None:
+    """One panel for the mean over tasks and one per task: a line per row, the mean over the
+    row's runs (their ``curves.csv``) at each evaluation step, and dotted lines at the stage
+    starts (grey where every row's stages start at the same steps, else in each row's colour)."""
+    panels = ["mean over tasks", *tasks]
+    cols = min(4, len(panels))
+    n_rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.6 * cols + 1.0, 2.6 * n_rows + 1.0), layout="constrained")
+    axes = fig.subplots(n_rows, cols, sharex=True, squeeze=False).ravel()
+    boundaries: dict[int, list[float]] = {}
+    for k, row in enumerate(rows):
+        by_step: dict[int, list[list[float]]] = {}
+        for run_dir in row.run_dirs:
+            if not (run_dir / "curves.csv").is_file():
+                continue
+            events: dict[int, list[float]] = {}
+            curves = read_curves(run_dir / "curves.csv")
+            if curves:
+                boundaries.setdefault(k, stage_starts(curves))
+            for r in curves:
+                values = events.setdefault(int(r["global_step"]), [math.nan] * len(tasks))
+                if int(r["task_index"]) < len(tasks):
+                    values[int(r["task_index"])] = to_float(r.get(column))
+            for step, values in events.items():
+                by_step.setdefault(step, []).append(values)
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        with warnings.catch_warnings():
+            # A task without a finite value at some step is a gap in its line, not an error.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.array([np.nanmean(np.array(by_step[s]), axis=0) for s in steps])
+            overall = np.nanmean(mean, axis=1)
+        color = f"C{k % 10}"
+        axes[0].plot(steps, overall, color=color, marker=".", label=row.label)
+        for j in range(len(tasks)):
+            axes[j + 1].plot(steps, mean[:, j], color=color, marker=".")
+    shared = len({tuple(b) for b in boundaries.values()}) == 1
+    for k, starts in boundaries.items():
+        for ax in axes[: len(panels)]:
+            for start in starts[1:]:
+                ax.axvline(start, color="0.3" if shared else f"C{k % 10}", ls=":", lw=1.0)
+        if shared:
+            break
+    for ax, name in zip(axes, panels, strict=False):
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[len(panels) - cols : len(panels)]:
+        ax.set_xlabel("total env steps", fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+
+
+def write_comparison_report(
+    rows: Sequence[ComparisonRow],
+    path: PathLike,
+    tasks: Sequence[str],
+    notes: Sequence[str] = (),
+    title: str = "Comparison",
+) -> Path:
+    """Write one self-contained HTML page (as :func:`hope_agent.html_report.write_run_report`)
+    to ``path``: the settings x metrics table with confidence intervals, the keys that vary and
+    ``notes`` (:func:`table_notes`), a bar plot of the intervals, and every row's performance
+    curves (the mean over its runs' ``curves.csv``) overlaid, over ``tasks`` and their mean.
+    Returns the written path."""
+    keys = row_keys(rows)
+    head = ["setting", "name", "seeds", *(METRIC_TITLES[m] for m in METRICS)]
+    lines = []
+    for row in rows:
+        seeds = " ".join(str(s) for s in row.seeds)
+        cells = [
+            f"<td><code>{escape(row.label)}</code></td>",
+            f"<td>{escape(row.name)}</td>",
+            f"<td class='num' title='seeds {escape(seeds)}'>{len(row.seeds)}</td>",
+            *(
+                f"<td class='num'>{escape(format_stat(row.stats.get(m), len(row.seeds)))}</td>"
+                for m in METRICS
+            ),
+        ]
+        lines.append(f"<tr>{''.join(cells)}</tr>")
+    varying = (
+        "Varying keys: " + ", ".join(f"<code>{escape(k)}</code>" for k in keys)
+        if keys
+        else "All runs share one setting."
+    )
+    runs = "".join(
+        f"<li><code>{escape(row.label)}</code>: "
+        + ", ".join(f"<code>{escape(d)}</code>" for d in row.run_dirs)
+        + "</li>"
+        for row in rows
+    )
+    body = [
+        f"<h1>{escape(title)}</h1>",
+        f"<p class='meta' id='varying'>{varying}</p>",
+        "<table id='comparison'><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join(lines)
+        + "</table>",
+        "<ul class='note'>" + "".join(f"<li>{markdown_code(n)}</li>" for n in notes) + "</ul>",
+        "<h2>Metrics with their intervals</h2>",
+        svg_figure(lambda p: plot_comparison(rows, p), "each metric's mean and interval", "bars"),
+        "<h2>Performance over training, overlaid</h2>",
+        svg_figure(
+            lambda p: _overlaid_curves(rows, tasks, p),
+            "each setting's mean performance curve, per task and over tasks",
+            "curves",
+        )
+        if any((d / "curves.csv").is_file() for row in rows for d in row.run_dirs)
+        else "<p class='note' id='curves'>No run holds a curves.csv.</p>",
+        f"<h2>Runs</h2><ul>{runs}</ul>",
+    ]
+    out = Path(path)
+    atomic_write_text(out, html_page(title, body))
+    return out
+
+
 def write_comparison(
     paths: Iterable[PathLike],
     out_dir: PathLike,
@@ -486,7 +738,7 @@ def write_comparison(
     n_resamples: int = 4000,
     references: Iterable[PathLike] | None = None,
 ) -> list[ComparisonRow]:
-    """Find the runs under ``paths``, compare them, write ``comparison.{csv,md,png}`` into
+    """Find the runs under ``paths``, compare them, write ``comparison.{csv,md,png,html}`` into
     ``out_dir``; returns the rows. With ``references`` (single-task run directories or folders
     of them, :func:`load_references`) forward transfer is computed against them."""
     runs = [load_run(p) for p in find_runs(paths)]
@@ -499,9 +751,8 @@ def write_comparison(
     label = None if refs is None else refs.label
     atomic_write_text(out / "comparison.csv", table_csv(rows))
     atomic_write_text(out / "comparison.md", table_markdown(rows, curriculum, confidence, label))
-    plot_comparison(
-        rows,
-        out / "comparison.png",
-        title=f"{curriculum}: {len(runs)} runs, {round(100 * confidence)}% bootstrap CI",
-    )
+    title = f"{curriculum}: {len(runs)} runs, {round(100 * confidence)}% bootstrap CI"
+    plot_comparison(rows, out / "comparison.png", title=title)
+    notes = table_notes(rows, curriculum, confidence, label)
+    write_comparison_report(rows, out / "comparison.html", runs[0].tasks, notes, title)
     return rows

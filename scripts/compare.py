@@ -1,13 +1,14 @@
-"""Merge run directories into one comparison table and plot (CSV, Markdown, PNG).
+"""Merge run directories into one comparison table, plot and page (CSV, Markdown, PNG, HTML).
 
     python scripts/compare.py runs/fast__gru__* runs/fast__sb3_ppo__* --out comparison/
     python scripts/compare.py multirun/fast__hope__20261126-101500 --out comparison/
     python scripts/compare.py runs/fast__* --reference single_task/ --out comparison/
 
-Each argument is a run directory or a folder searched for them. Runs are grouped by their
-``method+model`` label; ``--reference`` names single-task runs (run directories or folders of
-them) whose per-task AUCs give forward transfer. See :mod:`hope_agent.compare` and
-``docs/baselines.md``.
+Each argument is a run directory or a folder searched for them. Runs are grouped into rows by
+their whole config less the seed, each row labelled by the keys in which it differs from the
+others (``model.kwargs.cms_periods=[1,4,16]``); ``--reference`` names single-task runs (run
+directories or folders of them) whose per-task AUCs give forward transfer. See
+:mod:`hope_agent.compare`, ``docs/baselines.md`` and ``docs/report.md``.
 """
 
 import argparse
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print((args.out / "comparison.md").read_text(), end="")
-    print(f"written: {args.out / 'comparison.csv'}, comparison.md, comparison.png")
+    print(f"written: {args.out / 'comparison.csv'}, comparison.md, comparison.png, comparison.html")
     return 0
 
 

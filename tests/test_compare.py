@@ -87,7 +87,10 @@ def test_table_of_fake_runs(runs: Path) -> None:
     found = find_runs([runs])
     assert len(found) == 3 and all(p.name != "evaluation" for p in found)
     rows = compare_runs([load_run(p) for p in found])
-    assert [r.label for r in rows] == ["ewc+gru", "finetune+gru"]
+    # The rows differ only in `method`: that is their label; their short names stay.
+    assert [r.label for r in rows] == ["method=ewc", "method=finetune"]
+    assert [r.name for r in rows] == ["ewc+gru", "finetune+gru"]
+    assert [r.setting for r in rows] == [{"method": "ewc"}, {"method": "finetune"}]
     ewc, ft = rows
     assert ewc.seeds == [0, 1] and ft.seeds == [0]
     # ewc: final rows (0.6, 0.9) and (0.4, 0.7) -> A = 0.75, 0.55; F = (0.2, 0.6) / 2.
@@ -104,13 +107,17 @@ def test_table_of_fake_runs(runs: Path) -> None:
     assert ft.stats["average_performance"].mean == pytest.approx(0.5)
     assert ft.stats["forward_transfer"] is None
     csv_text = table_csv(rows)
-    assert csv_text.splitlines()[1].startswith("ewc+gru,ewc,gru,0 1,2,0.65,")
+    assert csv_text.splitlines()[0].startswith(
+        "label,name,method,model,seeds,n_seeds,setting.method,"
+    )
+    assert csv_text.splitlines()[1].startswith("method=ewc,ewc+gru,ewc,gru,0 1,2,ewc,0.65,")
     assert csv_text.splitlines()[2].endswith(",,,,")  # finetune: forward transfer empty
     md = table_markdown(rows, "fast")
     assert (
-        "| ewc | gru | – | 2 | 0.65 [" in md
-        and "| finetune | gru | – | 1 | 0.50 [0.50, 0.50] |" in md
+        "| `method=ewc` | ewc | gru | – | 2 | 0.65 [" in md
+        and "| `method=finetune` | finetune | gru | – | 1 | 0.50 [0.50, 0.50] |" in md
     )
+    assert "The rows differ in `method`" in md
     assert "–" in md and "`fast` curriculum" in md
 
 
@@ -120,7 +127,9 @@ def test_write_comparison_files_and_script(runs: Path, tmp_path: Path) -> None:
     assert len(rows) == 2
     assert (out / "comparison.png").stat().st_size > 5000
     assert (out / "comparison.csv").read_text() == table_csv(rows)
-    assert (out / "comparison.md").read_text().startswith("| method | model | task id | seeds |")
+    assert (out / "comparison.md").read_text().startswith("| setting | method | model | task id |")
+    page = (out / "comparison.html").read_text()
+    assert "<code>method=ewc</code>" in page and page.count("<tr>") == 1 + len(rows)
     spec = importlib.util.spec_from_file_location(
         "compare_script", Path(__file__).parents[1] / "scripts" / "compare.py"
     )
@@ -136,7 +145,10 @@ def test_oracle_and_partial_metrics(tmp_path: Path) -> None:
     a = _write_run(tmp_path, "a", [[1.0, 0.0], [1.0, 1.0]], task_id=True, forward_transfer=0.5)
     b = _write_run(tmp_path, "b", [[1.0, 0.0], [0.5, 1.0]], task_id=True, seed=3)
     rows = compare_runs([load_run(a), load_run(b)])
-    assert [r.label for r in rows] == ["finetune+gru+task_id"]
+    # One setting: labelled by its short name, and the table says that nothing varies.
+    assert [r.label for r in rows] == ["finetune+gru+task_id"] and rows[0].setting == {}
+    assert "| finetune+gru+task_id | finetune | gru | given | 2 |" in table_markdown(rows)
+    assert "All runs share one setting" in table_markdown(rows)
     assert rows[0].stats["forward_transfer"].n == 1
     assert "0.50 [0.50, 0.50] (n=1)" in table_markdown(rows)
 
@@ -147,7 +159,12 @@ def test_method_options_make_their_own_rows(tmp_path: Path) -> None:
     a = _write_run(tmp_path, "a", perf, method="ewc", method_options=strong)
     b = _write_run(tmp_path, "b", perf, method="ewc")
     rows = compare_runs([load_run(a), load_run(b)])
-    assert [r.label for r in rows] == ["ewc+gru", "ewc[coef=1000.0,gamma=0.9]+gru"]
+    # The run without options lacks the keys: its short label would be empty, so it names them.
+    assert [r.label for r in rows] == [
+        "method_options.coef=(unset), method_options.gamma=(unset)",
+        "method_options.coef=1000.0, method_options.gamma=0.9",
+    ]
+    assert [r.name for r in rows] == ["ewc+gru", "ewc[coef=1000.0,gamma=0.9]+gru"]
 
 
 def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:
@@ -161,6 +178,13 @@ def test_bad_inputs_fail_clearly(tmp_path: Path) -> None:
     twin = load_run(_write_run(tmp_path, "c", [[1.0, 0.0], [0.5, 1.0]]))
     with pytest.raises(ValueError, match=r"seed\(s\) \[0\] appear more than once"):
         compare_runs([a, twin])
+    # Another task list of one curriculum name is refused too, in one line.
+    three = load_run(
+        _write_run(tmp_path, "d", [[1.0, 0, 0], [0, 1, 0], [0, 0, 1]], tasks=["x", "y", "z"])
+    )
+    with pytest.raises(ValueError, match="different curricula") as error:
+        compare_runs([a, three])
+    assert "\n" not in str(error.value) and "['x', 'y', 'z']" in str(error.value)
     with pytest.raises(FileNotFoundError, match="no run directory"):
         find_runs([tmp_path / "half" / "metrics.json"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -173,28 +197,74 @@ def test_perf_csv_with_quoted_task_names(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_perf_csv(path), [[0.5, np.nan], [0.25, 1.0]])
 
 
-def test_runs_of_one_label_must_share_their_setup(tmp_path: Path) -> None:
+def test_runs_are_grouped_by_setting_and_labelled_by_what_differs(tmp_path: Path) -> None:
     perf = [[1.0, 0.0], [0.5, 1.0]]
     a = load_run(_write_run(tmp_path, "a", perf, seed=0, env_steps=80000))
     # Where and how a run ran does not matter: same row.
     where = "device: cuda\ntorch_threads: 4\nlogger:\n  progress: false\n"
     b = load_run(_write_run(tmp_path, "b", perf, seed=1, env_steps=80000, extra=where))
     assert compare_runs([a, b])[0].seeds == [0, 1]
-    short = load_run(_write_run(tmp_path, "c", perf, seed=2, steps_per_task=30000))
-    with pytest.raises(ValueError) as error:
-        compare_runs([a, short])
-    text = str(error.value)
-    assert text.startswith("finetune+gru: runs ") and str(tmp_path / "a") in text
-    assert str(tmp_path / "c") in text and "steps_per_task (40000 vs 30000)" in text
-    other_lr = load_run(_write_run(tmp_path, "d", perf, seed=3, extra="ppo:\n  lr: 0.001\n"))
-    with pytest.raises(ValueError, match=r"differ at ppo.lr \(None vs 0.001\)"):
-        compare_runs([a, other_lr])
+    # A budget ablation: another row, labelled by its budget, seeds of one budget together.
+    short = [
+        load_run(_write_run(tmp_path, f"c{s}", perf, seed=s, steps_per_task=30000, env_steps=60000))
+        for s in (2, 0)
+    ]
+    rows = compare_runs([a, b, *short])
+    assert [(r.label, r.seeds) for r in rows] == [
+        ("env_steps=60000, steps_per_task=30000", [0, 2]),
+        ("env_steps=80000, steps_per_task=40000", [0, 1]),
+    ]
+    assert rows[0].run_dirs == [tmp_path / "c0", tmp_path / "c2"]
+    assert rows[0].setting == {"env_steps": 60000, "steps_per_task": 30000}
+    # A key only some runs set: the others are unset there.
+    other_lr = load_run(
+        _write_run(tmp_path, "d", perf, seed=3, env_steps=80000, extra="ppo:\n  lr: 0.001\n")
+    )
+    rows = compare_runs([a, other_lr])
+    assert [r.label for r in rows] == ["ppo.lr=(unset)", "ppo.lr=0.001"]
+    assert "The rows differ in `ppo.lr`" in table_markdown(rows)
+    # Same config, other env steps (another code version): other rows, not one mixed interval.
     fewer = load_run(_write_run(tmp_path, "e", perf, seed=4, env_steps=40960))
-    with pytest.raises(ValueError, match=r"differ at env_steps \(80000 vs 40960\)"):
-        compare_runs([a, fewer])
-    # Other labels are other rows: their settings are theirs.
-    sb3 = load_run(_write_run(tmp_path, "f", perf, model="sb3_ppo", extra="n_envs: 8\n"))
-    assert [r.label for r in compare_runs([a, sb3])] == ["finetune+gru", "finetune+sb3_ppo"]
+    assert [r.label for r in compare_runs([a, fewer])] == ["env_steps=40960", "env_steps=80000"]
+
+
+def test_labels_leave_out_what_a_varying_name_implies(tmp_path: Path) -> None:
+    perf = [[1.0, 0.0], [0.5, 1.0]]
+
+    def model(name: str, periods: list[int] | None) -> str:
+        kwargs = (
+            f"  kwargs:\n    cms_periods: {periods}\n" if periods else "  kwargs:\n    hidden: 64\n"
+        )
+        return f"{name}\n{kwargs}"
+
+    runs = [
+        load_run(_write_run(tmp_path, key, perf, seed=seed, model=model(name, periods)))
+        for key, name, periods, seed in (
+            ("h1", "hope", [1, 4, 16], 0),
+            ("h1b", "hope", [1, 4, 16], 1),
+            ("h2", "hope", [1, 8], 0),
+            ("g", "gru", None, 0),
+        )
+    ]
+    rows = compare_runs(runs)
+    labels = [r.label for r in rows]
+    # gru differs from both hope rows by its name; its kwargs follow from it. The two hope rows
+    # would both read model.name=hope, so they are named by every key that varies.
+    assert "model.name=gru" in labels
+    assert (
+        "model.kwargs.cms_periods=[1,4,16], model.kwargs.hidden=(unset), model.name=hope" in labels
+    )
+    assert "model.kwargs.cms_periods=[1,8], model.kwargs.hidden=(unset), model.name=hope" in labels
+    assert len(set(labels)) == 3
+    assert {len(r.seeds) for r in rows} == {1, 2}
+    # Two hope settings alone: only the periods differ.
+    hope_rows = compare_runs(runs[:3])
+    assert [r.label for r in hope_rows] == [
+        "model.kwargs.cms_periods=[1,4,16]",
+        "model.kwargs.cms_periods=[1,8]",
+    ]
+    header = table_csv(hope_rows).splitlines()[0]
+    assert ",setting.model.kwargs.cms_periods," in header
 
 
 def _references(root: Path, budget: int = 40000) -> Path:
