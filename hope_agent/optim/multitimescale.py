@@ -66,11 +66,14 @@ def _check_group(group: Mapping[str, Any], index: int) -> None:
     clock = group.get("clock", OPTIMIZER_STEPS)
     if clock not in CLOCKS:
         raise ValueError(
-            f"MultiTimescaleOptimizer: {label} has clock={clock!r}; valid clocks: {', '.join(CLOCKS)}"
+            f"MultiTimescaleOptimizer: {label} has clock={clock!r}; "
+            f"valid clocks: {', '.join(CLOCKS)}"
         )
     scale = group.get("lr_scale", 1.0)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (
-        math.isfinite(scale) and scale >= 0
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not (math.isfinite(scale) and scale >= 0)
     ):
         raise ValueError(
             f"MultiTimescaleOptimizer: {label} has lr_scale={scale!r}; lr_scale must be a finite "

@@ -6,6 +6,9 @@ A method sees the curriculum only through these hooks, so regularisers (L2, EWC)
 - :meth:`Method.on_task_start` / :meth:`Method.on_task_end`: called around each stage (e.g. to
   snapshot weights or compute a Fisher matrix at a task end);
 - :meth:`Method.extra_loss`: a loss added to every PPO minibatch;
+- :meth:`Method.after_update`: called after every PPO update (e.g. to average weights);
+- :meth:`Method.evaluation_agent`: the model the trainer evaluates (the working agent, or e.g.
+  a stable average of it);
 - :meth:`Method.state_dict` / :meth:`Method.load_state_dict`: saved in every checkpoint.
 
 ``finetune`` (plain sequential training) is the baseline every other method is measured against.
@@ -34,10 +37,18 @@ class Method:
         """A loss added to the PPO loss of each minibatch (``None``: nothing to add)."""
         return None
 
+    def after_update(self, agent: Agent) -> None:
+        """Called after every PPO update (all epochs over one rollout), including a stage's last
+        update, before the task-end hook."""
+
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
     ) -> None:
         """Called after the last update of ``stage``, with the last rollout's buffer."""
+
+    def evaluation_agent(self, agent: Agent) -> Agent:
+        """The agent the trainer evaluates (and records videos of); default: ``agent`` itself."""
+        return agent
 
     def state_dict(self) -> dict[str, Any]:
         """The method's state for checkpoints (tensors, arrays, scalars, strings)."""
