@@ -491,7 +491,7 @@ class Distill(Method):
         fast_ids = {
             id(p) for g in agent.param_groups() if g.get("name") in fast for p in g["params"]
         }
-        out: list[nn.Parameter] = []
+        out: list[Tensor] = []
         for module in agent.modules():
             if isinstance(module, CMSLevel) and id(module.fc2.weight) in fast_ids:
                 out.extend([module.fc2.weight, module.fc2.bias])
@@ -548,7 +548,7 @@ class Distill(Method):
                 p.mul_(cfg.fast_scale)
         everything = torch.arange(self.store.size)
         with torch.no_grad():
-            before = float(self.loss(agent, targets, everything))
+            before = float(self.loss(agent, targets, everything).detach())
         optimizer = torch.optim.Adam(slow, lr=cfg.lr)
         with torch.enable_grad():
             for _ in range(cfg.steps):
@@ -563,7 +563,7 @@ class Distill(Method):
         # Only the slow levels were stepped: no gradient of this loss may reach PPO's next step.
         agent.zero_grad(set_to_none=True)
         with torch.no_grad():
-            after = float(self.loss(agent, targets, everything))
+            after = float(self.loss(agent, targets, everything).detach())
         return Consolidation(stage, self.store.size, before, after)
 
     def state_dict(self) -> dict[str, Any]:
