@@ -432,6 +432,26 @@ def test_group_settings_and_clocks_reject_bad_values_clearly() -> None:
         opt.clock("epochs")
 
 
+def test_reset_state_makes_the_next_update_a_first_update() -> None:
+    model = _model()
+    opt = MultiTimescaleOptimizer(_groups(model, (1, 3, 1)), lr=1e-2)
+    for seed in range(4):  # mid-window for level 1
+        _backward(model, seed)
+        opt.step()
+    reset = [*model[2].parameters(), *model[4].parameters()]
+    opt.reset_state(reset)
+    assert all(p not in opt.state and p not in opt.base.state for p in reset)
+    fresh = copy.deepcopy(model[4])
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    _backward(model, 99)
+    for p, q in zip(model[4].parameters(), fresh.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    opt.step()
+    fresh_opt.step()
+    for p, q in zip(model[4].parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 # ----------------------------------------------------------------------------- M3
 
 

@@ -229,6 +229,15 @@ class MultiTimescaleOptimizer(Optimizer):
             raise ValueError(f"advance: amount must be an int >= 0, got {amount!r}")
         self._clocks[clock] += amount
 
+    def reset_state(self, params: Iterable[Tensor]) -> None:
+        """Forget what the optimizer holds for ``params``: the base optimizer's state (moments,
+        step counts) and the partial gradient sums. Their next update starts afresh, as for a
+        new parameter (what a method that resets weights, e.g. ``distill``, needs: stale
+        moments would push reset weights back where they were)."""
+        for p in params:
+            self.base.state.pop(p, None)
+            self.state.pop(p, None)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group (validated ``period``, ``clock`` and ``lr_scale``); it shares the clocks.
 
