@@ -262,12 +262,15 @@ class StableEMA(Method):
         return decays
 
     def stable_agent(self, agent: Agent) -> Agent:
-        """The stable model (built as a frozen copy of ``agent`` on first use)."""
+        """The stable model (a copy of ``agent`` made on first use).
+
+        Its parameters keep ``requires_grad`` so that it stays an ordinary agent (the evaluator's
+        online CMS adapts the trainable levels of the agent it is given); no loss reaches them,
+        since every output of the stable model is detached before use.
+        """
         if self.stable is None:
             stable = copy.deepcopy(agent)
-            for p in stable.parameters():
-                p.requires_grad_(False)
-                p.grad = None
+            stable.zero_grad(set_to_none=True)
             self.stable = stable
             self.group_decays(agent)  # a misspelt group name fails at once, not at the update
         if self._pending is not None:
