@@ -14,6 +14,7 @@ from hope_agent.agents import Agent, AgentConfig
 from hope_agent.agents.agent import AgentOutput
 from hope_agent.algos import RolloutBuffer
 from hope_agent.algos.buffer import SequenceBatch
+from hope_agent.algos.ppo import PPO, PPOConfig
 from hope_agent.cli import train
 from hope_agent.io import load_checkpoint, save_checkpoint
 from hope_agent.methods import (
@@ -27,6 +28,7 @@ from hope_agent.methods.consolidation import PolicyTargets, consistency_loss, na
 from hope_agent.methods.replay import sequence_outputs
 from hope_agent.models.cms import CMSLevel
 from hope_agent.models.factory import make_backbone
+from hope_agent.optim import MultiTimescaleOptimizer, apply_group_settings
 from hope_envs.curriculum import TaskSpec
 
 OBS, ACT = 4, 2
@@ -344,6 +346,55 @@ def test_make_method_builds_the_consolidation_methods_from_config_values() -> No
         make_method("stable_ema", {"evaluate": "best"})
     with pytest.raises(ValueError, match=r"group_decay names \['cms.5'\]"):
         make_method("stable_ema", {"group_decay": {"cms.5": 0.9}}).on_task_start(0, SPEC, _agent())
+
+
+@pytest.mark.parametrize("name", ["stable_ema", "distill"])
+def test_hooks_in_the_trainers_order_with_ppo_and_a_task_clock_level(name: str) -> None:
+    """The calls the runner is to make, in its order, around real PPO updates: the extra loss
+    inside each minibatch, after_update and the env clock after each update, the task clock and
+    the task-end hook after each stage. cms.1 is on the task clock: it moves once, at the first
+    step of the second stage."""
+    agent = _agent()
+    groups = apply_group_settings(agent.param_groups(), {"cms.1": {"clock": "tasks", "period": 1}})
+    optimizer = MultiTimescaleOptimizer(groups, lr=1e-3)
+    options = {"replay_coef": 1.0, "replay_batch": 2} if name == "stable_ema" else {"steps": 3}
+    method = make_method(name, options)
+    ppo = PPO(
+        agent,
+        optimizer,
+        PPOConfig(epochs=1, num_minibatches=2),
+        np.random.default_rng(0),
+        extra_loss=method.extra_loss,
+    )
+    slow_level = [p for g in optimizer.param_groups if g["name"] == "cms.1" for p in g["params"]]
+    start = [p.detach().clone() for p in slow_level]
+    extras = []
+    for stage in range(2):
+        method.on_task_start(stage, SPEC, agent)
+        for update in range(2):
+            buffer = _filled(agent, 10 * stage + update)
+            stats = ppo.update(buffer)
+            assert stats["nonfinite_steps"] == 0
+            extras.append(stats.get("extra"))
+            optimizer.advance("env_steps", buffer.num_steps * buffer.num_envs)
+            method.after_update(agent)
+        if stage == 0:
+            assert all(torch.equal(p, s) for p, s in zip(slow_level, start, strict=True))
+        optimizer.advance("tasks", 1)
+        method.on_task_end(stage, SPEC, agent, buffer)
+        if isinstance(method, Distill):
+            optimizer.reset_state(method.fast_output_parameters(agent))
+    assert optimizer.update_counts["cms.1"] == 1
+    assert optimizer.update_counts["cms.0"] == 8
+    if isinstance(method, StableEMA):
+        assert method.updates == 4
+        assert all(e is not None and np.isfinite(e) for e in extras)
+        evaluated = method.evaluation_agent(agent)
+        assert evaluated is method.stable
+        # Still an ordinary agent: its CMS levels are trainable for the evaluator's online CMS.
+        assert all(g["params"] for g in evaluated.backbone.param_groups())
+    else:
+        assert all(e is None for e in extras) and len(method.history) == 2
 
 
 TINY_HOPE = [
