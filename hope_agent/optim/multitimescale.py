@@ -262,9 +262,13 @@ class MultiTimescaleOptimizer(Optimizer):
 
     def is_due(self, group: dict[str, Any]) -> bool:
         """Whether ``group`` (one of :attr:`param_groups`) updates on the next ``step()`` call."""
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        return self._due(index)
+
+    def _due(self, index: int) -> bool:
+        group = self.param_groups[index]
         if group["clock"] == OPTIMIZER_STEPS:
             return (self._calls + 1) % group["period"] == 0
-        index = next(i for i, g in enumerate(self.param_groups) if g is group)
         return self._window(group) > self._marks[index]
 
     @torch.no_grad()
@@ -277,7 +281,7 @@ class MultiTimescaleOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        due = [self.is_due(g) for g in self.param_groups]
+        due = [self._due(i) for i in range(len(self.param_groups))]
         self._calls += 1
         saved: list[tuple[Tensor, Tensor | None]] = []
         for i, group in enumerate(self.param_groups):
