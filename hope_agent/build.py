@@ -10,7 +10,7 @@ the fix. Trained agents load through one map from checkpoint format to loader
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from torch import Tensor
 
 from hope_agent.agents.actor import Actor
 from hope_agent.agents.agent import Agent, AgentConfig
@@ -28,7 +29,7 @@ from hope_agent.baselines import sb3
 from hope_agent.io import CheckpointError, load_checkpoint
 from hope_agent.methods import METHODS, make_method
 from hope_agent.models.factory import BACKBONES, make_backbone
-from hope_agent.optim import M3, MultiTimescaleOptimizer, split_matrix_params
+from hope_agent.optim import M3, MultiTimescaleOptimizer, apply_group_settings, split_matrix_params
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
 from hope_agent.train.config import (
     RESUMABLE_CHANGES,
@@ -59,7 +60,7 @@ class ConfigError(ValueError):
 class OptimizerChain:
     """Several optimizers stepped as one (M3 on matrices + AdamW on the rest)."""
 
-    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    def __init__(self, optimizers: Sequence[MultiTimescaleOptimizer]) -> None:
         self.optimizers = list(optimizers)
 
     @property
@@ -80,6 +81,17 @@ class OptimizerChain:
     def state_dict(self) -> dict[str, Any]:
         """``{"chain": [state_dict of each optimizer]}``."""
         return {"chain": [opt.state_dict() for opt in self.optimizers]}
+
+    def advance(self, clock: str, amount: int = 1) -> None:
+        """Advance ``clock`` of every optimizer."""
+        for opt in self.optimizers:
+            opt.advance(clock, amount)
+
+    def reset_state(self, params: Iterable[Tensor]) -> None:
+        """Forget ``params``' state in every optimizer."""
+        held = list(params)
+        for opt in self.optimizers:
+            opt.reset_state(held)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -257,7 +269,9 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
 def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | OptimizerChain:
     """The outer optimizer over the agent's groups; each group updates on its own period."""
     ppo = cfg.ppo
-    groups = agent.param_groups()
+    settings = OmegaConf.to_container(ppo.groups, resolve=True)
+    assert isinstance(settings, dict)
+    groups = apply_group_settings(agent.param_groups(), {str(k): v for k, v in settings.items()})
     adamw = {"lr": float(ppo.lr), "weight_decay": float(ppo.weight_decay), "eps": 1e-5}
     if ppo.optimizer == OptimizerName.adamw:
         return MultiTimescaleOptimizer(groups, base=torch.optim.AdamW, **adamw)
@@ -269,7 +283,7 @@ def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | 
         if others:
             other_groups.append({**g, "params": others})
     m3 = ppo.m3
-    chain: list[torch.optim.Optimizer] = [
+    chain = [
         MultiTimescaleOptimizer(
             matrix_groups,
             base=M3,
@@ -339,7 +353,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
     try:
         optimizer = build_optimizer(agent, cfg)
     except ValueError as e:
-        raise ConfigError(f"ppo.optimizer={cfg.ppo.optimizer.name}: {e}") from e
+        raise ConfigError(f"ppo.optimizer={cfg.ppo.optimizer.name}, ppo.groups: {e}") from e
     ppo = PPO(
         agent,
         optimizer,

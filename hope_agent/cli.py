@@ -223,6 +223,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         reference_auc=None if ref is None else list(ref),
         extra={"checkpoints": [str(path) for _, path in evaluated]},
         notes=notes,
+        page=True,
     )
 
 

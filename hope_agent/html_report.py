@@ -11,10 +11,10 @@ curriculum (20 stages x 21 files) stays a few MB. Past ``max_video_bytes`` in al
 recorded at a large size) the page links them by relative path instead, and says so: a page of
 hundreds of MB would load slowly, and the run directory holds the files anyway.
 
-Entry points: :func:`write_run_report` (into a finished or partial run directory, for the
-trainer to call once a run's last results and videos are written; ``python -m
-hope_agent.html_report RUN_DIR`` for any run directory); :func:`hope_agent.compare.write_comparison_report` builds the comparison
-page from the same parts.
+Entry points: :func:`write_run_report` (into a finished or partial run directory; the trainer
+calls it once a run's last results and videos are written; ``python -m hope_agent.html_report
+RUN_DIR`` for any run directory); :func:`hope_agent.compare.write_comparison_report` builds the
+comparison page from the same parts.
 """
 
 from __future__ import annotations

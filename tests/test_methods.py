@@ -11,6 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
+from rollouts import fill_rollout
 
 from hope_agent.agents import Agent, AgentConfig
 from hope_agent.algos import RolloutBuffer
@@ -44,46 +45,11 @@ def _agent(name: str = "mlp", log_std: float = -0.5) -> Agent:
     )
 
 
-@torch.no_grad()
 def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0, done_prob: float = 0.1) -> None:
     """A rollout of random observations with the policy's own sampled actions."""
-    gen = torch.Generator().manual_seed(seed)
-    n = buffer.num_envs
-    carry = agent.init_carry(n)
-    is_first = torch.ones(n, dtype=torch.bool)
-    valid = torch.ones(n, dtype=torch.bool)
-    obs = torch.randn(n, OBS, generator=gen)
-    task = torch.zeros(n, dtype=torch.long)
-    prev_reward = torch.zeros(n)
-    for t in range(buffer.num_steps):
-        before = carry
-        carry, res = agent.policy(carry, obs, prev_reward, is_first, generator=gen, task=task)
-        next_obs = torch.randn(n, OBS, generator=gen)
-        reward = res.action[:, 0].clamp(-1, 1) * valid
-        done = valid & (torch.rand(n, generator=gen) < done_prob)
-        buffer.add(
-            t,
-            memory=before.memory,
-            obs=res.obs,
-            next_obs=agent.obs_norm(next_obs),
-            prev_action=before.prev_action,
-            prev_reward=res.prev_reward,
-            is_first=is_first,
-            task=task,
-            action=res.action,
-            env_action=res.env_action,
-            log_prob=res.log_prob,
-            value=res.value,
-            reward=reward,
-            terminated=torch.zeros(n, dtype=torch.bool),
-            truncated=done,
-            valid=valid,
-        )
-        prev_reward = reward
-        is_first, valid, obs = ~valid, ~done, next_obs
-    _, res = agent.policy(carry, obs, prev_reward, is_first, deterministic=True, task=task)
-    out = res.output
-    buffer.compute_advantages(out.value, 0.99, 0.95)
+    fill_rollout(
+        agent, buffer, seed, lambda res, valid, _: res.action[:, 0].clamp(-1, 1) * valid, done_prob
+    )
 
 
 def _filled(agent: Agent, seed: int = 0, steps: int = 16, envs: int = 4) -> RolloutBuffer:
@@ -280,7 +246,7 @@ def test_make_method_builds_and_rejects_clearly(tmp_path: Path) -> None:
     runner = build_runner(_tiny_config("method=ewc", "+method_options.coef=10"), tmp_path)
     runner.logger.close()
     assert isinstance(runner.method, EWC) and runner.method.config.coef == 10.0
-    with pytest.raises(ValueError, match="valid methods: bc_replay, ewc, finetune, l2"):
+    with pytest.raises(ValueError, match="valid methods: bc_replay, distill, ewc, finetune, l2"):
         make_method("packnet")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['lambda'\]"):
         make_method("ewc", {"lambda": 1.0})

@@ -9,8 +9,16 @@ import pytest
 import torch
 from torch import nn
 
+from hope_agent.agents import Agent, AgentConfig
 from hope_agent.models.hope import Hope, HopeConfig
-from hope_agent.optim import M3, MultiTimescaleOptimizer, newton_schulz, split_matrix_params
+from hope_agent.optim import (
+    M3,
+    GroupSettings,
+    MultiTimescaleOptimizer,
+    apply_group_settings,
+    newton_schulz,
+    split_matrix_params,
+)
 
 
 def _model() -> nn.Sequential:
@@ -241,6 +249,207 @@ def test_load_foreign_state_dict_raises() -> None:
     opt = MultiTimescaleOptimizer(layer.parameters())
     with pytest.raises(ValueError, match="not saved by a MultiTimescaleOptimizer"):
         opt.load_state_dict(torch.optim.AdamW(layer.parameters()).state_dict())
+
+
+# ----------------------------------------------------------------------------- clocks and rates
+
+
+def _clock_groups(model: nn.Sequential) -> list[dict]:
+    """Level 0 every 4 optimizer steps, level 1 every 100 env steps, level 2 once per task."""
+    return [
+        {"params": list(model[0].parameters()), "period": 4, "name": "steps"},
+        {"params": list(model[2].parameters()), "period": 100, "clock": "env_steps", "name": "env"},
+        {"params": list(model[4].parameters()), "period": 1, "clock": "tasks", "name": "task"},
+    ]
+
+
+def _train_tasks(
+    model: nn.Sequential,
+    opt: MultiTimescaleOptimizer,
+    tasks: range,
+    updates: int = 5,
+    moved: list[tuple[int, int, str]] | None = None,
+) -> None:
+    """A trainer's loop: per task ``updates`` PPO updates of 3 optimizer steps on 40 env steps,
+    the env clock advanced after each update and the task clock at each task end."""
+    for task in tasks:
+        for update in range(updates):
+            for minibatch in range(3):
+                _backward(model, 1000 * task + 10 * update + minibatch)
+                before = [model[2 * i].weight.detach().clone() for i in range(3)]
+                opt.step()
+                if moved is not None:
+                    for i, name in enumerate(("steps", "env", "task")):
+                        if not torch.equal(model[2 * i].weight, before[i]):
+                            moved.append((task, 3 * update + minibatch, name))
+            opt.advance("env_steps", 40)
+        opt.advance("tasks", 1)
+
+
+def test_updates_per_level_per_task_follow_each_groups_clock() -> None:
+    model = _model()
+    opt = MultiTimescaleOptimizer(_clock_groups(model), base=torch.optim.SGD, lr=0.1)
+    moved: list[tuple[int, int, str]] = []
+    _train_tasks(model, opt, range(3), moved=moved)
+    per_task = {
+        (t, name): sum(1 for m in moved if m[0] == t and m[2] == name)
+        for t in range(3)
+        for name in ("steps", "env", "task")
+    }
+    # 15 steps per task (45 in all): the step clock moves at calls 4, 8, ..., 44 (3 or 4 a task).
+    assert [per_task[(t, "steps")] for t in range(3)] == [3, 4, 4]
+    # 200 env steps per task, crossings at 120, 200, ..., 600: the first step after each.
+    assert [per_task[(t, "env")] for t in range(3)] == [1, 2, 2]
+    # The task clock: nothing during task 0, then exactly one update at each next task's start.
+    assert [per_task[(t, "task")] for t in range(3)] == [0, 1, 1]
+    assert [m[1] for m in moved if m[2] == "task"] == [0, 0]
+    assert opt.update_counts == {"steps": 11, "env": 5, "task": 2}
+    clocks = [opt.clock(c) for c in ("optimizer_steps", "env_steps", "tasks")]
+    assert clocks == [45, 600, 3]
+
+
+def test_a_task_clock_group_applies_exactly_the_finished_tasks_gradient_sum() -> None:
+    """The window holds the task's steps only: the first step of the next task opens the next."""
+    model = _model()
+    opt = MultiTimescaleOptimizer(_clock_groups(model), base=torch.optim.SGD, lr=0.1)
+    layer = model[4]
+    start = [p.detach().clone() for p in layer.parameters()]
+    sums = [torch.zeros_like(p) for p in layer.parameters()]
+    for update in range(5):
+        for minibatch in range(3):
+            _backward(model, 10 * update + minibatch)
+            for s, p in zip(sums, layer.parameters(), strict=True):
+                s += p.grad
+            opt.step()
+        opt.advance("env_steps", 40)
+    opt.advance("tasks", 1)
+    for p, s0 in zip(layer.parameters(), start, strict=True):
+        assert torch.equal(p, s0)
+    assert opt.is_due(opt.param_groups[2])
+    _backward(model, 999)  # the next task's first gradient: not part of the applied sum
+    opt.step()
+    for p, s0, s in zip(layer.parameters(), start, sums, strict=True):
+        torch.testing.assert_close(p.detach(), s0 - 0.1 * s, atol=1e-6, rtol=0)
+    assert not opt.is_due(opt.param_groups[2])
+
+
+def test_resume_mid_period_on_every_clock_equals_an_uninterrupted_run() -> None:
+    model = _model()
+    opt = MultiTimescaleOptimizer(_clock_groups(model), lr=1e-2, weight_decay=0.05)
+    _train_tasks(model, opt, range(1), updates=3)  # mid-window on the env and step clocks
+    _train_tasks(model, opt, range(1, 2), updates=2)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    _train_tasks(model, opt, range(2, 4))
+
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed = _model()
+    resumed.load_state_dict(saved["model"])
+    opt2 = MultiTimescaleOptimizer(_clock_groups(resumed), lr=0.5)
+    opt2.load_state_dict(saved["opt"])
+    assert (opt2.clock("env_steps"), opt2.clock("tasks"), opt2.calls) == (200, 2, 15)
+    _train_tasks(resumed, opt2, range(2, 4))
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert opt2.update_counts == opt.update_counts
+
+
+def _tiny_agent() -> Agent:
+    torch.manual_seed(0)
+    backbone = Hope(HopeConfig(d_model=16, n_layers=1, n_heads=2, chunk_size=4, cms_periods=(1, 2)))
+    return Agent(backbone, AgentConfig(obs_dim=3, act_dim=2))
+
+
+def _agent_loss(agent: Agent, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(2, 6, 3, generator=gen)
+    out, _ = agent(
+        obs,
+        torch.randn(2, 6, 2, generator=gen),
+        torch.randn(2, 6, generator=gen),
+        torch.zeros(2, 6, dtype=torch.bool),
+        agent.backbone.init_state(2),
+    )
+    return out.mean.square().mean() + out.value.square().mean()
+
+
+def test_lr_scale_zero_leaves_a_cms_level_bit_identical() -> None:
+    agent = _tiny_agent()
+    groups = apply_group_settings(agent.param_groups(), {"cms.1": {"lr_scale": 0.0}})
+    opt = MultiTimescaleOptimizer(groups, lr=1e-2, weight_decay=0.1)
+    frozen = {n: p.detach().clone() for n, p in agent.named_parameters() if ".levels.1." in n}
+    others = {n: p.detach().clone() for n, p in agent.named_parameters() if ".levels.0." in n}
+    assert frozen and others
+    for seed in range(6):
+        opt.zero_grad()
+        _agent_loss(agent, seed).backward()
+        opt.step()
+    params = dict(agent.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in frozen.items())
+    assert all(not torch.equal(params[n], p) for n, p in others.items())
+    assert opt.update_counts["cms.1"] == 3  # its clock ran: it applied zero-size steps
+
+
+def test_lr_scale_multiplies_the_groups_own_or_default_learning_rate() -> None:
+    model = _model()
+    groups = [
+        {"params": list(model[0].parameters()), "name": "a", "lr": 0.2},
+        {"params": list(model[2].parameters()), "name": "b"},
+        {"params": list(model[4].parameters()), "name": "c"},
+    ]
+    settings = {"a": GroupSettings(lr_scale=0.5), "b": {"lr_scale": 0.25, "period": 3}}
+    opt = MultiTimescaleOptimizer(apply_group_settings(groups, settings), torch.optim.SGD, lr=1.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.25, 1.0]
+    assert [g["period"] for g in opt.param_groups] == [1, 3, 1]
+    assert "lr_scale" not in groups[0]  # the caller's groups are not edited
+    late = nn.Linear(2, 2)
+    opt.add_param_group({"params": list(late.parameters()), "lr_scale": 0.5})
+    assert opt.param_groups[-1]["lr"] == 0.5
+    # A checkpoint holds the scaled rate: loading does not scale it again.
+    opt2 = MultiTimescaleOptimizer(apply_group_settings(groups, settings), torch.optim.SGD, lr=1.0)
+    opt2.add_param_group({"params": list(late.parameters()), "lr_scale": 0.5})
+    opt2.load_state_dict(opt.state_dict())
+    assert [g["lr"] for g in opt2.param_groups] == [0.1, 0.25, 1.0, 0.5]
+
+
+def test_group_settings_and_clocks_reject_bad_values_clearly() -> None:
+    groups = _clock_groups(_model())
+    with pytest.raises(ValueError, match=r"name \['cms.9'\].*\['steps', 'env', 'task'\]"):
+        apply_group_settings(groups, {"cms.9": {"lr_scale": 0.5}})
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['rate'\]"):
+        apply_group_settings(groups, {"env": {"rate": 0.5}})
+    with pytest.raises(ValueError, match=r"clock='epochs'; valid clocks: optimizer_steps"):
+        apply_group_settings(groups, {"env": {"clock": "epochs"}})
+    with pytest.raises(ValueError, match=r"lr_scale=-1.*>= 0"):
+        apply_group_settings(groups, {"env": GroupSettings(lr_scale=-1.0)})
+    opt = MultiTimescaleOptimizer(groups)
+    with pytest.raises(ValueError, match="optimizer steps advance themselves"):
+        opt.advance("optimizer_steps", 1)
+    with pytest.raises(ValueError, match="amount must be an int >= 0"):
+        opt.advance("tasks", -1)
+    with pytest.raises(ValueError, match="unknown clock 'epochs'"):
+        opt.clock("epochs")
+
+
+def test_reset_state_makes_the_next_update_a_first_update() -> None:
+    model = _model()
+    opt = MultiTimescaleOptimizer(_groups(model, (1, 3, 1)), lr=1e-2)
+    for seed in range(4):  # mid-window for level 1
+        _backward(model, seed)
+        opt.step()
+    reset = [*model[2].parameters(), *model[4].parameters()]
+    opt.reset_state(reset)
+    assert all(p not in opt.state and p not in opt.base.state for p in reset)
+    fresh = copy.deepcopy(model[4])
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
+    _backward(model, 99)
+    for p, q in zip(model[4].parameters(), fresh.parameters(), strict=True):
+        q.grad = p.grad.clone()
+    opt.step()
+    fresh_opt.step()
+    for p, q in zip(model[4].parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 # ----------------------------------------------------------------------------- M3

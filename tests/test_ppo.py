@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from rollouts import fill_rollout
 
 from hope_agent.agents import Agent, AgentConfig, gaussian_entropy
 from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss, value_loss
@@ -115,44 +116,9 @@ def test_running_mean_std_matches_numpy() -> None:
 
 
 def _fill(agent: Agent, buffer: RolloutBuffer, seed: int = 0) -> None:
-    """A synthetic rollout with episode ends (truncation + autoreset) like the runner's."""
-    gen = torch.Generator().manual_seed(seed)
-    n, t_len = buffer.num_envs, buffer.num_steps
-    carry = agent.init_carry(n)
-    is_first = torch.ones(n, dtype=torch.bool)
-    valid = torch.ones(n, dtype=torch.bool)
-    obs = torch.randn(n, OBS, generator=gen)
-    prev_reward = torch.zeros(n)
-    with torch.no_grad():
-        for t in range(t_len):
-            before = carry
-            carry, res = agent.policy(carry, obs, prev_reward, is_first, generator=gen)
-            next_obs = torch.randn(n, OBS, generator=gen)
-            # Reward: +1 when the first action dim is positive (something PPO can learn).
-            reward = (res.action[:, 0] > 0).float() * valid
-            done = valid & (torch.rand(n, generator=gen) < 0.1)
-            buffer.add(
-                t,
-                memory=before.memory,
-                obs=res.obs,
-                next_obs=agent.obs_norm(next_obs),
-                prev_action=before.prev_action,
-                prev_reward=res.prev_reward,
-                is_first=is_first,
-                task=torch.zeros(n, dtype=torch.long),
-                action=res.action,
-                env_action=res.env_action,
-                log_prob=res.log_prob,
-                value=res.value,
-                reward=reward,
-                terminated=torch.zeros(n, dtype=torch.bool),
-                truncated=done,
-                valid=valid,
-            )
-            prev_reward = reward
-            is_first, valid, obs = ~valid, ~done, next_obs
-        out = agent.policy(carry, obs, prev_reward, is_first, deterministic=True)[1].output
-    buffer.compute_advantages(out.value, 0.99, 0.95)
+    """A synthetic rollout with episode ends (truncation + autoreset) like the runner's; reward
+    +1 when the first action dim is positive (something PPO can learn)."""
+    fill_rollout(agent, buffer, seed, lambda res, valid, _: (res.action[:, 0] > 0).float() * valid)
 
 
 def _agent(name: str = "gru", **kwargs: object) -> Agent:

@@ -12,7 +12,7 @@ autoreset steps (``valid == False``) are masked out of every loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -50,6 +50,14 @@ class OptimizerLike(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+        ...
+
+    def advance(self, clock: str, amount: int = 1) -> None:
+        """Advance a trainer-driven clock (``"env_steps"``, ``"tasks"``) of the groups' periods."""
+        ...
+
+    def reset_state(self, params: Iterable[Tensor]) -> None:
+        """Forget the moments and partial sums held for ``params`` (weights rewritten outside)."""
         ...
 
 

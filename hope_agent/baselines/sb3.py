@@ -486,6 +486,7 @@ def run_sb3_curriculum(
         s.smooth_last,
         s.reference_auc,
         extra={"wall_time_s": wall, "env_steps": steps, "sb3_algo": algo},
+        page=True,
     )
     return RunSummary(run_dir, run.record.matrix("perf"), metrics, wall, steps)
 

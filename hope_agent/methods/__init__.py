@@ -7,6 +7,8 @@ Every method subclasses :class:`hope_agent.methods.base.Method` and uses only it
   (:mod:`hope_agent.methods.regularizers`);
 - ``bc_replay``: behaviour-cloning replay of stored sequences of finished tasks
   (:mod:`hope_agent.methods.replay`);
+- ``stable_ema``, ``distill``: consolidation from the fast to the slow parameters
+  (:mod:`hope_agent.methods.consolidation`);
 - ``multitask``: the upper bound with every task interleaved (:mod:`hope_agent.methods.multitask`;
   it changes the runner's env factory, not the loss).
 
@@ -20,6 +22,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from hope_agent.methods.base import Finetune, Method
+from hope_agent.methods.consolidation import (
+    Distill,
+    DistillConfig,
+    ObservationStore,
+    StableEMA,
+    StableEMAConfig,
+)
 from hope_agent.methods.multitask import MultiTask, MultiTaskEnv, multitask_env_factory
 from hope_agent.methods.regularizers import (
     EWC,
@@ -38,10 +47,18 @@ METHODS: dict[str, type[Method]] = {
     "ewc": EWC,
     "bc_replay": BCReplay,
     "multitask": MultiTask,
+    "stable_ema": StableEMA,
+    "distill": Distill,
 }
 
 # The options dataclass of each method that takes options.
-METHOD_CONFIGS: dict[str, type] = {"l2": L2Config, "ewc": EWCConfig, "bc_replay": BCReplayConfig}
+METHOD_CONFIGS: dict[str, type] = {
+    "l2": L2Config,
+    "ewc": EWCConfig,
+    "bc_replay": BCReplayConfig,
+    "stable_ema": StableEMAConfig,
+    "distill": DistillConfig,
+}
 
 
 def make_method(name: str, options: Mapping[str, Any] | None = None) -> Method:
@@ -69,13 +86,18 @@ __all__ = [
     "METHOD_CONFIGS",
     "BCReplay",
     "BCReplayConfig",
+    "Distill",
+    "DistillConfig",
     "EWCConfig",
     "Finetune",
     "L2Config",
     "Method",
     "MultiTask",
     "MultiTaskEnv",
+    "ObservationStore",
     "ParameterRegularizer",
+    "StableEMA",
+    "StableEMAConfig",
     "diagonal_fisher",
     "make_method",
     "multitask_env_factory",

@@ -42,7 +42,8 @@ class Method:
         return None
 
     def after_update(self, agent: Agent) -> None:
-        """Called after every PPO update."""
+        """Called after every PPO update (all epochs over one rollout), including a stage's last
+        update, before the task-end hook."""
 
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
@@ -52,6 +53,11 @@ class Method:
     def evaluation_agent(self, agent: Agent) -> Agent:
         """The agent that evaluations and videos measure: the trained one by default."""
         return agent
+
+    def rewritten_parameters(self, agent: Agent) -> list[Tensor]:
+        """Parameters :meth:`on_task_end` rewrote (none by default); the trainer forgets their
+        optimizer state, whose stale moments would push them back."""
+        return []
 
     def env_factory(self, specs: Sequence[TaskSpec], obs_limit: float) -> VecEnvFactory | None:
         """The method's own training envs (``None``: each stage's task, the default)."""

@@ -109,6 +109,10 @@ class PPOSection(PPOConfig):
     lr: float = 3e-4
     weight_decay: float = 0.0
     m3: M3Section = field(default_factory=M3Section)
+    # Clock, period and learning-rate scale per parameter group, by name (docs/consolidation.md):
+    # {cms.2: {clock: tasks, period: 1, lr_scale: 10}}; clocks: optimizer_steps (default),
+    # env_steps, tasks.
+    groups: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

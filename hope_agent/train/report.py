@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hope_agent import metrics as M
+from hope_agent.html_report import write_run_report
 from hope_agent.io import atomic_write_text
 from hope_agent.train.evaluator import TaskEvaluation
 from hope_agent.train.logger import rows_to_csv
@@ -224,10 +225,13 @@ def write_results(
     extra: dict[str, Any] | None = None,
     plots: bool = True,
     notes: Sequence[str] = (),
+    page: bool = False,
 ) -> dict[str, Any]:
     """Write every result file of ``record`` into ``out_dir``; return the metrics.
 
-    ``extra`` entries are added to the metrics, ``notes`` to their ``notes``.
+    ``extra`` entries are added to the metrics, ``notes`` to their ``notes``; ``page`` also
+    writes ``report.html`` (:func:`hope_agent.html_report.write_run_report`), with the videos
+    already in ``out_dir``.
     """
     out_dir = Path(out_dir)
     names = record.task_names
@@ -252,6 +256,8 @@ def write_results(
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if plots and record.events:
         _plots(out_dir / "plots", record, smooth_last)
+    if page:
+        write_run_report(out_dir)
     return metrics
 
 

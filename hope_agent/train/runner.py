@@ -106,6 +106,10 @@ class TrainingMethod(Protocol):
         """The agent that evaluations and videos measure (``agent`` itself by default)."""
         ...
 
+    def rewritten_parameters(self, agent: Agent) -> list[Tensor]:
+        """Parameters the task-end hook rewrote, whose optimizer state is then forgotten."""
+        ...
+
     def state_dict(self) -> dict[str, Any]:
         """The method's state for checkpoints."""
         ...
@@ -268,7 +272,9 @@ class CurriculumRunner:
         finally:
             self.evaluator.close()
         wall = time.perf_counter() - start
-        metrics = self._write_results(extra={"wall_time_s": wall, "env_steps": self.global_step})
+        metrics = self._write_results(
+            extra={"wall_time_s": wall, "env_steps": self.global_step}, page=True
+        )
         self.logger.print_summary(
             self.record.task_names,
             # the matrix the metrics below were computed from (smoothed when smooth_last is set)
@@ -330,6 +336,7 @@ class CurriculumRunner:
                 previous = self.global_step
                 self.global_step += steps
                 self._update(stage)
+                self.ppo.optimizer.advance("env_steps", steps)
                 self.logger.advance(self.global_step)
                 last = self.task_step >= spec.steps
                 if (
@@ -346,6 +353,7 @@ class CurriculumRunner:
                     driver = self._start_segment(envs, self._sync_seed())
         finally:
             envs.close()
+        self.ppo.optimizer.advance("tasks", 1)
         self._evaluate(stage, task_end=True)
         self._task_end_hook(stage, spec)
         self.stage_done = True
@@ -368,6 +376,11 @@ class CurriculumRunner:
             )
             return
         self.method.on_task_end(stage, spec, self.agent, self.buffer)
+        # Weights the hook rewrote (e.g. distill's reset of the fast level) start afresh in the
+        # optimizer: stale moments would push them back.
+        rewritten = self.method.rewritten_parameters(self.agent)
+        if rewritten:
+            self.ppo.optimizer.reset_state(rewritten)
         # Only the hook writes the method's state (anchors, Fisher matrices, replay targets), so
         # it is checked here rather than after every update.
         broken = first_nonfinite(named_tensors(self.method.state_dict()))
@@ -456,6 +469,7 @@ class CurriculumRunner:
                 problem = f"{skipped} minibatches with a non-finite loss or gradient were skipped"
         if problem is None:
             self._bad_in_a_row = 0
+            self.method.after_update(self.agent)
         else:
             self.faults.nonfinite_updates += 1
             self._bad_in_a_row += 1
@@ -471,7 +485,6 @@ class CurriculumRunner:
                 }
             )
             self._episode_stats.clear()
-        self.method.after_update(self.agent)
         values["charts/stage"] = float(stage)
         values.update(self.faults.as_log())
         self.logger.log(self.global_step, values)
@@ -526,7 +539,9 @@ class CurriculumRunner:
         agent = self.method.evaluation_agent(self.agent)
         write_task_videos(agent, self.curriculum, folder, v, self.settings.eval_seed)
 
-    def _write_results(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _write_results(
+        self, extra: dict[str, Any] | None = None, page: bool = False
+    ) -> dict[str, Any]:
         faults = {f"faults/{k}": v for k, v in dataclasses.asdict(self.faults).items()}
         return write_results(
             self.run_dir,
@@ -534,6 +549,7 @@ class CurriculumRunner:
             self.settings.smooth_last,
             self.settings.reference_auc,
             extra={**faults, **(extra or {})},
+            page=page,
         )
 
     # ----------------------------------------------------------------- checkpoints

@@ -1,0 +1,594 @@
+"""Consolidation: knowledge flows from the fast to the slow parameters (HOPE.md section 3c).
+
+Two methods, each a :class:`~hope_agent.methods.base.Method` chosen by ``method=...``; neither
+reads the task id (beyond feeding it to an oracle agent built with ``task_id``, whose input it
+is) nor any reward of a finished task. See ``docs/consolidation.md`` for the equations, the
+decisions and the config keys.
+
+- ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the
+  exponential moving average of the working weights with a decay per parameter group (slow CMS
+  levels averaged more slowly), updated after every PPO update; a consistency loss pulls the
+  working policy (mean and value) toward the stable one on the PPO minibatch and, optionally, on
+  stored observation sequences of finished tasks; the trainer evaluates the stable model.
+- ``distill`` (the transient/permanent split of Anand & Precup, NeurIPS 2023): at the end of a
+  stage the slow CMS levels learn to reproduce the whole model's policy mean and value on the
+  stored sequences of the current and earlier tasks, with the fast levels' contribution shrunk
+  (reset by default); what the fast levels had added is then gone from the model.
+
+Both keep an :class:`ObservationStore`: chunks of each finished stage's last rollout, with the
+inputs a policy needs and nothing derived from a reward. The token's previous-reward input is
+stored as 0 and sequences are replayed from a fresh backbone memory (the rollout's stored memory
+was computed from tokens that held rewards), unless ``store_rewards`` asks for both, as an
+ablation that breaks the no-old-reward rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hope_agent.agents.agent import Agent, AgentOutput
+from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.algos.ppo import masked_mean
+from hope_agent.methods.base import Method
+from hope_agent.methods.replay import (
+    gaussian_kl,
+    sample_sequences,
+    sequence_inputs,
+    sequence_outputs,
+    state_from_leaves,
+)
+from hope_agent.models.cms import CMSLevel
+from hope_agent.models.state import State
+from hope_envs.curriculum import TaskSpec
+
+_INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
+
+
+class ObservationStore:
+    """Reward-free input sequences of finished stages, for replay through any agent.
+
+    Args:
+        sequences_per_task: chunks kept per stage (capped by the rollout's chunk count).
+        seed: seed of the chunk draws (stage ``k`` draws with ``seed + k``).
+        store_rewards: also keep the previous-reward inputs and the chunk-start backbone memory
+            (both derived from the rewards of the task); off, they are 0 and a fresh memory.
+    """
+
+    def __init__(self, sequences_per_task: int, seed: int, store_rewards: bool = False) -> None:
+        self.sequences_per_task = sequences_per_task
+        self.seed = seed
+        self.store_rewards = store_rewards
+        self.inputs: dict[str, Tensor] = {}
+        self.memory_leaves: list[Tensor] = []
+
+    @property
+    def size(self) -> int:
+        """Number of stored sequences."""
+        return int(self.inputs["obs"].shape[0]) if self.inputs else 0
+
+    @torch.no_grad()
+    def add(self, stage: int, buffer: RolloutBuffer | None) -> None:
+        """Keep ``sequences_per_task`` chunks of the stage's last rollout (inputs only)."""
+        if buffer is None:
+            raise ValueError("consolidation needs the task's last rollout buffer at the task end")
+        batch = sample_sequences(buffer, self.sequences_per_task, self.seed + stage)
+        new = {k: v.detach().cpu().clone() for k, v in sequence_inputs(batch).items()}
+        if not self.store_rewards:
+            new["prev_reward"] = torch.zeros_like(new["prev_reward"])
+        leaves = [t.detach().cpu().clone() for t in batch.memory.leaves()]
+        if not self.inputs:
+            self.inputs = new
+            self.memory_leaves = leaves if self.store_rewards else []
+            return
+        self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in _INPUTS}
+        if self.store_rewards:
+            self.memory_leaves = [
+                torch.cat([old, t]) for old, t in zip(self.memory_leaves, leaves, strict=True)
+            ]
+
+    def rows(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State]:
+        """Stored sequences ``rows`` on the agent's device: ``(inputs, chunk-start memory)``."""
+        dev = agent.log_std.device
+        inputs = {k: self.inputs[k][rows].to(dev) for k in _INPUTS}
+        if self.store_rewards:
+            template = agent.backbone.init_state(1, dev)
+            memory = state_from_leaves(template, [t[rows].to(dev) for t in self.memory_leaves])
+        else:
+            memory = agent.backbone.init_state(int(rows.shape[0]), dev)
+        return inputs, memory
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored inputs and memories."""
+        return {"inputs": dict(self.inputs), "memory_leaves": list(self.memory_leaves)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        inputs = dict(state["inputs"])
+        if inputs and set(inputs) != set(_INPUTS):
+            raise ValueError(
+                f"observation store holds fields {sorted(inputs)}, expected {sorted(_INPUTS)}"
+            )
+        self.inputs = {k: v.cpu() for k, v in inputs.items()}
+        self.memory_leaves = [t.cpu() for t in state["memory_leaves"]]
+
+
+@dataclass
+class PolicyTargets:
+    """What one model answered on a batch of sequences: the targets of a consistency loss."""
+
+    mean: Tensor  # (B, L, act_dim)
+    log_std: Tensor  # (B, L, act_dim)
+    value: Tensor  # (B, L)
+
+    @classmethod
+    def of(cls, out: AgentOutput) -> PolicyTargets:
+        """The detached policy and value of ``out``."""
+        return cls(out.mean.detach(), out.log_std.detach(), out.value.detach())
+
+
+def consistency_loss(
+    target: PolicyTargets, out: AgentOutput, mask: Tensor, value_coef: float
+) -> Tensor:
+    """``KL(π_target ‖ π_out) + value_coef · (V_out − V_target)²``, averaged over ``mask``."""
+    kl = gaussian_kl(target.mean, target.log_std, out.mean, out.log_std)
+    loss = masked_mean(kl, mask)
+    if value_coef > 0:
+        loss = loss + value_coef * masked_mean((out.value - target.value).square(), mask)
+    return loss
+
+
+def loss_mask(valid: Tensor, burn_in: int) -> Tensor:
+    """``valid`` without the first ``burn_in`` steps of each sequence (memory warm-up)."""
+    mask = valid.clone()
+    mask[:, :burn_in] = False
+    return mask
+
+
+def named_groups(agent: Agent) -> dict[str, str]:
+    """Parameter name -> name of its optimizer group in ``agent.param_groups()``."""
+    group_of = {
+        id(p): str(g.get("name", f"group {i}"))
+        for i, g in enumerate(agent.param_groups())
+        for p in g["params"]
+    }
+    return {n: group_of[id(p)] for n, p in agent.named_parameters() if id(p) in group_of}
+
+
+def _check(name: str, rules: Mapping[str, bool], config: object) -> None:
+    bad = [rule for rule, ok in rules.items() if not ok]
+    if bad:
+        raise ValueError(f"{name} options: need {', '.join(bad)} (got {config})")
+
+
+# ----------------------------------------------------------------------------- stable_ema
+
+
+@dataclass
+class StableEMAConfig:
+    """Options of :class:`StableEMA`.
+
+    Attributes:
+        coef: weight of the consistency loss on each PPO minibatch.
+        replay_coef: weight of the consistency loss on stored sequences of finished tasks
+            (0: no store is kept).
+        replay_batch: stored sequences per PPO minibatch.
+        value_coef: weight of the value term inside both consistency losses.
+        decay: EMA decay per PPO update of a period-1 group.
+        period_exponent: a group of period ``P`` decays with ``1 − (1 − decay) / P^e``: 0 gives
+            every group ``decay``, 1 makes the rate inversely proportional to the period.
+        group_decay: explicit decay per group name (``{"cms.2": 0.9999}``), over the rule.
+        sequences_per_task: chunks stored per finished task (with ``replay_coef > 0``).
+        burn_in: first steps of each sequence left out of the losses.
+        store_rewards: keep reward inputs and rollout memory in the store (ablation).
+        evaluate: ``"stable"`` (the trainer evaluates the stable model) or ``"working"``.
+        seed: seed of the stored-sequence draws.
+    """
+
+    coef: float = 1.0
+    replay_coef: float = 0.0
+    replay_batch: int = 8
+    value_coef: float = 0.5
+    decay: float = 0.99
+    period_exponent: float = 0.5
+    group_decay: dict[str, float] = field(default_factory=dict)
+    sequences_per_task: int = 64
+    burn_in: int = 0
+    store_rewards: bool = False
+    evaluate: str = "stable"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            "stable_ema",
+            {
+                "coef >= 0": self.coef >= 0,
+                "replay_coef >= 0": self.replay_coef >= 0,
+                "replay_batch >= 1": self.replay_batch >= 1,
+                "value_coef >= 0": self.value_coef >= 0,
+                "decay in [0, 1]": 0 <= self.decay <= 1,
+                "period_exponent >= 0": self.period_exponent >= 0,
+                "group_decay values in [0, 1]": all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
+                    for v in self.group_decay.values()
+                ),
+                "sequences_per_task >= 1": self.sequences_per_task >= 1,
+                "burn_in >= 0": self.burn_in >= 0,
+                "evaluate 'stable' or 'working'": self.evaluate in ("stable", "working"),
+            },
+            self,
+        )
+
+
+class StableEMA(Method):
+    """Stable weights by exponential averaging per group, consistency toward them, evaluation of
+    the stable model (see the module docstring)."""
+
+    name = "stable_ema"
+
+    def __init__(self, config: StableEMAConfig | None = None) -> None:
+        self.config = config or StableEMAConfig()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.store = ObservationStore(
+            self.config.sequences_per_task, self.config.seed, self.config.store_rewards
+        )
+        self.stable: Agent | None = None
+        self.updates = 0
+        # Stable weights loaded before an agent was seen (a resumed run): applied on first use.
+        self._pending: dict[str, Tensor] | None = None
+
+    def group_decays(self, agent: Agent) -> dict[str, float]:
+        """The EMA decay of each of the agent's parameter groups, by group name."""
+        cfg = self.config
+        decays: dict[str, float] = {}
+        for i, g in enumerate(agent.param_groups()):
+            period = float(g.get("period", 1))
+            decays[str(g.get("name", f"group {i}"))] = 1.0 - (1.0 - cfg.decay) / (
+                period**cfg.period_exponent
+            )
+        unknown = sorted(set(cfg.group_decay) - set(decays))
+        if unknown:
+            raise ValueError(
+                f"stable_ema: group_decay names {unknown}, but the agent's parameter groups are "
+                f"{sorted(decays)}"
+            )
+        decays.update({k: float(v) for k, v in cfg.group_decay.items()})
+        return decays
+
+    def stable_agent(self, agent: Agent) -> Agent:
+        """The stable model (a copy of ``agent`` made on first use).
+
+        Its parameters keep ``requires_grad`` so that it stays an ordinary agent (the evaluator's
+        online CMS adapts the trainable levels of the agent it is given); no loss reaches them,
+        since every output of the stable model is detached before use.
+        """
+        if self.stable is None:
+            stable = copy.deepcopy(agent)
+            stable.zero_grad(set_to_none=True)
+            self.stable = stable
+            self.group_decays(agent)  # a misspelt group name fails at once, not at the update
+        if self._pending is not None:
+            self.stable.load_state_dict(self._pending)
+            self._pending = None
+        return self.stable
+
+    def on_task_start(self, stage: int, spec: TaskSpec, agent: Agent) -> None:
+        """Build the stable copy at the first stage (the initial weights start the average)."""
+        self.stable_agent(agent)
+
+    @torch.no_grad()
+    def after_update(self, agent: Agent) -> None:
+        """``θ_s ← α_g θ_s + (1 − α_g) θ_w`` per group ``g``; normalisers copied as they are."""
+        stable = self.stable_agent(agent)
+        decays = self.group_decays(agent)
+        groups = named_groups(agent)
+        working = dict(agent.named_parameters())
+        for name, p in stable.named_parameters():
+            if name in groups:
+                p.lerp_(working[name], 1.0 - decays[groups[name]])
+        _copy_buffers(agent, stable)
+        self.updates += 1
+
+    def extra_loss(self, agent: Agent, batch: SequenceBatch, outputs: AgentOutput) -> Tensor | None:
+        """``coef`` x consistency on the minibatch + ``replay_coef`` x on stored sequences."""
+        cfg = self.config
+        stable = self.stable_agent(agent)
+        total: Tensor | None = None
+        if cfg.coef > 0:
+            with torch.no_grad():
+                target = PolicyTargets.of(
+                    sequence_outputs(stable, sequence_inputs(batch), batch.memory)
+                )
+            mask = loss_mask(batch.valid, cfg.burn_in)
+            total = cfg.coef * consistency_loss(target, outputs, mask, cfg.value_coef)
+        if cfg.replay_coef > 0 and self.store.size > 0:
+            rows = torch.randint(0, self.store.size, (cfg.replay_batch,), generator=self.generator)
+            inputs, memory = self.store.rows(agent, rows)
+            with torch.no_grad():
+                target = PolicyTargets.of(sequence_outputs(stable, inputs, memory))
+            out = sequence_outputs(agent, inputs, memory)
+            mask = loss_mask(inputs["valid"], cfg.burn_in)
+            replay = cfg.replay_coef * consistency_loss(target, out, mask, cfg.value_coef)
+            total = replay if total is None else total + replay
+        return total
+
+    def on_task_end(
+        self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
+    ) -> None:
+        """Store sequences of the finished task for the replayed consistency term."""
+        if self.config.replay_coef > 0:
+            self.store.add(stage, buffer)
+
+    def evaluation_agent(self, agent: Agent) -> Agent:
+        """The stable model (``evaluate: stable``) with the working normalisers, else ``agent``."""
+        if self.config.evaluate == "working":
+            return agent
+        stable = self.stable_agent(agent)
+        _copy_buffers(agent, stable)
+        return stable
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stable weights, the store, the update count and the sampling generator."""
+        stable = self._pending if self.stable is None else self.stable.state_dict()
+        return {
+            "stable": None if stable is None else dict(stable),
+            "store": self.store.state_dict(),
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the weights reach the stable copy at its next use)."""
+        missing = {"stable", "store", "updates", "generator"} - set(state)
+        if missing:
+            raise ValueError(f"stable_ema state misses {sorted(missing)}: not a stable_ema state")
+        self._pending = None if state["stable"] is None else dict(state["stable"])
+        if self._pending is not None and self.stable is not None:
+            self.stable.load_state_dict(self._pending)
+            self._pending = None
+        self.store.load_state_dict(state["store"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"].cpu())
+
+
+@torch.no_grad()
+def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
+    """Copy every buffer (running normaliser statistics) of ``source`` into ``target``."""
+    buffers = dict(source.named_buffers())
+    for name, b in target.named_buffers():
+        b.copy_(buffers[name])
+
+
+# ----------------------------------------------------------------------------- distill
+
+
+@dataclass
+class DistillConfig:
+    """Options of :class:`Distill`.
+
+    Attributes:
+        fast_levels: CMS groups whose contribution is transient (shrunk after consolidation).
+        slow_levels: CMS groups trained to absorb it; ``None``: every CMS group not fast.
+        fast_scale: factor on the fast levels' output weights after consolidation (0 resets
+            them: the fast level's branch then adds nothing until it learns again).
+        every_tasks: consolidate at the end of every ``every_tasks``-th stage.
+        steps: distillation steps per consolidation.
+        batch_size: stored sequences per distillation step.
+        lr: Adam step size of the distillation (a fresh Adam at each consolidation).
+        value_coef: weight of the value term in the distillation loss.
+        sequences_per_task: chunks stored per finished task.
+        burn_in: first steps of each sequence left out of the loss.
+        store_rewards: keep reward inputs and rollout memory in the store (ablation).
+        seed: seed of the sequence draws.
+    """
+
+    fast_levels: list[str] = field(default_factory=lambda: ["cms.0"])
+    slow_levels: list[str] | None = None
+    fast_scale: float = 0.0
+    every_tasks: int = 1
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 1e-3
+    value_coef: float = 0.5
+    sequences_per_task: int = 64
+    burn_in: int = 0
+    store_rewards: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.fast_levels = [str(n) for n in self.fast_levels]
+        if self.slow_levels is not None:
+            self.slow_levels = [str(n) for n in self.slow_levels]
+        _check(
+            "distill",
+            {
+                "fast_levels not empty": bool(self.fast_levels),
+                "slow_levels null or not empty": self.slow_levels is None or bool(self.slow_levels),
+                "fast and slow levels disjoint": not set(self.fast_levels)
+                & set(self.slow_levels or ()),
+                "fast_scale in [0, 1]": 0 <= self.fast_scale <= 1,
+                "every_tasks >= 1": self.every_tasks >= 1,
+                "steps >= 0": self.steps >= 0,
+                "batch_size >= 1": self.batch_size >= 1,
+                "lr > 0": math.isfinite(self.lr) and self.lr > 0,
+                "value_coef >= 0": self.value_coef >= 0,
+                "sequences_per_task >= 1": self.sequences_per_task >= 1,
+                "burn_in >= 0": self.burn_in >= 0,
+            },
+            self,
+        )
+
+
+@dataclass
+class Consolidation:
+    """What one consolidation did: the distillation loss on the stored sequences right after the
+    fast levels were shrunk (the slow-only model against the whole model) and after training."""
+
+    stage: int
+    sequences: int
+    loss_before: float
+    loss_after: float
+
+
+class Distill(Method):
+    """Distillation of the whole model into its slow CMS levels at stage ends, then a reset of
+    the fast levels (see the module docstring).
+
+    Parameters, for a HOPE agent with ``cms_periods=(1, 16, 256)`` and the defaults:
+
+    - fast (transient): every parameter of CMS level ``cms.0`` in every layer; their branch's
+      output weights and bias (``fc2``) are multiplied by ``fast_scale`` after distillation;
+    - slow (permanent): the parameters of ``cms.1`` and ``cms.2``, the only ones distillation
+      trains;
+    - shared: everything else (embedding, Titans memories and projections, norms, policy and
+      value heads, log-std); PPO trains them as before and distillation leaves them unchanged,
+      so the heads need no slow copy: the slow-only model is the whole model minus the fast
+      levels' branches.
+    """
+
+    name = "distill"
+
+    def __init__(self, config: DistillConfig | None = None) -> None:
+        self.config = config or DistillConfig()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.store = ObservationStore(
+            self.config.sequences_per_task, self.config.seed, self.config.store_rewards
+        )
+        self.history: list[Consolidation] = []
+
+    def levels(self, agent: Agent) -> tuple[list[str], list[str]]:
+        """``(fast, slow)`` group names on ``agent``, checked against its CMS groups."""
+        cms = [
+            str(g["name"])
+            for g in agent.param_groups()
+            if str(g.get("name", "")).startswith("cms.")
+        ]
+        fast = self.config.fast_levels
+        slow = self.config.slow_levels
+        if slow is None:
+            slow = [n for n in cms if n not in fast]
+        unknown = sorted((set(fast) | set(slow)) - set(cms))
+        if unknown or not slow:
+            raise ValueError(
+                f"distill needs fast and slow CMS levels; asked for fast {fast}, slow {slow}, the "
+                f"backbone has {cms or 'none'} (use a hope or hope_attention model with at least "
+                "two cms_periods, or name existing levels)"
+            )
+        return list(fast), list(slow)
+
+    def slow_parameters(self, agent: Agent) -> list[nn.Parameter]:
+        """The parameters distillation trains (those of the slow levels)."""
+        _, slow = self.levels(agent)
+        return [p for g in agent.param_groups() if g.get("name") in slow for p in g["params"]]
+
+    def rewritten_parameters(self, agent: Agent) -> list[Tensor]:
+        """The fast levels' output weights when the task-end hook shrank them (``fast_scale <
+        1``): the trainer forgets their optimizer moments."""
+        return self.fast_output_parameters(agent) if self.config.fast_scale < 1 else []
+
+    def fast_output_parameters(self, agent: Agent) -> list[Tensor]:
+        """The output weights and biases (``fc2``) of the fast levels' branches: what the reset
+        shrinks."""
+        fast, _ = self.levels(agent)
+        fast_ids = {
+            id(p) for g in agent.param_groups() if g.get("name") in fast for p in g["params"]
+        }
+        out: list[Tensor] = []
+        for module in agent.modules():
+            if isinstance(module, CMSLevel) and id(module.fc2.weight) in fast_ids:
+                out.extend([module.fc2.weight, module.fc2.bias])
+        return out
+
+    def on_task_start(self, stage: int, spec: TaskSpec, agent: Agent) -> None:
+        """Check the levels at the first stage, before any training time is spent."""
+        self.levels(agent)
+
+    def on_task_end(
+        self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
+    ) -> None:
+        """Store the stage's sequences; on every ``every_tasks``-th stage, consolidate."""
+        self.store.add(stage, buffer)
+        if (stage + 1) % self.config.every_tasks == 0:
+            self.history.append(self.consolidate(agent, stage))
+
+    def targets(self, agent: Agent) -> PolicyTargets:
+        """The whole model's answers on every stored sequence."""
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, self.store.size, 64):
+                rows = torch.arange(start, min(start + 64, self.store.size))
+                inputs, memory = self.store.rows(agent, rows)
+                chunks.append(PolicyTargets.of(sequence_outputs(agent, inputs, memory)))
+        return PolicyTargets(
+            torch.cat([c.mean for c in chunks]),
+            torch.cat([c.log_std for c in chunks]),
+            torch.cat([c.value for c in chunks]),
+        )
+
+    def loss(self, agent: Agent, targets: PolicyTargets, rows: Tensor) -> Tensor:
+        """Distillation loss of ``agent`` against ``targets`` on stored sequences ``rows``."""
+        inputs, memory = self.store.rows(agent, rows)
+        out = sequence_outputs(agent, inputs, memory)
+        dev_rows = rows.to(targets.mean.device)
+        target = PolicyTargets(
+            targets.mean[dev_rows], targets.log_std[dev_rows], targets.value[dev_rows]
+        )
+        return consistency_loss(
+            target, out, loss_mask(inputs["valid"], self.config.burn_in), self.config.value_coef
+        )
+
+    def consolidate(self, agent: Agent, stage: int = -1) -> Consolidation:
+        """Shrink the fast levels and train the slow ones to reproduce the whole model on every
+        stored sequence; returns the loss before and after (over all stored sequences)."""
+        cfg = self.config
+        if self.store.size == 0:
+            raise ValueError("distill: no stored sequences to consolidate on; store a task first")
+        slow = self.slow_parameters(agent)
+        targets = self.targets(agent)
+        with torch.no_grad():
+            for p in self.fast_output_parameters(agent):
+                p.mul_(cfg.fast_scale)
+        everything = torch.arange(self.store.size)
+        with torch.no_grad():
+            before = float(self.loss(agent, targets, everything).detach())
+        optimizer = torch.optim.Adam(slow, lr=cfg.lr)
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                rows = torch.randint(
+                    0, self.store.size, (cfg.batch_size,), generator=self.generator
+                )
+                loss = self.loss(agent, targets, rows)
+                optimizer.zero_grad(set_to_none=True)
+                agent.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        # Only the slow levels were stepped: no gradient of this loss may reach PPO's next step.
+        agent.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            after = float(self.loss(agent, targets, everything).detach())
+        return Consolidation(stage, self.store.size, before, after)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The store, the consolidation history and the sampling generator."""
+        return {
+            "store": self.store.state_dict(),
+            "history": [[c.stage, c.sequences, c.loss_before, c.loss_after] for c in self.history],
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        missing = {"store", "history", "generator"} - set(state)
+        if missing:
+            raise ValueError(f"distill state misses {sorted(missing)}: not a distill state")
+        self.store.load_state_dict(state["store"])
+        self.history = [
+            Consolidation(int(s), int(n), float(b), float(a)) for s, n, b, a in state["history"]
+        ]
+        self.generator.set_state(state["generator"].cpu())
