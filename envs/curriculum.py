@@ -75,6 +75,8 @@ class ReferenceBudgetWarning(UserWarning):
     """The stored reference of a task was measured at another budget than the task trains for."""
 
 
+_BUDGET_WARNED: set[tuple[str, str, int, int]] = set()
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task of a curriculum.
@@ -318,13 +320,17 @@ def reference_returns(
 
     The entry is `reference_entry(spec)`'s (closest stored budget). CONTINUAL_RL.md defines
     R_reference as a single-task run of the same budget, so when the stored budget differs from
-    `spec.steps` this warns (`ReferenceBudgetWarning`, naming both budgets and the command that
-    measures the missing one); `reference_entry` gives the budget without warning.
+    `spec.steps` this warns once per task and budget in a process (`ReferenceBudgetWarning`,
+    naming both budgets and the command that measures the missing one); `reference_entry` gives
+    the budget without warning.
     """
     entry = reference_entry(spec, directory=directory)
     if entry is None:
         return None
-    if entry.budget != spec.steps:
+    key = (spec.name, spec.id, spec.steps, entry.budget)
+    if entry.budget != spec.steps and key not in _BUDGET_WARNED:
+        # Every evaluation of every task asks: say it once per task in a process (a run).
+        _BUDGET_WARNED.add(key)
         warnings.warn(
             f"task {spec.name!r} ({spec.id}) trains for {spec.steps} steps but its stored "
             f"reference returns were measured at budgets {list(entry.stored_budgets)}; "

@@ -12,30 +12,25 @@ possible.
 
 from __future__ import annotations
 
-import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
-# Headless MuJoCo rendering must be chosen before mujoco is first imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
-
-import sys  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, TypeVar  # noqa: E402
-
-import hydra  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_module  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.errors import HydraException, MissingConfigException  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import (  # noqa: E402
+import hydra
+import torch
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
     OmegaConfBaseException,
 )
 
-from hope_agent.build import (  # noqa: E402
+from hope_agent.build import (
     ConfigError,
     build_evaluator,
     build_runner,
@@ -44,14 +39,14 @@ from hope_agent.build import (  # noqa: E402
     resolve_device,
     resume_point,
 )
-from hope_agent.io import CheckpointError, atomic_write_text  # noqa: E402
-from hope_agent.rollout.guard import EnvRestartError  # noqa: E402
-from hope_agent.train.config import register_configs  # noqa: E402
-from hope_agent.train.evaluator import VideoSettings, write_task_videos  # noqa: E402
-from hope_agent.train.faults import TrainingDiverged  # noqa: E402
-from hope_agent.train.report import EvalEvent, RunRecord, write_results  # noqa: E402
-from hope_agent.train.runner import RunSummary  # noqa: E402
-from hope_envs.curriculum import CurriculumError  # noqa: E402
+from hope_agent.io import CheckpointError, atomic_write_text
+from hope_agent.rollout.guard import EnvRestartError
+from hope_agent.train.config import register_configs
+from hope_agent.train.evaluator import VideoSettings, write_task_videos
+from hope_agent.train.faults import TrainingDiverged
+from hope_agent.train.report import EvalEvent, RunRecord, write_results
+from hope_agent.train.runner import RunSummary
+from hope_envs.curriculum import CurriculumError
 
 register_configs()
 

@@ -31,18 +31,15 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-# Must be set before MuJoCo is imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from stable_baselines3 import PPO  # noqa: E402
-from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
-from stable_baselines3.common.vec_env import VecNormalize  # noqa: E402
-
-from hope_agent.io import atomic_write_text  # noqa: E402
-from hope_envs.curriculum import (  # noqa: E402
+from hope_agent.io import atomic_write_text
+from hope_envs.curriculum import (
     REFERENCE_DIR,
     TaskSpec,
     common_spaces,

@@ -9,20 +9,15 @@ run-directory layout as ``scripts/train_curriculum.py``; see ``docs/baselines.md
 stderr and exit status 1, before training starts.
 """
 
-import os
+from pathlib import Path
 
-# Headless MuJoCo rendering must be chosen before mujoco is first imported.
-os.environ.setdefault("MUJOCO_GL", "egl")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-from pathlib import Path  # noqa: E402
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hope_agent.baselines.sb3 import register_sb3_config, train_sb3  # noqa: E402
-from hope_agent.cli import one_line, precheck  # noqa: E402
-from hope_envs.curriculum import CurriculumError  # noqa: E402
+from hope_agent.baselines.sb3 import register_sb3_config, train_sb3
+from hope_agent.cli import one_line, precheck
+from hope_envs.curriculum import CurriculumError
 
 register_sb3_config()
 

@@ -432,6 +432,9 @@ def test_reference_returns_takes_the_closest_budget_and_warns_that_it_differs(
     message = str(record[0].message)
     assert "trains for 4000 steps" in message and "[1000, 5000]" in message
     assert "closest, 5000 (b.json)" in message and "--steps 4000" in message
+    with warnings.catch_warnings():  # once per task in a run: every evaluation asks again
+        warnings.simplefilter("error")
+        assert reference_returns(spec, directory=tmp_path) == (-61.0, -15.0)
     close_to_a = TaskSpec(POINT, {"goal": [0.6, 0]}, 1_500, "reach")
     with pytest.warns(ReferenceBudgetWarning, match="closest, 1000 "):
         assert reference_returns(close_to_a, directory=tmp_path) == (-60.0, -30.0)

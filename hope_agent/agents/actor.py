@@ -1,7 +1,7 @@
 """The acting contract: what anything that acts in an environment provides.
 
 Our :class:`~hope_agent.agents.agent.Agent` and the SB3 baselines
-(:class:`hope_agent.baselines.sb3.SB3Actor`) both implement :class:`Actor`, so one episode driver
+(:class:`hope_agent.baselines.sb3.SB3Actor`) both subclass :class:`Actor`, so one episode driver
 (:class:`hope_agent.rollout.driver.EpisodeDriver`) serves training rollouts, evaluation, video
 recording and the baselines alike. The carry is explicit, as in DreamerV3's
 ``policy(carry, obs) -> carry, act``: an actor keeps no hidden state between calls.
@@ -14,8 +14,8 @@ and only an actor built for the oracle task id reads it.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -74,20 +74,69 @@ class ActResult:
     output: AgentOutput
 
 
-class Actor(Protocol):
-    """Anything that acts in the curriculum's envs (see the module docstring)."""
+def sample_gaussian(
+    mean: Tensor, log_std: Tensor, deterministic: bool | Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """``mean + std * noise`` with the noise from ``generator`` (CPU), or the mean: everywhere
+    for ``deterministic=True`` (no noise drawn), in the rows a ``(B,)`` bool tensor selects."""
+    if deterministic is True:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    sample = mean + torch.exp(log_std) * noise.to(mean.device)
+    if isinstance(deterministic, Tensor):
+        return torch.where(deterministic.to(mean.device).unsqueeze(-1), mean, sample)
+    return sample
+
+
+class Actor(ABC):
+    """Anything that acts in the curriculum's envs (see the module docstring).
+
+    A subclass gives its normalisers, its carry and one step of its Gaussian heads
+    (:meth:`step_heads`); :meth:`policy`, the call every driver makes, samples and clips the
+    same way for all of them.
+    """
 
     obs_dim: int
     act_dim: int
 
     @property
+    @abstractmethod
     def device(self) -> torch.device:
         """Where the actor computes."""
-        ...
 
+    @abstractmethod
     def init_carry(self, batch_size: int) -> AgentState:
         """A fresh carry for ``batch_size`` rows."""
-        ...
+
+    @abstractmethod
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """Raw observations ``(..., obs_dim)`` as the actor sees them."""
+
+    @abstractmethod
+    def scale_reward(self, reward: Tensor) -> Tensor:
+        """Raw rewards as the actor sees them."""
+
+    @abstractmethod
+    def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
+        """World model ``(Δobs, reward)`` from ``features`` and the applied action (NaN when the
+        actor has none)."""
+
+    @abstractmethod
+    def step_heads(
+        self,
+        carry: AgentState,
+        obs: Tensor,
+        prev_reward: Tensor,
+        is_first: Tensor,
+        task: Tensor | None,
+        reset: Tensor | None,
+    ) -> tuple[AgentOutput, State]:
+        """Head outputs of one step from the normalised ``obs`` and scaled ``prev_reward``, and
+        the memory after it."""
+
+    def squash(self, sample: Tensor, out: AgentOutput) -> tuple[Tensor, Tensor]:
+        """``(action, log_prob)`` of a Gaussian sample: the sample itself by default."""
+        return sample, gaussian_log_prob(sample, out.mean, out.log_std)
 
     def policy(
         self,
@@ -113,18 +162,16 @@ class Actor(Protocol):
                 ``True`` no noise is drawn from ``generator``.
             generator: a CPU generator for the action noise (reproducible rollouts).
             reset: ``(B,)`` bool, where memory restarts (default ``is_first``).
+
+        Returns:
+            The carry for the next step (memory and the applied, clipped action) and the step's
+            :class:`ActResult`.
         """
-        ...
-
-    def normalize_obs(self, obs: Tensor) -> Tensor:
-        """Raw observations ``(..., obs_dim)`` as the actor sees them."""
-        ...
-
-    def scale_reward(self, reward: Tensor) -> Tensor:
-        """Raw rewards as the actor sees them."""
-        ...
-
-    def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
-        """World model ``(Δobs, reward)`` from ``features`` and the applied action (NaN when the
-        actor has none)."""
-        ...
+        obs, prev_reward = self.normalize_obs(obs), self.scale_reward(prev_reward)
+        out, memory = self.step_heads(carry, obs, prev_reward, is_first, task, reset)
+        action, log_prob = self.squash(
+            sample_gaussian(out.mean, out.log_std, deterministic, generator), out
+        )
+        env_action = action.clamp(-1.0, 1.0)
+        result = ActResult(obs, prev_reward, action, env_action, log_prob, out.value, out)
+        return AgentState(memory=memory, prev_action=env_action), result

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hope_agent.agents.actor import ActResult, AgentOutput, AgentState, gaussian_log_prob
+from hope_agent.agents.actor import Actor, AgentOutput, AgentState
 from hope_agent.algos.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
 from hope_agent.models.state import State
@@ -72,7 +72,7 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: wm_hidden must be >= 1, got {self.wm_hidden}")
 
 
-class Agent(nn.Module):
+class Agent(nn.Module, Actor):
     """Actor-critic + world model over a :class:`~hope_agent.models.base.Backbone`.
 
     Args:
@@ -206,50 +206,20 @@ class Agent(nn.Module):
         y, memory = self.backbone(x, memory, is_first if reset is None else reset)
         return self.heads(y), memory
 
-    def policy(
+    def step_heads(
         self,
         carry: AgentState,
         obs: Tensor,
         prev_reward: Tensor,
         is_first: Tensor,
-        *,
-        task: Tensor | None = None,
-        deterministic: bool | Tensor = False,
-        generator: torch.Generator | None = None,
-        reset: Tensor | None = None,
-    ) -> tuple[AgentState, ActResult]:
-        """One control step of ``B`` envs with ``backbone.step`` (the
-        :class:`~hope_agent.agents.actor.Actor` contract; same outputs as :meth:`forward`).
-
-        ``obs (B, obs_dim)`` and ``prev_reward (B,)`` are raw; the returned carry holds the
-        applied (clipped) action for the next token.
-        """
-        obs = self.obs_norm(obs)
-        prev_reward = self.reward_scale(prev_reward)
+        task: Tensor | None,
+        reset: Tensor | None,
+    ) -> tuple[AgentOutput, State]:
+        """One step with ``backbone.step`` (normalised inputs ``(B, ...)``): the same outputs as
+        :meth:`forward` gives for that step."""
         x = self.tokens(obs, carry.prev_action, prev_reward, is_first, task)
         y, memory = self.backbone.step(x, carry.memory, is_first if reset is None else reset)
-        out = self.heads(y)
-        if deterministic is True:
-            action = out.mean
-        else:
-            noise = torch.randn(out.mean.shape, generator=generator, dtype=out.mean.dtype)
-            sample = out.mean + torch.exp(out.log_std) * noise.to(out.mean.device)
-            if isinstance(deterministic, Tensor):
-                pick = deterministic.to(out.mean.device).unsqueeze(-1)
-                action = torch.where(pick, out.mean, sample)
-            else:
-                action = sample
-        env_action = action.clamp(-1.0, 1.0)
-        result = ActResult(
-            obs=obs,
-            prev_reward=prev_reward,
-            action=action,
-            env_action=env_action,
-            log_prob=gaussian_log_prob(action, out.mean, out.log_std),
-            value=out.value,
-            output=out,
-        )
-        return AgentState(memory=memory, prev_action=env_action), result
+        return self.heads(y), memory
 
     # ----------------------------------------------------------------- user-facing
     @torch.no_grad()

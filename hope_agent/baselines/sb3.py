@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,16 +53,17 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, Ve
 from stable_baselines3.sac.policies import SACPolicy
 from torch import Tensor
 
-from hope_agent.agents.actor import ActResult, AgentOutput, AgentState, gaussian_log_prob
+from hope_agent.agents.actor import Actor, AgentOutput, AgentState, gaussian_log_prob
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
 from hope_agent.options import config_value
 from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection, video_settings
-from hope_agent.train.evaluator import Evaluator, VideoSettings, write_task_videos
+from hope_agent.train.evaluator import Evaluator, RenderError, VideoSettings, write_task_videos
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.runner import RunSummary
 from hope_envs.curriculum import Curriculum, TaskSpec, resolve_tasks
 
+log = logging.getLogger(__name__)
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES: dict[str, type[BasePolicy]] = {"ppo": ActorCriticPolicy, "sac": SACPolicy}
 # Arguments of PPO(...) / SAC(...) that the adapter passes itself.
@@ -96,7 +98,7 @@ class FrozenObsNormalizer:
         return ((obs - mean) / torch.sqrt(var + self.epsilon)).clamp(-self.clip, self.clip)
 
 
-class SB3Actor:
+class SB3Actor(Actor):
     """An SB3 PPO or SAC policy behind the acting contract (:class:`hope_agent.agents.Actor`).
 
     Actions follow the policy's own distribution, with the noise drawn from the caller's
@@ -135,7 +137,16 @@ class SB3Actor:
             )
         self.sb3_policy = policy
         self.obs_dim, self.act_dim = int(obs_shape[0]), int(act_shape[0])
-        self.normalize_obs = FrozenObsNormalizer(obs_rms, clip_obs)
+        self.obs_norm = FrozenObsNormalizer(obs_rms, clip_obs)
+
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        """Raw ``(B, obs_dim)`` observations through ``VecNormalize``'s frozen statistics."""
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(
+                f"SB3Actor expects observations of shape (B, {self.obs_dim}), "
+                f"got {tuple(obs.shape)}"
+            )
+        return self.obs_norm(obs.to(self.device))
 
     @property
     def device(self) -> torch.device:
@@ -168,53 +179,27 @@ class SB3Actor:
             value = torch.full(mean.shape[:-1], float("nan"), device=mean.device)
         return mean, log_std, value
 
-    @torch.no_grad()
-    def policy(
+    def step_heads(
         self,
         carry: AgentState,
         obs: Tensor,
         prev_reward: Tensor,
         is_first: Tensor,
-        *,
-        task: Tensor | None = None,
-        deterministic: bool | Tensor = False,
-        generator: torch.Generator | None = None,
-        reset: Tensor | None = None,
-    ) -> tuple[AgentState, ActResult]:
-        """One step of ``B`` envs (:meth:`hope_agent.agents.actor.Actor.policy`) from raw
-        ``obs``; ``prev_reward``, ``is_first``, ``task`` and ``reset`` are ignored (no memory,
-        no task input)."""
-        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
-            raise ValueError(
-                f"SB3Actor expects observations of shape (B, {self.obs_dim}), "
-                f"got {tuple(obs.shape)}"
-            )
-        obs = self.normalize_obs(obs.to(self.device))
+        task: Tensor | None,
+        reset: Tensor | None,
+    ) -> tuple[AgentOutput, State]:
+        """The policy's Gaussian at normalised ``obs``; no memory, no reward or task input."""
         mean, log_std, value = self.distribution(obs)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
-        sample = mean + log_std.exp() * noise
-        if isinstance(deterministic, Tensor):
-            pre = torch.where(deterministic.to(mean.device).unsqueeze(-1), mean, sample)
-        else:
-            pre = mean if deterministic else sample
-        log_prob = gaussian_log_prob(pre, mean, log_std)
-        if isinstance(self.sb3_policy, SACPolicy):
-            action = torch.tanh(pre)
-            # Change of variables of the tanh squashing (as SB3's SquashedDiagGaussian).
-            log_prob = log_prob - torch.log(1.0 - action.square() + 1e-6).sum(-1)
-        else:
-            action = pre
-        env_action = action.clamp(-1.0, 1.0)
-        result = ActResult(
-            obs=obs,
-            prev_reward=torch.zeros(obs.shape[0], device=obs.device),
-            action=action,
-            env_action=env_action,
-            log_prob=log_prob,
-            value=value,
-            output=AgentOutput(mean=mean, log_std=log_std, value=value, features=mean),
-        )
-        return AgentState(memory=carry.memory, prev_action=env_action), result
+        return AgentOutput(mean=mean, log_std=log_std, value=value, features=mean), carry.memory
+
+    def squash(self, sample: Tensor, out: AgentOutput) -> tuple[Tensor, Tensor]:
+        """SAC squashes with tanh (with the change of variables, as SB3's
+        ``SquashedDiagGaussian``); PPO's sample is the action."""
+        log_prob = gaussian_log_prob(sample, out.mean, out.log_std)
+        if not isinstance(self.sb3_policy, SACPolicy):
+            return sample, log_prob
+        action = torch.tanh(sample)
+        return action, log_prob - torch.log(1.0 - action.square() + 1e-6).sum(-1)
 
     def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
         """No world model: NaN predictions, so the world-model error is reported unavailable."""
@@ -362,7 +347,12 @@ class _SB3Run:
         self.evaluate(stage, model.num_timesteps, task_end=True)
         self.save(stage)
         if s.video is not None:
-            self.videos(stage, s.video)
+            try:
+                self.videos(stage, s.video)
+            except RenderError as e:
+                # Videos are a view of the run, not part of it: train on without them.
+                log.warning("no rollout videos for this run: %s", e)
+                self.settings = s = dataclasses.replace(s, video=None)
         write_results(self.run_dir, self.record, s.smooth_last, s.reference_auc)
 
     def save(self, stage: int) -> None:

@@ -251,6 +251,10 @@ class Evaluator:
         self._envs.clear()
 
 
+class RenderError(RuntimeError):
+    """Rendering is not possible here (no OpenGL backend); the message names the fixes."""
+
+
 @torch.no_grad()
 def record_episodes(
     actor: Actor,

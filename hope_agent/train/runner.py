@@ -61,7 +61,13 @@ from hope_agent.io import (
 from hope_agent.rollout.driver import EpisodeDriver
 from hope_agent.rollout.guard import RestartingVectorEnv, count_flag
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
-from hope_agent.train.evaluator import Evaluator, TaskEvaluation, VideoSettings, write_task_videos
+from hope_agent.train.evaluator import (
+    Evaluator,
+    RenderError,
+    TaskEvaluation,
+    VideoSettings,
+    write_task_videos,
+)
 from hope_agent.train.faults import (
     FaultCounters,
     FaultSettings,
@@ -537,7 +543,12 @@ class CurriculumRunner:
             # Written last, atomically: a resumed run already made this stage's videos.
             return
         agent = self.method.evaluation_agent(self.agent)
-        write_task_videos(agent, self.curriculum, folder, v, self.settings.eval_seed)
+        try:
+            write_task_videos(agent, self.curriculum, folder, v, self.settings.eval_seed)
+        except RenderError as e:
+            # Videos are a view of the run, not part of it: train on without them.
+            log.warning("no rollout videos for this run: %s", e)
+            self.settings = dataclasses.replace(self.settings, video=None)
 
     def _write_results(
         self, extra: dict[str, Any] | None = None, page: bool = False
