@@ -77,6 +77,7 @@ class ReferenceBudgetWarning(UserWarning):
 
 _BUDGET_WARNED: set[tuple[str, str, int, int]] = set()
 
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One task of a curriculum.

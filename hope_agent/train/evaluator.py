@@ -21,11 +21,13 @@ baseline.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 
@@ -276,10 +278,22 @@ def record_episodes(
         raise ValueError(
             f"video: episodes and frame_skip must be >= 1, got {episodes}, {frame_skip}"
         )
+    # Headless offscreen rendering unless the user chose a backend; MuJoCo envs read the
+    # variable when their first renderer is made, so nothing that only trains needs a GL library.
+    os.environ.setdefault("MUJOCO_GL", "egl")
     env = EnvFaultGuard(curriculum.make_env(task_index, render_mode="rgb_array", render_size=size))
     frames: list[np.ndarray] = []
     generator = torch.Generator().manual_seed(seed)
     try:
+        try:
+            env.reset(seed=seed)
+            env.render()
+        except (ImportError, OSError, RuntimeError, AttributeError, mujoco.FatalError) as e:
+            raise RenderError(
+                f"cannot render {curriculum.names[task_index]!r} with MUJOCO_GL="
+                f"{os.environ.get('MUJOCO_GL')} ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                "install the EGL libraries (libegl1), set MUJOCO_GL=osmesa, or video.enabled=false"
+            ) from e
         for e in range(episodes):
             driver = EpisodeDriver(
                 actor, [env], generator=generator, task=task_index, deterministic=deterministic
