@@ -1,7 +1,7 @@
 """Fingerprint what the training loop does, to show that a refactor changed no behaviour.
 
-    python scripts/behaviour_fingerprint.py                      # print the fingerprint as JSON
-    python scripts/behaviour_fingerprint.py --expect FILE.json   # exit 1 where it differs
+    python tests/behaviour_fingerprint.py                      # print the fingerprint as JSON
+    python tests/behaviour_fingerprint.py --expect FILE.json   # exit 1 where it differs
 
 Runs, in fresh interpreters, a fixed-seed deterministic CPU run of the ``fast`` curriculum's
 first two tasks with a small budget (HOPE, in-context gain and a video on) and the SB3 PPO
