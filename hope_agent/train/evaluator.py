@@ -34,7 +34,7 @@ import torch
 from hope_agent.agents.actor import Actor
 from hope_agent.agents.agent import Agent
 from hope_agent.io import safe_name
-from hope_agent.metrics import normalized_score
+from hope_agent.metrics import bootstrap_ci, normalized_score
 from hope_agent.optim import MultiTimescaleOptimizer
 from hope_agent.rollout.driver import EpisodeDriver
 from hope_agent.rollout.guard import EnvFaultGuard
@@ -47,7 +47,11 @@ class TaskEvaluation:
     """The outcome of evaluating one task.
 
     ``perf`` is the protocol's performance in [0, 1] (NaN when the task has neither success nor
-    reference returns); ``*_deterministic`` refer to the deterministic episode.
+    reference returns); ``*_deterministic`` refer to the deterministic episode. For a task whose
+    episodes are trials of K sub-episodes (``info["trial_episode"]``, the ``adapt`` family),
+    ``sub_episode_success[k]`` is the success rate of sub-episode k over the stochastic
+    episodes and ``trial_gain`` is ``(mean, low, high)`` of sub-episode K-1's success minus
+    sub-episode 0's, with a 90% bootstrap interval over the episodes.
     """
 
     task: str
@@ -58,6 +62,8 @@ class TaskEvaluation:
     return_deterministic: float
     wm_error: float
     episode_length: float
+    sub_episode_success: list[float] | None = None
+    trial_gain: list[float] | None = None
 
 
 def cms_group_names(agent: Agent) -> list[str]:
@@ -123,6 +129,38 @@ class OnlineCMS:
             for p in g["params"]:
                 p.requires_grad_(True)
         return clone, MultiTimescaleOptimizer(groups, base=torch.optim.SGD, lr=self.lr)
+
+
+class _TrialRecord:
+    """Success of each sub-episode of each row, from the ``adapt`` family's info keys
+    (``trial_episode``, ``sub_episode_end``, ``success``; see ``hope_envs.point_adapt``)."""
+
+    def __init__(self, rows: int) -> None:
+        self.success: dict[tuple[int, int], bool] = {}
+        self.rows = rows
+
+    def add(self, infos: dict, valid: np.ndarray) -> None:
+        if "sub_episode_end" not in infos:
+            return
+        ends = np.asarray(infos["_sub_episode_end"], dtype=bool) & valid
+        for i in np.flatnonzero(ends):
+            if bool(infos["sub_episode_end"][i]):
+                k = int(infos["trial_episode"][i])
+                self.success[(int(i), k)] = bool(infos.get("success", [False] * self.rows)[i])
+
+    def summary(self, rows: slice) -> dict[str, list[float] | None]:
+        if not self.success:
+            return {}
+        k_count = 1 + max(k for _, k in self.success)
+        table = np.zeros((self.rows, k_count))
+        for (i, k), ok in self.success.items():
+            table[i, k] = float(ok)
+        table = table[rows]
+        gain = table[:, -1] - table[:, 0]
+        return {
+            "sub_episode_success": table.mean(axis=0).tolist(),
+            "trial_gain": list(bootstrap_ci(gain)),
+        }
 
 
 def task_performance(spec: TaskSpec, successes: np.ndarray, returns: np.ndarray) -> float:
@@ -206,8 +244,10 @@ class Evaluator:
         driver.reset(self.seed + 1000 * j)
         dev = actor.device
         err_sum = base_sum = 0.0
+        trials = _TrialRecord(b)
         while driver.running:
             step = driver.step()
+            trials.add(step.infos, step.valid)
             with torch.set_grad_enabled(optimizer is not None):
                 reward = actor.scale_reward(
                     torch.as_tensor(step.reward, dtype=torch.float32, device=dev)
@@ -243,6 +283,7 @@ class Evaluator:
             return_deterministic=float(returns[-1]),
             wm_error=err_sum / base_sum if base_sum > 0 else float("nan"),
             episode_length=float(np.mean([e.length for e in episodes])),
+            **trials.summary(stochastic),
         )
 
     def close(self) -> None:
@@ -288,12 +329,13 @@ def record_episodes(
         try:
             env.reset(seed=seed)
             env.render()
-        except (ImportError, OSError, RuntimeError, AttributeError, mujoco.FatalError) as e:
+        except (ImportError, OSError, RuntimeError, AttributeError, mujoco.FatalError) as err:
             raise RenderError(
                 f"cannot render {curriculum.names[task_index]!r} with MUJOCO_GL="
-                f"{os.environ.get('MUJOCO_GL')} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "install the EGL libraries (libegl1), set MUJOCO_GL=osmesa, or video.enabled=false"
-            ) from e
+                f"{os.environ.get('MUJOCO_GL')} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0]}); install the EGL libraries (libegl1), set "
+                "MUJOCO_GL=osmesa, or video.enabled=false"
+            ) from err
         for e in range(episodes):
             driver = EpisodeDriver(
                 actor, [env], generator=generator, task=task_index, deterministic=deterministic

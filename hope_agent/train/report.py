@@ -97,10 +97,21 @@ class RunRecord:
                         "stage": event.stage,
                         "task_end": int(event.task_end),
                         "task_index": j,
-                        **asdict(r),
+                        **_curve_cells(r),
                     }
                 )
         return rows
+
+
+def _curve_cells(r: TaskEvaluation) -> dict[str, Any]:
+    """``r`` as ``curves.csv`` cells: trial columns only for tasks with trials, lists joined
+    by ``;``."""
+    cells = asdict(r)
+    for key in ("sub_episode_success", "trial_gain"):
+        value = cells.pop(key)
+        if value is not None:
+            cells[key] = ";".join(f"{v:.6g}" for v in value)
+    return cells
 
 
 def _num(value: float | None) -> float:
@@ -195,6 +206,16 @@ def compute_metrics(
         out["in_context_gain"] = M.in_context_gain(final, reset[-1])
     elif not np.any(np.isfinite(reset)):
         notes.append("in-context gain not measured (set eval.in_context_gain=true)")
+    gains = [r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None]
+    if gains:
+        # Trials of K sub-episodes: how much later attempts gain on the first, at the end.
+        out["trial_gain"] = float(np.mean([g[0] for g in gains]))
+        out["trial_gain_per_task"] = {
+            r.task: r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None
+        }
+        out["sub_episode_success"] = {
+            r.task: r.sub_episode_success for r in ends[-1].results[:k] if r.trial_gain is not None
+        }
     return out
 
 
