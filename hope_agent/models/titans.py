@@ -219,16 +219,16 @@ class ChunkDecays:
     ee_prev: Tensor  # (..., L, L)
 
 
-def _decay_matrix(log_gate: Tensor) -> Tensor:
-    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L, L)``.
+def _decay_matrix_from_cumsum(cum: Tensor) -> Tensor:
+    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L, L)``, from
+    ``cum = log_gate.cumsum(-1)``.
 
     Differences of one cumulative sum stay finite (no division by tiny products).
     """
-    cum = log_gate.cumsum(-1)
     diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
-    n = log_gate.shape[-1]
-    lower = torch.ones(n, n, dtype=torch.bool, device=log_gate.device).tril()
-    return torch.where(lower, diff, torch.full_like(diff, -math.inf)).exp()
+    n = cum.shape[-1]
+    lower = torch.ones(n, n, dtype=torch.bool, device=cum.device).tril()
+    return diff.masked_fill(~lower, -math.inf).exp()
 
 
 def chunk_decays(log_alpha: Tensor, log_beta: Tensor, live: Tensor | None = None) -> ChunkDecays:
@@ -237,20 +237,20 @@ def chunk_decays(log_alpha: Tensor, log_beta: Tensor, live: Tensor | None = None
     ``live (..., L)`` bool marks real tokens; a padded token must also have ``log alpha = log
     beta = 0`` and ``eta = 0``, and ``live`` removes its ``+ S_t`` term, so it is an exact no-op.
     """
-    da = _decay_matrix(log_alpha)  # (..., L, L)
-    db = _decay_matrix(log_beta)
-    b_cum = log_beta.cumsum(-1).exp()  # (..., L): prod_{i<=t} beta_i
-    a_cum = log_alpha.cumsum(-1).exp()
+    # both gates at once (stacked on a new dim -3): one cumsum, one decay-matrix computation
+    cum = torch.stack([log_alpha, log_beta], dim=-2).cumsum(-1)  # (..., 2, L)
+    da, db = _decay_matrix_from_cumsum(cum).unbind(-3)  # (..., L, L) each
+    a_cum, b_cum = cum.exp().unbind(-2)  # (..., L): prod_{i<=t} alpha_i, beta_i
     # W_t = sum_tau Da[t, tau] (live_tau S_tau - ...): live masks the source column tau of Da
     da_live = da if live is None else da * live.unsqueeze(-2).to(da.dtype)
-    ee = da_live @ db
-    e = (da_live @ b_cum.unsqueeze(-1)).squeeze(-1)  # (..., L)
+    ee_e = da_live @ torch.cat([db, b_cum.unsqueeze(-1)], dim=-1)  # (..., L, L + 1)
+    ee, e = ee_e[..., :-1], ee_e[..., -1]
 
     def prev_vec(vec: Tensor, first: float) -> Tensor:
-        return torch.cat([torch.full_like(vec[..., :1], first), vec[..., :-1]], dim=-1)
+        return F.pad(vec[..., :-1], (1, 0), value=first)
 
     def prev_mat(mat: Tensor) -> Tensor:
-        return torch.cat([torch.zeros_like(mat[..., :1, :]), mat[..., :-1, :]], dim=-2)
+        return F.pad(mat[..., :-1, :], (0, 0, 1, 0))
 
     return ChunkDecays(
         a_last=a_cum[..., -1],
@@ -686,9 +686,10 @@ class SelfModifyingTitans(nn.Module):
         )
         log_alpha = torch.where(live, F.logsigmoid(alpha_logit + self.alpha_bias[:, None]), zero)
         log_beta = torch.where(live, F.logsigmoid(p[..., -1]), zero)
+        qk = F.normalize(post[:, :2], dim=-1)
         tokens = _Tokens(
-            q=F.normalize(post[:, 0], dim=-1).unsqueeze(1),
-            k=F.normalize(post[:, 1], dim=-1).unsqueeze(1),
+            q=qk[:, 0].unsqueeze(1),
+            k=qk[:, 1].unsqueeze(1),
             v=post[:, 2].unsqueeze(1),
             eta=eta.unsqueeze(1),
             log_alpha=log_alpha.unsqueeze(1),
@@ -701,11 +702,8 @@ class SelfModifyingTitans(nn.Module):
         ``length (B,)`` valid tokens; returns the conv output and the new buffer."""
         k = self.conv_width
         seq = torch.cat([buf, pre], dim=3)  # (B, 3, H, K-1+L, d)
-        n = pre.shape[3]
-        w = self.conv_weight.unsqueeze(0).unsqueeze(3)  # (1, 3, H, 1, d, K)
-        out = seq[:, :, :, :n] * w[..., 0]
-        for j in range(1, k):
-            out = out + seq[:, :, :, j : j + n] * w[..., j]
+        # windows of K taps as a view (B, 3, H, L, d, K): one product and one sum for all taps
+        out = (seq.unfold(3, k, 1) * self.conv_weight.unsqueeze(0).unsqueeze(3)).sum(-1)
         idx = length.view(-1, 1) + torch.arange(k - 1, device=pre.device)  # last K-1 valid
         idx = idx.view(pre.shape[0], 1, 1, k - 1, 1)
         new_buf = seq.gather(3, idx.expand(-1, 3, self.n_heads, -1, self.head_dim))
