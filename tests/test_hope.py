@@ -9,6 +9,7 @@ import torch
 
 from hope_agent.models.base import Backbone
 from hope_agent.models.factory import make_backbone
+from hope_agent.models.graphs import GraphedStep
 from hope_agent.models.hope import Hope, HopeAttention, HopeConfig, HopeState
 from hope_agent.models.state import State
 
@@ -412,3 +413,26 @@ def test_nested_titans_config_is_the_flat_fields() -> None:
     assert titans.eta_max == 0.2 and titans.adaptive_q
     mixer = Hope(config).stack.block_list()[0].mixer
     assert mixer.config == titans
+
+
+def test_graphed_step_refuses_a_device_without_cuda_graphs() -> None:
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(Hope(_config()), batch_size=2, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize(("cls", "kw"), MODELS)
+def test_graphed_step_equals_eager_step(cls: type, kw: dict) -> None:
+    model = cls(_config(**kw)).cuda()
+    b, t = 3, 9
+    x = torch.randn(b, t, D, device="cuda")
+    first = _resets(b, t).cuda()
+    graphed = GraphedStep(model, b, "cuda")
+    with torch.no_grad():
+        state, ref = graphed.init_state(), model.init_state(b, "cuda")
+        for i in range(t):
+            y, state = graphed(x[:, i], state, first[:, i])
+            y_ref, ref = model.step(x[:, i], ref, first[:, i])
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for a, c in zip(state.leaves(), ref.leaves(), strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
