@@ -22,7 +22,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -136,6 +136,44 @@ def bench_backbone(name: str, cfg: dict, device: torch.device, extra: dict) -> R
     rate, peak = _train_rate(train_step, b * t, device, cfg["repeats"])
     step = _step_us(model, cfg["step_batch"], device, cfg["repeats"])
     return Row(name, rate, step, peak)
+
+
+class _FromFreshState(nn.Module):
+    """``x -> backbone(x, fresh state)[0]``: tensors in and out, as graph capture needs."""
+
+    def __init__(self, backbone: Backbone[Any]) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x, self.backbone.init_state(x.shape[0], x.device))[0]
+
+
+def bench_graphed_train(cfg: dict, device: torch.device, chunk: int) -> Row:
+    """HOPE fwd+bwd with forward and backward each replayed from a CUDA graph
+    (``torch.cuda.make_graphed_callables``): what is left once launches cost nothing."""
+    name = f"hope (C={chunk}), fwd+bwd as CUDA graphs"
+    if device.type != "cuda":
+        return Row(name, note="needs CUDA")
+    b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
+    torch.manual_seed(0)
+    model = make_backbone(
+        "hope", d, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], chunk_size=chunk
+    ).to(device)
+    eager = _FromFreshState(model)
+    x = torch.randn(b, t, d, device=device, requires_grad=True)
+    y_ref = eager(x).detach()  # before the capture: make_graphed_callables replaces its forward
+    try:
+        graphed = cast(Callable[[Tensor], Tensor], torch.cuda.make_graphed_callables(eager, (x,)))
+    except RuntimeError as err:  # a failed capture is a result: report it, go on
+        return Row(name, note=f"capture failed: {str(err).splitlines()[0][:160]}")
+    dev = float((graphed(x).detach() - y_ref).abs().max() / y_ref.abs().max())
+
+    def train_step() -> None:
+        graphed(x).square().mean().backward()
+
+    rate, peak = _train_rate(train_step, b * t, device, cfg["repeats"])
+    return Row(name, rate, NAN, peak, note=f"graph vs eager max rel. dev. {dev:.1e}")
 
 
 def bench_control(name: str, device: torch.device, repeats: int, extra: dict) -> Row:
@@ -382,6 +420,8 @@ def main() -> None:
     rows += [bench_titans_pytorch(cfg, device, c) for c in (64, 16)]
     rows.append(bench_fla_delta_rule(cfg, device))
     anchors = {r.name: r for r in rows}
+    if "hope" in args.models.split(","):
+        rows += [bench_graphed_train(cfg, device, c) for c in args.chunk]
     for name in args.models.split(","):
         common: dict[str, Any] = dict(n_layers=cfg["n_layers"])
         if name.startswith("hope") and name != "hope_attention":
