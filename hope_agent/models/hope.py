@@ -41,6 +41,8 @@ _NORM_EPS = 1e-6
 class HopeConfig:
     """Hyper-parameters of :class:`Hope` and :class:`HopeAttention` (validated on creation).
 
+    Flat, so that configs pass every field as a keyword; the Titans fields (those of
+    :class:`TitansConfig`) form the nested :attr:`titans` config of each layer's mixer.
     ``cms_periods``: one CMS level per entry, its optimizer period; ``()`` = HOPE without CMS.
     ``mem_chunk_size``: chunk of the output memory ``M_mem`` (None = ``chunk_size``).
     ``eta_max``: bound of the inner learning rate; ``alpha_init``/``beta_init``: initial
