@@ -32,6 +32,7 @@ from hope_agent.io import atomic_write_text
 from hope_agent.models.base import Backbone
 from hope_agent.models.factory import make_backbone
 from hope_agent.models.graphs import GraphedStep
+from hope_agent.models.hope import Hope
 
 PRESETS = {
     "gpu": dict(batch=16, seq=1024, d_model=256, n_heads=4, n_layers=1, step_batch=64, repeats=10),
@@ -122,10 +123,31 @@ def _graphed_step_us(model: Backbone[Any], batch: int, device: torch.device, rep
 # ----------------------------------------------------------------------------- backbones
 
 
-def bench_backbone(name: str, cfg: dict, device: torch.device, extra: dict) -> Row:
-    """Forward+backward tokens/s over (B, T); latency of one ``step`` at ``step_batch`` rows."""
+def _compile(model: Backbone[Any]) -> None:
+    if not isinstance(model, Hope):
+        raise ValueError(f"--compile applies to hope only, got {type(model).__name__}")
+    model.compile_fast_paths()
+
+
+def _hope(cfg: dict, device: torch.device, compiled: bool, **kwargs: Any) -> Backbone[Any]:
+    torch.manual_seed(0)
+    model = make_backbone("hope", cfg["d_model"], n_heads=cfg["n_heads"], **kwargs).to(device)
+    if compiled:
+        _compile(model)
+    return model
+
+
+def bench_backbone(
+    name: str, cfg: dict, device: torch.device, extra: dict, compiled: bool = False
+) -> Row:
+    """Forward+backward tokens/s over (B, T); latency of one ``step`` at ``step_batch`` rows.
+
+    ``compiled``: HOPE with :meth:`Hope.compile_fast_paths` (the warm-up call compiles).
+    """
     torch.manual_seed(0)
     model = make_backbone(name, cfg["d_model"], **extra).to(device)
+    if compiled:
+        _compile(model)
     b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
     x = torch.randn(b, t, d, device=device, requires_grad=True)
 
@@ -411,6 +433,11 @@ def main() -> None:
         "--chunk", type=int, nargs="+", default=[64, 16], help="HOPE chunk sizes to time"
     )
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time HOPE with compile_fast_paths() (torch.compile; minutes of compiling)",
+    )
     args = parser.parse_args()
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -431,6 +458,11 @@ def main() -> None:
                 )
                 row.name = f"{name} (C={c})"
                 rows.append(row)
+                if args.compile and name == "hope":
+                    opts = dict(common, n_heads=cfg["n_heads"], chunk_size=c)
+                    row = bench_backbone(name, cfg, device, opts, compiled=True)
+                    row.name = f"{name} (C={c}), compiled"
+                    rows.append(row)
             continue
         if name in ("hope_attention", "transformer"):
             common["n_heads"] = cfg["n_heads"]
@@ -438,12 +470,15 @@ def main() -> None:
 
     # step latency at the step batch: 1 layer and the target's 4 layers, eager and graphed
     steps: list[Row] = []
-    for layers, chunk in ((1, 64), (1, 16), (4, 64)):
-        torch.manual_seed(0)
-        model = make_backbone(
-            "hope", cfg["d_model"], n_layers=layers, n_heads=cfg["n_heads"], chunk_size=chunk
-        ).to(device)
+    for layers, chunk, compiled in [
+        (1, 64, False),
+        (1, 16, False),
+        (4, 64, False),
+        *([(1, 64, True), (4, 64, True)] if args.compile else []),
+    ]:
+        model = _hope(cfg, device, compiled, n_layers=layers, chunk_size=chunk)
         label = f"hope step, {layers} layer(s) d{cfg['d_model']} C={chunk}, B{cfg['step_batch']}"
+        label += ", compiled" if compiled else ""
         steps.append(Row(f"{label}, eager", step_us=_step_us(model, cfg["step_batch"], device, 20)))
         if device.type == "cuda":
             try:

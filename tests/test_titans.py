@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -501,3 +502,53 @@ def test_state_stays_fp32_under_autocast_and_bounded_on_long_streams() -> None:
     # clipped gradients, eta <= eta_max and alpha < 1 keep the weights near their O(1) init
     assert state.mem.w_in_run[:, -1].abs().max() < 10.0  # M_mem
     assert state.mem.w_out_run[:, :-1].abs().max() < 10.0  # the projection memories
+
+
+def test_a_deep_copy_runs_its_own_fast_paths() -> None:
+    """The evaluator deep-copies agents: a copy's segment and step paths use the copy's weights."""
+    layer = _layer(8, 2, chunk_size=4)
+    u = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        y0, _ = layer(u, layer.initial_state(2))
+        clone = copy.deepcopy(layer)
+        clone.eta_bias.add_(3.0)  # read inside the segment iteration and the step core only
+        y_clone, _ = clone(u, clone.initial_state(2))
+        y_step, _ = clone.step(u[:, 0], clone.initial_state(2))
+        y_after, _ = layer(u, layer.initial_state(2))
+        y_step_orig, _ = layer.step(u[:, 0], layer.initial_state(2))
+    torch.testing.assert_close(y_after, y0, rtol=0, atol=0)
+    assert (y_clone - y0).abs().max() > 1e-4
+    # the step's first read is at the initial weights: eta changes only what is written
+    torch.testing.assert_close(y_step, y_step_orig)
+    _, s_clone = clone.step(u[:, 0], clone.initial_state(2))
+    _, s_orig = layer.step(u[:, 0], layer.initial_state(2))
+    assert (s_clone.mem.w_in_run - s_orig.mem.w_in_run).abs().max() > 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mem_chunk_size", [3, 4], ids=["two_pass", "one_pass"])
+def test_compiled_fast_paths_equal_eager(mem_chunk_size: int) -> None:
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=mem_chunk_size)
+    eager = copy.deepcopy(layer)
+    layer.compile_fast_paths()
+    u = torch.randn(3, 10, 8)
+    first = torch.zeros(3, 10, dtype=torch.bool)
+    first[1, 6] = True
+    outs = []
+    for model in (layer, eager):
+        x = u.clone().requires_grad_(True)
+        y, state = model(x, model.initial_state(3), first)
+        y.square().sum().backward()
+        steps, s = [], model.initial_state(3)
+        for t in range(4):
+            y_t, s = model.step(u[:, t].detach(), s, first[:, t])
+            steps.append(y_t)
+        grads = [p.grad for p in model.parameters()]
+        outs.append((y, state.leaves(), x.grad, torch.stack(steps, 1), grads))
+    for got, ref in zip(outs[0], outs[1], strict=True):
+        for a, c in zip(
+            got if isinstance(got, list) else [got],
+            ref if isinstance(ref, list) else [ref],
+            strict=True,
+        ):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)

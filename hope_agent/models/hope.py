@@ -370,6 +370,13 @@ class Hope(HopeStack):
     def __init__(self, config: HopeConfig) -> None:
         super().__init__(config, lambda c: SelfModifyingTitans(c.titans))
 
+    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every layer's segment iteration and step core (see
+        :meth:`SelfModifyingTitans.compile_fast_paths`); the rest stays eager."""
+        for block in self.stack.block_list():
+            assert isinstance(block.mixer, SelfModifyingTitans)
+            block.mixer.compile_fast_paths(**compile_kwargs)
+
 
 class HopeAttention(HopeStack):
     """HOPE-Attention: HOPE blocks with sliding-window softmax attention in place of Titans."""

@@ -578,6 +578,23 @@ class SelfModifyingTitans(nn.Module):
             "chunk_sizes", torch.tensor([self.chunk_size, self.mem_chunk_size]), persistent=False
         )
         self.register_buffer("memory_group", torch.tensor([0] * m + [1]), persistent=False)
+        # opt-in torch.compile'd versions of the segment iteration and of the step core
+        self._compiled_segment: Callable[..., tuple[Tensor, FastMemoryState, Tensor | None]]
+        self._compiled_segment = self._segment
+        self._compiled_step: Callable[..., tuple[Tensor, FastMemoryState, Tensor, Tensor]]
+        self._compiled_step = self._step_core
+
+    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+        """Run the segment iteration of ``forward`` and the core of ``step`` through
+        ``torch.compile(..., dynamic=False, **compile_kwargs)`` from now on.
+
+        Both are fixed-shape chains of small ops (per segment: reads, conv, inner gradients,
+        decays, the closed-form update; per step: the reset, reads and the update), which the
+        compiler fuses into fewer kernels with fewer passes over the weight-sized state. The
+        results equal the eager ones to fp32 rounding; the first call of each shape compiles.
+        """
+        self._compiled_segment = torch.compile(self._segment, dynamic=False, **compile_kwargs)
+        self._compiled_step = torch.compile(self._step_core, dynamic=False, **compile_kwargs)
 
     # ------------------------------------------------------------------ state
 
@@ -784,10 +801,24 @@ class SelfModifyingTitans(nn.Module):
                 rows = seg.reset[:, i]
                 mem = self._reset(mem, init, rows)
                 conv = None if conv is None else _zero_rows(rows, conv)
-            out, wr, conv = body(mem, conv, ps[:, i], seg.valid[:, i])
-            mem = self._apply_chunk(mem, wr, seg.done[:, i])
+            out, mem, conv = self._compiled_segment(
+                mem, conv, ps[:, i], seg.valid[:, i], seg.done[:, i], body
+            )
             outs.append(out)
         return seg.scatter(torch.stack(outs, 1).transpose(2, 3)), mem, seg.end_pos, conv
+
+    def _segment(
+        self,
+        mem: FastMemoryState,
+        conv: Tensor | None,
+        p: Tensor,
+        valid: Tensor,
+        done: Tensor,
+        body: _Body,
+    ) -> tuple[Tensor, FastMemoryState, Tensor | None]:
+        """One segment iteration after its resets: the body, the block's update and the swap."""
+        out, wr, conv = body(mem, conv, p, valid)
+        return out, self._apply_chunk(mem, wr, done), conv
 
     # ------------------------------------------------------------------ segment bodies
 
@@ -896,23 +927,30 @@ class SelfModifyingTitans(nn.Module):
         """
         b = u_t.shape[0]
         packed = self._pack(u_t.unsqueeze(1)).transpose(1, 2)  # (B, H, 1, F)
+        rows = None if is_first is None else is_first.to(torch.bool)
         with _fp32(u_t.device):
-            mem, pos, conv = state.mem, state.pos, state.conv
-            if is_first is not None:
-                rows = is_first.to(torch.bool)
-                mem = self._reset(mem, self._init_weights(), rows)
-                pos = pos.masked_fill(rows.unsqueeze(1), 0)
-                conv = _zero_rows(rows, conv)
-            valid = torch.ones(b, 1, dtype=torch.bool, device=u_t.device)
-            tok, conv = self._read_block(mem, conv, packed, valid)
-            wr, read = self._write(mem, tok, valid, read_q=True)
-            assert read is not None
-            done = (pos == self.chunk_sizes - 1)[:, self.memory_group]  # (B, M + 1)
-            mem = self._apply_token(mem, wr, done)
-            pos = (pos + 1) % self.chunk_sizes
-            o = read[:, -1]  # (B, H, 1, d)
+            o, mem, pos, conv = self._compiled_step(state.mem, state.pos, state.conv, packed, rows)
         y = self.out_proj(o.reshape(b, self.d_model).to(u_t.dtype))
         return y, TitansState(mem=mem, pos=pos, conv=conv)
+
+    def _step_core(
+        self, mem: FastMemoryState, pos: Tensor, conv: Tensor, packed: Tensor, rows: Tensor | None
+    ) -> tuple[Tensor, FastMemoryState, Tensor, Tensor]:
+        """The fast-memory part of :meth:`step`: reset ``rows``, read, write, swap, advance.
+
+        Returns ``M_mem(q) (B, H, 1, d)`` and the new memories, positions and conv buffer.
+        """
+        if rows is not None:
+            mem = self._reset(mem, self._init_weights(), rows)
+            pos = pos.masked_fill(rows.unsqueeze(1), 0)
+            conv = _zero_rows(rows, conv)
+        valid = torch.ones(pos.shape[0], 1, dtype=torch.bool, device=pos.device)
+        tok, conv = self._read_block(mem, conv, packed, valid)
+        wr, read = self._write(mem, tok, valid, read_q=True)
+        assert read is not None
+        done = (pos == self.chunk_sizes - 1)[:, self.memory_group]  # (B, M + 1)
+        mem = self._apply_token(mem, wr, done)
+        return read[:, -1], mem, (pos + 1) % self.chunk_sizes, conv
 
     def extra_repr(self) -> str:
         return (
