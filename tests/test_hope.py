@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
 from hope_agent.models.base import Backbone
+from hope_agent.models.factory import make_backbone
+from hope_agent.models.graphs import GraphedStep
 from hope_agent.models.hope import Hope, HopeAttention, HopeConfig, HopeState
 from hope_agent.models.state import State
 
@@ -242,7 +246,7 @@ def test_state_is_a_state_tree() -> None:
         for p in model.parameters():
             p.add_(1.0)
     mixer = model.stack.block_list()[0].mixer
-    assert not torch.allclose(fresh.layers[0].proj.w_in[0], mixer.proj_w_in)
+    assert not torch.allclose(fresh.layers[0].mem.w_in[0, :-1], mixer.proj_w_in)
 
 
 @pytest.mark.parametrize(
@@ -287,3 +291,148 @@ def test_bad_shapes_raise(cls: type) -> None:
         model.step(torch.randn(2, 1, D), state)
     with pytest.raises(ValueError, match="is_first"):
         model.step(torch.randn(2, D), state, torch.zeros(2, 1, dtype=torch.bool))
+
+
+# state_dict keys and shapes (in order) written by `main` at 9221ef1, before the nested
+# TitansConfig and the generic HopeStack; d_model 8 with the factory options shown
+OLD_STATE_DICTS: dict[str, tuple[str, dict[str, Any], list[tuple[str, tuple[int, ...]]]]] = {
+    "hope": (
+        "hope",
+        {"n_layers": 2, "n_heads": 2, "cms_periods": (1, 4)},
+        [
+            ("stack.blocks.0.norm_mixer.weight", (8,)),
+            ("stack.blocks.0.mixer.proj_w_in", (4, 2, 4, 4)),
+            ("stack.blocks.0.mixer.proj_w_out", (4, 2, 4, 4)),
+            ("stack.blocks.0.mixer.mem_w_in", (1, 2, 4, 4)),
+            ("stack.blocks.0.mixer.mem_w_out", (1, 2, 4, 4)),
+            ("stack.blocks.0.mixer.w_q", (2, 4, 4)),
+            ("stack.blocks.0.mixer.eta_readout", (2, 4)),
+            ("stack.blocks.0.mixer.eta_bias", (2,)),
+            ("stack.blocks.0.mixer.alpha_readout", (2, 4)),
+            ("stack.blocks.0.mixer.alpha_bias", (2,)),
+            ("stack.blocks.0.mixer.beta_weight", (2, 4)),
+            ("stack.blocks.0.mixer.beta_bias", (2,)),
+            ("stack.blocks.0.mixer.conv_weight", (3, 2, 4, 4)),
+            ("stack.blocks.0.mixer.in_proj.weight", (8, 8)),
+            ("stack.blocks.0.mixer.out_proj.weight", (8, 8)),
+            ("stack.blocks.0.norm_cms.weight", (8,)),
+            ("stack.blocks.0.cms.levels.0.fc1.weight", (32, 8)),
+            ("stack.blocks.0.cms.levels.0.fc1.bias", (32,)),
+            ("stack.blocks.0.cms.levels.0.fc2.weight", (8, 32)),
+            ("stack.blocks.0.cms.levels.0.fc2.bias", (8,)),
+            ("stack.blocks.0.cms.levels.1.fc1.weight", (32, 8)),
+            ("stack.blocks.0.cms.levels.1.fc1.bias", (32,)),
+            ("stack.blocks.0.cms.levels.1.fc2.weight", (8, 32)),
+            ("stack.blocks.0.cms.levels.1.fc2.bias", (8,)),
+            ("stack.blocks.1.norm_mixer.weight", (8,)),
+            ("stack.blocks.1.mixer.proj_w_in", (4, 2, 4, 4)),
+            ("stack.blocks.1.mixer.proj_w_out", (4, 2, 4, 4)),
+            ("stack.blocks.1.mixer.mem_w_in", (1, 2, 4, 4)),
+            ("stack.blocks.1.mixer.mem_w_out", (1, 2, 4, 4)),
+            ("stack.blocks.1.mixer.w_q", (2, 4, 4)),
+            ("stack.blocks.1.mixer.eta_readout", (2, 4)),
+            ("stack.blocks.1.mixer.eta_bias", (2,)),
+            ("stack.blocks.1.mixer.alpha_readout", (2, 4)),
+            ("stack.blocks.1.mixer.alpha_bias", (2,)),
+            ("stack.blocks.1.mixer.beta_weight", (2, 4)),
+            ("stack.blocks.1.mixer.beta_bias", (2,)),
+            ("stack.blocks.1.mixer.conv_weight", (3, 2, 4, 4)),
+            ("stack.blocks.1.mixer.in_proj.weight", (8, 8)),
+            ("stack.blocks.1.mixer.out_proj.weight", (8, 8)),
+            ("stack.blocks.1.norm_cms.weight", (8,)),
+            ("stack.blocks.1.cms.levels.0.fc1.weight", (32, 8)),
+            ("stack.blocks.1.cms.levels.0.fc1.bias", (32,)),
+            ("stack.blocks.1.cms.levels.0.fc2.weight", (8, 32)),
+            ("stack.blocks.1.cms.levels.0.fc2.bias", (8,)),
+            ("stack.blocks.1.cms.levels.1.fc1.weight", (32, 8)),
+            ("stack.blocks.1.cms.levels.1.fc1.bias", (32,)),
+            ("stack.blocks.1.cms.levels.1.fc2.weight", (8, 32)),
+            ("stack.blocks.1.cms.levels.1.fc2.bias", (8,)),
+            ("stack.norm.weight", (8,)),
+        ],
+    ),
+    "hope_no_cms_adaptive_q": (
+        "hope",
+        {"n_layers": 1, "n_heads": 2, "adaptive_q": True, "cms_periods": ()},
+        [
+            ("stack.blocks.0.norm_mixer.weight", (8,)),
+            ("stack.blocks.0.mixer.proj_w_in", (5, 2, 4, 4)),
+            ("stack.blocks.0.mixer.proj_w_out", (5, 2, 4, 4)),
+            ("stack.blocks.0.mixer.mem_w_in", (1, 2, 4, 4)),
+            ("stack.blocks.0.mixer.mem_w_out", (1, 2, 4, 4)),
+            ("stack.blocks.0.mixer.eta_readout", (2, 4)),
+            ("stack.blocks.0.mixer.eta_bias", (2,)),
+            ("stack.blocks.0.mixer.alpha_readout", (2, 4)),
+            ("stack.blocks.0.mixer.alpha_bias", (2,)),
+            ("stack.blocks.0.mixer.beta_weight", (2, 4)),
+            ("stack.blocks.0.mixer.beta_bias", (2,)),
+            ("stack.blocks.0.mixer.conv_weight", (3, 2, 4, 4)),
+            ("stack.blocks.0.mixer.in_proj.weight", (8, 8)),
+            ("stack.blocks.0.mixer.out_proj.weight", (8, 8)),
+            ("stack.norm.weight", (8,)),
+        ],
+    ),
+    "hope_attention": (
+        "hope_attention",
+        {"n_layers": 1, "n_heads": 2, "cms_periods": (1,)},
+        [
+            ("stack.blocks.0.norm_mixer.weight", (8,)),
+            ("stack.blocks.0.mixer.qkv.weight", (24, 8)),
+            ("stack.blocks.0.mixer.out_proj.weight", (8, 8)),
+            ("stack.blocks.0.norm_cms.weight", (8,)),
+            ("stack.blocks.0.cms.levels.0.fc1.weight", (32, 8)),
+            ("stack.blocks.0.cms.levels.0.fc1.bias", (32,)),
+            ("stack.blocks.0.cms.levels.0.fc2.weight", (8, 32)),
+            ("stack.blocks.0.cms.levels.0.fc2.bias", (8,)),
+            ("stack.norm.weight", (8,)),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OLD_STATE_DICTS))
+def test_a_state_dict_of_the_old_code_layout_loads(case: str) -> None:
+    """Checkpoints written before the refactor load strictly, and their values are the ones used."""
+    name, kwargs, layout = OLD_STATE_DICTS[case]
+    model = make_backbone(name, 8, **kwargs)
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == layout
+    old = {k: torch.randn(shape) for k, shape in layout}
+    model.load_state_dict(old, strict=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, old[k]), k
+    with torch.no_grad():
+        y, _ = model(torch.randn(2, 5, 8), model.init_state(2))
+    assert torch.isfinite(y).all()
+
+
+def test_nested_titans_config_is_the_flat_fields() -> None:
+    config = _config(chunk_size=5, mem_chunk_size=None, eta_max=0.2, adaptive_q=True)
+    titans = config.titans
+    assert (titans.d_model, titans.n_heads, titans.chunk_size) == (D, 2, 5)
+    assert titans.resolved_mem_chunk_size == config.resolved_mem_chunk_size == 5
+    assert titans.eta_max == 0.2 and titans.adaptive_q
+    mixer = Hope(config).stack.block_list()[0].mixer
+    assert mixer.config == titans
+
+
+def test_graphed_step_refuses_a_device_without_cuda_graphs() -> None:
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(Hope(_config()), batch_size=2, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize(("cls", "kw"), MODELS)
+def test_graphed_step_equals_eager_step(cls: type, kw: dict) -> None:
+    model = cls(_config(**kw)).cuda()
+    b, t = 3, 9
+    x = torch.randn(b, t, D, device="cuda")
+    first = _resets(b, t).cuda()
+    graphed = GraphedStep(model, b, "cuda")
+    with torch.no_grad():
+        state, ref = graphed.init_state(), model.init_state(b, "cuda")
+        for i in range(t):
+            y, state = graphed(x[:, i], state, first[:, i])
+            y_ref, ref = model.step(x[:, i], ref, first[:, i])
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for a, c in zip(state.leaves(), ref.leaves(), strict=True):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)

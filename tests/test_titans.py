@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from hope_agent.models import titans
 from hope_agent.models.titans import (
     SelfModifyingTitans,
+    TitansConfig,
     TitansState,
     chunk_decays,
     clip_factors,
@@ -21,6 +24,10 @@ from hope_agent.models.titans import (
 )
 
 F64 = torch.float64
+
+
+def _layer(d_model: int, n_heads: int, **kw: object) -> SelfModifyingTitans:
+    return SelfModifyingTitans(TitansConfig(d_model, n_heads, **kw))  # type: ignore[arg-type]
 
 
 def _stream(layer: SelfModifyingTitans, u: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
@@ -284,13 +291,17 @@ def _naive_titans(
 
 
 @pytest.mark.parametrize(
-    "opts", [{}, {"adaptive_q": True, "mem_hidden_mult": 2}], ids=["default", "adaptive_q"]
+    "opts",
+    [{}, {"adaptive_q": True, "mem_hidden_mult": 2}, {"mem_chunk_size": 4}],
+    ids=["default", "adaptive_q", "one_pass"],
 )
 def test_forward_matches_a_naive_per_token_reference_float64(opts: dict) -> None:
-    """The whole layer against HOPE.md section 2 written out per token (no shared code path)."""
-    layer = SelfModifyingTitans(
-        8, 2, chunk_size=4, mem_chunk_size=3, eta_max=0.5, max_inner_grad_norm=3.0, **opts
-    ).double()
+    """The whole layer against HOPE.md section 2 written out per token (no shared code path).
+
+    ``one_pass`` has ``C == C_mem``: the forward then runs every memory in one pass.
+    """
+    kw = {"chunk_size": 4, "mem_chunk_size": 3, "eta_max": 0.5, "max_inner_grad_norm": 3.0}
+    layer = _layer(8, 2, **(kw | opts)).double()
     with torch.no_grad():  # move every parameter off its special init (identity conv and W_q)
         for p in layer.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -305,10 +316,11 @@ def test_forward_matches_a_naive_per_token_reference_float64(opts: dict) -> None
     torch.testing.assert_close(y, ref_y.detach(), rtol=1e-10, atol=1e-10)
     got = {
         "conv": state.conv,
-        "proj.pos": state.proj.pos,
-        "mem.pos": state.mem.pos,
+        "proj.pos": state.pos[:, 0],
+        "mem.pos": state.pos[:, 1],
     }
-    for group, mem in (("proj", state.proj), ("mem", state.mem)):
+    m = len(layer.memories)  # the state stacks the projection memories first, then M_mem
+    for group, mem in (("proj", state.mem.slice(0, m)), ("mem", state.mem.slice(m))):
         got |= {
             f"{group}.w0_in": mem.w_in,
             f"{group}.w0_out": mem.w_out,
@@ -329,7 +341,7 @@ def test_segment_layout_cuts_at_chunk_ends_and_resets() -> None:
     pos0 = torch.tensor([2, 0])
     first = torch.zeros(2, 7, dtype=torch.bool)
     first[1, 3] = True
-    seg = segment_layout(pos0, first, chunk=4)
+    seg = segment_layout(pos0, 7, 4, first)
     # row 0: phases 2 3 | 0 1 2 3 | 0 ; row 1: phases 0 1 2 | 0 1 2 3 (reset at t=3)
     assert seg.n == 3
     assert seg.valid.sum(-1).tolist() == [[2, 4, 1], [3, 4, 0]]
@@ -340,6 +352,11 @@ def test_segment_layout_cuts_at_chunk_ends_and_resets() -> None:
     x = torch.randn(2, 7, 3)
     torch.testing.assert_close(seg.scatter(seg.gather(x)), x)
     assert torch.all(seg.gather(x)[~seg.valid] == 0)
+    # without resets the same positions give the same cuts, and no reset flags
+    plain = segment_layout(pos0, 7, 4)
+    assert plain.n == 3 and plain.any_reset == [False] * 3
+    assert plain.valid.sum(-1).tolist() == [[2, 4, 1], [4, 3, 0]]
+    assert plain.end_pos.tolist() == [1, 3] and not plain.reset.any()
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -351,11 +368,13 @@ def test_segment_layout_cuts_at_chunk_ends_and_resets() -> None:
         {},
         {"adaptive_q": True, "mem_hidden_mult": 2},
         {"reset_fast_memory_on_episode": False, "conv_width": 1},
+        {"mem_chunk_size": 4},
+        {"mem_chunk_size": 4, "reset_fast_memory_on_episode": False},
     ],
-    ids=["default", "adaptive_q", "persistent_memory"],
+    ids=["default", "adaptive_q", "persistent_memory", "one_pass", "one_pass_persistent"],
 )
 def test_forward_equals_step_equals_split_float64(opts: dict) -> None:
-    layer = SelfModifyingTitans(12, 3, chunk_size=4, mem_chunk_size=3, **opts).double()
+    layer = _layer(12, 3, **({"chunk_size": 4, "mem_chunk_size": 3} | opts)).double()
     b, t = 3, 19  # T not a multiple of C or C_mem
     u = torch.randn(b, t, 12, dtype=F64)
     first = _resets(b, t)
@@ -370,8 +389,28 @@ def test_forward_equals_step_equals_split_float64(opts: dict) -> None:
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mem_chunk_size", [3, 4], ids=["two_pass", "one_pass"])
+def test_static_segment_count_under_tracing_gives_the_same_result(
+    mem_chunk_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torch.compile / CUDA-graph capture a call without resets runs the host-known bound
+    of segment iterations (no sync); the extra, empty segments must be exact no-ops."""
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=mem_chunk_size).double()
+    u = torch.randn(2, 11, 8, dtype=F64)
+    with torch.no_grad():
+        _, mid = layer(u[:, :3], layer.initial_state(2))  # positions off 0
+        ref = [layer(u[:, 3:], s) for s in (layer.initial_state(2), mid)]
+        monkeypatch.setattr(titans, "_tracing", lambda device: True)
+        for (y_ref, s_ref), start in zip(ref, (layer.initial_state(2), mid), strict=True):
+            y, s = layer(u[:, 3:], start)
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+            for a, c in zip(s.leaves(), s_ref.leaves(), strict=True):
+                torch.testing.assert_close(a, c, rtol=0, atol=0)
+    assert segment_layout(torch.zeros(2, dtype=torch.long), 8, 4).n == 3  # the bound, not 2
+
+
 def test_forward_equals_step_fp32() -> None:
-    layer = SelfModifyingTitans(16, 2, chunk_size=5, mem_chunk_size=3)
+    layer = _layer(16, 2, chunk_size=5, mem_chunk_size=3)
     b, t = 3, 23
     u = torch.randn(b, t, 16)
     first = _resets(b, t)
@@ -380,7 +419,7 @@ def test_forward_equals_step_fp32() -> None:
 
 
 def test_chunk_writes_take_effect_from_the_next_chunk() -> None:
-    layer = SelfModifyingTitans(8, 2, chunk_size=4, mem_chunk_size=4)
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=4)
     u = torch.randn(1, 12, 8)
     state = layer.initial_state(1)
     _, s3 = layer(u[:, :3], state)
@@ -389,7 +428,7 @@ def test_chunk_writes_take_effect_from_the_next_chunk() -> None:
     assert not torch.allclose(s3.mem.w_in_run, state.mem.w_in_run)
     _, s4 = layer(u[:, 3:4], s3)
     torch.testing.assert_close(s4.mem.w_in, s4.mem.w_in_run)
-    assert int(s4.mem.pos) == 0 and int(s3.mem.pos) == 3
+    assert s4.pos.tolist() == [[0, 0]] and s3.pos.tolist() == [[3, 3]]
 
 
 def _poison_row(state: TitansState, row: int) -> TitansState:
@@ -405,7 +444,7 @@ def _poison_row(state: TitansState, row: int) -> TitansState:
 
 
 def test_reset_recovers_a_non_finite_row_in_forward_and_step() -> None:
-    layer = SelfModifyingTitans(8, 2, chunk_size=4, mem_chunk_size=3).double()
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=3).double()
     b, t = 2, 9
     u = torch.randn(b, t, 8, dtype=F64)
     first = torch.zeros(b, t, dtype=torch.bool)
@@ -430,25 +469,20 @@ def test_reset_recovers_a_non_finite_row_in_forward_and_step() -> None:
 
 
 def test_persistent_memory_reset_commits_chunk_and_clears_conv_only() -> None:
-    layer = SelfModifyingTitans(
-        8, 2, chunk_size=4, mem_chunk_size=3, reset_fast_memory_on_episode=False
-    )
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=3, reset_fast_memory_on_episode=False)
     u = torch.randn(2, 6, 8)
     _, state = layer(u[:, :5], layer.initial_state(2))
     rows = torch.tensor([True, False])
     y_reset, s_reset = layer.step(u[:, 5], state, rows)
 
-    def committed(mem):  # type: ignore[no-untyped-def]
-        return dataclasses.replace(
+    mem = state.mem
+    manual = TitansState(
+        mem=dataclasses.replace(
             mem,
             w_in=torch.where(rows[:, None, None, None, None], mem.w_in_run, mem.w_in),
             w_out=torch.where(rows[:, None, None, None, None], mem.w_out_run, mem.w_out),
-            pos=torch.where(rows, 0, mem.pos),
-        )
-
-    manual = TitansState(
-        proj=committed(state.proj),
-        mem=committed(state.mem),
+        ),
+        pos=torch.where(rows[:, None], 0, state.pos),
         conv=torch.where(rows[:, None, None, None, None], 0.0, state.conv),
     )
     y_manual, s_manual = layer.step(u[:, 5], manual, None)
@@ -458,7 +492,7 @@ def test_persistent_memory_reset_commits_chunk_and_clears_conv_only() -> None:
 
 
 def test_state_stays_fp32_under_autocast_and_bounded_on_long_streams() -> None:
-    layer = SelfModifyingTitans(16, 2, chunk_size=8, mem_chunk_size=8)
+    layer = _layer(16, 2, chunk_size=8, mem_chunk_size=8)
     u = 20.0 * torch.randn(2, 600, 16)  # large inputs: inner gradients are always clipped
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, state = layer(u, layer.initial_state(2))
@@ -466,4 +500,55 @@ def test_state_stays_fp32_under_autocast_and_bounded_on_long_streams() -> None:
     assert torch.isfinite(y).all()
     assert all(torch.isfinite(t).all() for t in state.leaves() if t.is_floating_point())
     # clipped gradients, eta <= eta_max and alpha < 1 keep the weights near their O(1) init
-    assert state.mem.w_in_run.abs().max() < 10.0 and state.proj.w_out_run.abs().max() < 10.0
+    assert state.mem.w_in_run[:, -1].abs().max() < 10.0  # M_mem
+    assert state.mem.w_out_run[:, :-1].abs().max() < 10.0  # the projection memories
+
+
+def test_a_deep_copy_runs_its_own_fast_paths() -> None:
+    """The evaluator deep-copies agents: a copy's segment and step paths use the copy's weights."""
+    layer = _layer(8, 2, chunk_size=4)
+    u = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        y0, _ = layer(u, layer.initial_state(2))
+        clone = copy.deepcopy(layer)
+        clone.eta_bias.add_(3.0)  # read inside the segment iteration and the step core only
+        y_clone, _ = clone(u, clone.initial_state(2))
+        y_step, _ = clone.step(u[:, 0], clone.initial_state(2))
+        y_after, _ = layer(u, layer.initial_state(2))
+        y_step_orig, _ = layer.step(u[:, 0], layer.initial_state(2))
+    torch.testing.assert_close(y_after, y0, rtol=0, atol=0)
+    assert (y_clone - y0).abs().max() > 1e-4
+    # the step's first read is at the initial weights: eta changes only what is written
+    torch.testing.assert_close(y_step, y_step_orig)
+    _, s_clone = clone.step(u[:, 0], clone.initial_state(2))
+    _, s_orig = layer.step(u[:, 0], layer.initial_state(2))
+    assert (s_clone.mem.w_in_run - s_orig.mem.w_in_run).abs().max() > 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mem_chunk_size", [3, 4], ids=["two_pass", "one_pass"])
+def test_compiled_fast_paths_equal_eager(mem_chunk_size: int) -> None:
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=mem_chunk_size)
+    eager = copy.deepcopy(layer)
+    layer.compile_fast_paths()
+    u = torch.randn(3, 10, 8)
+    first = torch.zeros(3, 10, dtype=torch.bool)
+    first[1, 6] = True
+    outs = []
+    for model in (layer, eager):
+        x = u.clone().requires_grad_(True)
+        y, state = model(x, model.initial_state(3), first)
+        y.square().sum().backward()
+        steps, s = [], model.initial_state(3)
+        for t in range(4):
+            y_t, s = model.step(u[:, t].detach(), s, first[:, t])
+            steps.append(y_t)
+        grads = [p.grad for p in model.parameters()]
+        outs.append((y, state.leaves(), x.grad, torch.stack(steps, 1), grads))
+    for got, ref in zip(outs[0], outs[1], strict=True):
+        for a, c in zip(
+            got if isinstance(got, list) else [got],
+            ref if isinstance(ref, list) else [ref],
+            strict=True,
+        ):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,7 +24,12 @@ from torch import Tensor, nn
 from hope_agent.models.base import Backbone, ParamGroup, check_input
 from hope_agent.models.cms import CMS, CMS_VARIANTS
 from hope_agent.models.state import State
-from hope_agent.models.titans import SelfModifyingTitans, TitansState
+from hope_agent.models.titans import (
+    SelfModifyingTitans,
+    TitansConfig,
+    TitansState,
+    positive_int,
+)
 
 _NORM_EPS = 1e-6
 
@@ -36,6 +41,8 @@ _NORM_EPS = 1e-6
 class HopeConfig:
     """Hyper-parameters of :class:`Hope` and :class:`HopeAttention` (validated on creation).
 
+    Flat, so that configs pass every field as a keyword; the Titans fields (those of
+    :class:`TitansConfig`) form the nested :attr:`titans` config of each layer's mixer.
     ``cms_periods``: one CMS level per entry, its optimizer period; ``()`` = HOPE without CMS.
     ``mem_chunk_size``: chunk of the output memory ``M_mem`` (None = ``chunk_size``).
     ``eta_max``: bound of the inner learning rate; ``alpha_init``/``beta_init``: initial
@@ -62,48 +69,29 @@ class HopeConfig:
 
     def __post_init__(self) -> None:
         # Hydra hands sequences over as ListConfig: store a plain tuple of ints
-        self.cms_periods = tuple(_positive_int("cms_periods entries", p) for p in self.cms_periods)
-        for name in (
-            "d_model",
-            "n_layers",
-            "n_heads",
-            "chunk_size",
-            "cms_hidden_mult",
-            "mem_hidden_mult",
-            "conv_width",
-            "attn_window",
-        ):
-            _positive_int(name, getattr(self, name))
-        if self.mem_chunk_size is not None:
-            _positive_int("mem_chunk_size", self.mem_chunk_size)
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"HopeConfig: d_model={self.d_model} must be divisible by n_heads={self.n_heads}; "
-                "pick n_heads among the divisors of d_model"
-            )
-        for name in ("eta_max", "max_inner_grad_norm"):
-            if not float(getattr(self, name)) > 0.0:
-                raise ValueError(f"HopeConfig: {name} must be > 0, got {getattr(self, name)}")
-        for name in ("alpha_init", "beta_init"):
-            if not 0.0 < float(getattr(self, name)) < 1.0:
-                raise ValueError(
-                    f"HopeConfig: {name} must lie strictly in (0, 1), got {getattr(self, name)}"
-                )
+        self.cms_periods = tuple(
+            positive_int("HopeConfig", "cms_periods entries", p) for p in self.cms_periods
+        )
+        for name in ("n_layers", "cms_hidden_mult", "attn_window"):
+            positive_int("HopeConfig", name, getattr(self, name))
         if self.cms_variant not in CMS_VARIANTS:
             raise ValueError(
                 f"HopeConfig: cms_variant must be one of {CMS_VARIANTS}, got {self.cms_variant!r}"
             )
+        _ = self.titans  # building the nested config validates the Titans fields
+
+    @property
+    def titans(self) -> TitansConfig:
+        """The nested config of each layer's :class:`SelfModifyingTitans` (validated)."""
+        return TitansConfig(**{f.name: getattr(self, f.name) for f in _TITANS_FIELDS})
 
     @property
     def resolved_mem_chunk_size(self) -> int:
         """The chunk size of ``M_mem``."""
-        return self.chunk_size if self.mem_chunk_size is None else self.mem_chunk_size
+        return self.titans.resolved_mem_chunk_size
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"HopeConfig: {name} must be an integer >= 1, got {value!r}")
-    return value
+_TITANS_FIELDS = dataclasses.fields(TitansConfig)
 
 
 # ----------------------------------------------------------------------------- attention mixer
@@ -254,16 +242,10 @@ class HopeBlock(nn.Module):
 
 @dataclasses.dataclass
 class HopeState(State):
-    """State of :class:`Hope`: one :class:`TitansState` per layer."""
+    """State of :class:`Hope` (one :class:`TitansState` per layer) or of :class:`HopeAttention`
+    (one :class:`AttentionState` per layer)."""
 
-    layers: tuple[TitansState, ...]
-
-
-@dataclasses.dataclass
-class HopeAttentionState(State):
-    """State of :class:`HopeAttention`: one :class:`AttentionState` per layer."""
-
-    layers: tuple[AttentionState, ...]
+    layers: tuple[MixerState, ...]
 
 
 def _check_state(name: str, layers: Sequence[State], n_layers: int, batch: int) -> None:
@@ -294,7 +276,7 @@ def _check_step(name: str, x_t: Tensor, d_model: int, is_first: Tensor | None) -
 
 
 class _HopeStack(nn.Module):
-    """Blocks + final norm, shared by :class:`Hope` and :class:`HopeAttention`."""
+    """Blocks + final norm (a submodule named ``stack``: its path is part of the checkpoints)."""
 
     def __init__(self, config: HopeConfig, mixers: list[Mixer]) -> None:
         super().__init__()
@@ -310,73 +292,34 @@ class _HopeStack(nn.Module):
         """The blocks, typed."""
         return [b for b in self.blocks if isinstance(b, HopeBlock)]
 
-    def run(
-        self, x: Tensor, layers: Sequence[Any], is_first: Tensor | None, step: bool
-    ) -> tuple[Tensor, tuple[Any, ...]]:
-        """Apply every block (``step`` picks the one-token path) and the final norm."""
-        out = []
-        for block, s in zip(self.block_list(), layers, strict=True):
-            x, s = block.step(x, s, is_first) if step else block(x, s, is_first)
-            out.append(s)
-        return self.norm(x), tuple(out)
 
-    def param_groups(self, periods: tuple[int, ...]) -> list[ParamGroup]:
-        """One group per CMS level (across layers) and the rest as ``slow``."""
-        groups: list[ParamGroup] = []
-        for level, period in enumerate(periods):
-            params = [
-                p
-                for block in self.block_list()
-                if block.cms is not None
-                for p in block.cms.levels[level].parameters()
-                if p.requires_grad
-            ]
-            groups.append({"params": params, "period": period, "name": f"cms.{level}"})
-        in_cms = {id(p) for g in groups for p in g["params"]}
-        slow = [p for p in self.parameters() if p.requires_grad and id(p) not in in_cms]
-        return [{"params": slow, "period": 1, "name": "slow"}, *groups]
+class HopeStack(Backbone[HopeState]):
+    """``n_layers`` HOPE blocks and a final RMSNorm, generic in the block's mixer.
 
-
-class Hope(Backbone[HopeState]):
-    """The HOPE backbone: ``n_layers`` HOPE blocks with self-modifying Titans mixers.
-
-    ``init_state`` is differentiable w.r.t. the memories' meta-learned initial weights: detach a
-    state before keeping it across optimizer steps.
+    ``mixer(config)`` builds one layer's mixer (a module with ``initial_state``, ``forward`` and
+    ``step``); :class:`Hope` and :class:`HopeAttention` are this class with their mixer.
     """
 
-    def __init__(self, config: HopeConfig) -> None:
+    def __init__(self, config: HopeConfig, mixer: Callable[[HopeConfig], Mixer]) -> None:
         super().__init__()
         self.config = config
         self.d_model = config.d_model
-        mixers: list[Mixer] = [
-            SelfModifyingTitans(
-                config.d_model,
-                config.n_heads,
-                chunk_size=config.chunk_size,
-                mem_chunk_size=config.resolved_mem_chunk_size,
-                mem_hidden_mult=config.mem_hidden_mult,
-                adaptive_q=config.adaptive_q,
-                eta_max=config.eta_max,
-                max_inner_grad_norm=config.max_inner_grad_norm,
-                conv_width=config.conv_width,
-                alpha_init=config.alpha_init,
-                beta_init=config.beta_init,
-                reset_fast_memory_on_episode=config.reset_fast_memory_on_episode,
-            )
-            for _ in range(config.n_layers)
-        ]
-        self.stack = _HopeStack(config, mixers)
+        self.stack = _HopeStack(config, [mixer(config) for _ in range(config.n_layers)])
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> HopeState:
-        """Every layer's meta-learned initial fast state."""
-        mixers = [b.mixer for b in self.stack.block_list()]
+        """Every layer's initial mixer state (differentiable for Titans: see :class:`Hope`)."""
         return HopeState(
-            layers=tuple(
-                m.initial_state(batch_size, device)
-                for m in mixers
-                if isinstance(m, SelfModifyingTitans)
-            )
+            layers=tuple(b.mixer.initial_state(batch_size, device) for b in self.stack.block_list())
         )
+
+    def _run(
+        self, x: Tensor, state: HopeState, is_first: Tensor | None, step: bool
+    ) -> tuple[Tensor, HopeState]:
+        out = []
+        for block, s in zip(self.stack.block_list(), state.layers, strict=True):
+            x, s = block.step(x, s, is_first) if step else block(x, s, is_first)
+            out.append(s)
+        return self.stack.norm(x), HopeState(layers=tuple(out))
 
     def forward(
         self, x: Tensor, state: HopeState, is_first: Tensor | None = None
@@ -387,8 +330,7 @@ class Hope(Backbone[HopeState]):
         _check_state(name, state.layers, self.config.n_layers, x.shape[0])
         if x.shape[1] == 0:  # an empty stream leaves the state as it is (as the baselines do)
             return x, state
-        y, layers = self.stack.run(x, state.layers, is_first, step=False)
-        return y, HopeState(layers=layers)
+        return self._run(x, state, is_first, step=False)
 
     def step(
         self, x_t: Tensor, state: HopeState, is_first: Tensor | None = None
@@ -397,74 +339,61 @@ class Hope(Backbone[HopeState]):
         name = type(self).__name__
         _check_step(name, x_t, self.d_model, is_first)
         _check_state(name, state.layers, self.config.n_layers, x_t.shape[0])
-        y, layers = self.stack.run(x_t, state.layers, is_first, step=True)
-        return y, HopeState(layers=layers)
+        return self._run(x_t, state, is_first, step=True)
 
     def param_groups(self) -> list[ParamGroup]:
-        """``slow`` (period 1: Titans meta-parameters, projections, norms) and ``cms.{l}``."""
-        return self.stack.param_groups(self.config.cms_periods)
+        """``slow`` (period 1: the mixers' parameters, norms) and one ``cms.{l}`` group per CMS
+        level (across layers, period ``P_l``)."""
+        groups: list[ParamGroup] = []
+        blocks = self.stack.block_list()
+        for level, period in enumerate(self.config.cms_periods):
+            params = [
+                p
+                for block in blocks
+                if block.cms is not None
+                for p in block.cms.levels[level].parameters()
+                if p.requires_grad
+            ]
+            groups.append({"params": params, "period": period, "name": f"cms.{level}"})
+        in_cms = {id(p) for g in groups for p in g["params"]}
+        slow = [p for p in self.parameters() if p.requires_grad and id(p) not in in_cms]
+        return [{"params": slow, "period": 1, "name": "slow"}, *groups]
 
 
-class HopeAttention(Backbone[HopeAttentionState]):
+class Hope(HopeStack):
+    """The HOPE backbone: ``n_layers`` HOPE blocks with self-modifying Titans mixers.
+
+    ``init_state`` is differentiable w.r.t. the memories' meta-learned initial weights: detach a
+    state before keeping it across optimizer steps.
+    """
+
+    def __init__(self, config: HopeConfig) -> None:
+        super().__init__(config, lambda c: SelfModifyingTitans(c.titans))
+
+    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` every layer's segment iteration and step core (see
+        :meth:`SelfModifyingTitans.compile_fast_paths`); the rest stays eager."""
+        for block in self.stack.block_list():
+            assert isinstance(block.mixer, SelfModifyingTitans)
+            block.mixer.compile_fast_paths(**compile_kwargs)
+
+
+class HopeAttention(HopeStack):
     """HOPE-Attention: HOPE blocks with sliding-window softmax attention in place of Titans."""
 
     def __init__(self, config: HopeConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.d_model = config.d_model
-        mixers: list[Mixer] = [
-            SlidingWindowAttention(config.d_model, config.n_heads, config.attn_window)
-            for _ in range(config.n_layers)
-        ]
-        self.stack = _HopeStack(config, mixers)
-
-    def init_state(
-        self, batch_size: int, device: torch.device | str | None = None
-    ) -> HopeAttentionState:
-        """Empty KV caches."""
-        mixers = [b.mixer for b in self.stack.block_list()]
-        return HopeAttentionState(
-            layers=tuple(
-                m.initial_state(batch_size, device)
-                for m in mixers
-                if isinstance(m, SlidingWindowAttention)
-            )
+        super().__init__(
+            config, lambda c: SlidingWindowAttention(c.d_model, c.n_heads, c.attn_window)
         )
-
-    def forward(
-        self, x: Tensor, state: HopeAttentionState, is_first: Tensor | None = None
-    ) -> tuple[Tensor, HopeAttentionState]:
-        """``x (B, T, d_model)`` for any ``T``; ``is_first (B, T)`` resets rows at step t."""
-        name = type(self).__name__
-        check_input(x, self.d_model, is_first, name)
-        _check_state(name, state.layers, self.config.n_layers, x.shape[0])
-        if x.shape[1] == 0:  # an empty stream leaves the state as it is (as the baselines do)
-            return x, state
-        y, layers = self.stack.run(x, state.layers, is_first, step=False)
-        return y, HopeAttentionState(layers=layers)
-
-    def step(
-        self, x_t: Tensor, state: HopeAttentionState, is_first: Tensor | None = None
-    ) -> tuple[Tensor, HopeAttentionState]:
-        """One env step ``x_t (B, d_model)``."""
-        name = type(self).__name__
-        _check_step(name, x_t, self.d_model, is_first)
-        _check_state(name, state.layers, self.config.n_layers, x_t.shape[0])
-        y, layers = self.stack.run(x_t, state.layers, is_first, step=True)
-        return y, HopeAttentionState(layers=layers)
-
-    def param_groups(self) -> list[ParamGroup]:
-        """``slow`` (attention, norms) and one ``cms.{l}`` group per CMS level."""
-        return self.stack.param_groups(self.config.cms_periods)
 
 
 __all__ = [
     "AttentionState",
     "Hope",
     "HopeAttention",
-    "HopeAttentionState",
     "HopeBlock",
     "HopeConfig",
+    "HopeStack",
     "HopeState",
     "SlidingWindowAttention",
 ]

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,69 @@ from hope_agent.models.state import State
 PROJECTION_MEMORIES = ("k", "v", "eta", "alpha")
 
 
+# ----------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class TitansConfig:
+    """Hyper-parameters of one :class:`SelfModifyingTitans` layer (validated on creation).
+
+    ``chunk_size`` (``C``) chunks the projection memories, ``mem_chunk_size`` (``C_mem``, None =
+    ``C``) the output memory ``M_mem``; ``mem_hidden_mult`` sets the memories' hidden width
+    ``h = mem_hidden_mult * d``; ``adaptive_q`` replaces the fixed ``W_q`` by a memory ``M_q``;
+    ``eta_max`` bounds the inner learning rate, ``max_inner_grad_norm`` clips each token's inner
+    gradient; ``alpha_init`` / ``beta_init`` are the initial retention and momentum gates;
+    ``reset_fast_memory_on_episode=False`` keeps the fast memory across episodes.
+    """
+
+    d_model: int
+    n_heads: int
+    chunk_size: int = 16
+    mem_chunk_size: int | None = None
+    mem_hidden_mult: int = 1
+    adaptive_q: bool = False
+    eta_max: float = 0.1
+    max_inner_grad_norm: float = 1.0
+    conv_width: int = 4
+    alpha_init: float = 0.99
+    beta_init: float = 0.5
+    reset_fast_memory_on_episode: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "chunk_size", "mem_hidden_mult", "conv_width"):
+            positive_int(type(self).__name__, name, getattr(self, name))
+        if self.mem_chunk_size is not None:
+            positive_int(type(self).__name__, "mem_chunk_size", self.mem_chunk_size)
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"{type(self).__name__}: d_model={self.d_model} must be divisible by "
+                f"n_heads={self.n_heads}; pick n_heads among the divisors of d_model"
+            )
+        for name in ("eta_max", "max_inner_grad_norm"):
+            if not float(getattr(self, name)) > 0.0:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} must be > 0, got {getattr(self, name)}"
+                )
+        for name in ("alpha_init", "beta_init"):
+            if not 0.0 < float(getattr(self, name)) < 1.0:
+                raise ValueError(
+                    f"{type(self).__name__}: {name} must lie strictly in (0, 1), "
+                    f"got {getattr(self, name)}"
+                )
+
+    @property
+    def resolved_mem_chunk_size(self) -> int:
+        """The chunk size of ``M_mem``."""
+        return self.chunk_size if self.mem_chunk_size is None else self.mem_chunk_size
+
+
+def positive_int(owner: str, name: str, value: Any) -> int:
+    """``value`` if it is an int >= 1 (bools excluded), else one ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -41,8 +105,7 @@ class FastMemoryState(State):
     """Per-row weights of a stack of ``M`` memories per head (fp32, batch first).
 
     ``w_in: (B, M, H, h, d)`` and ``w_out: (B, M, H, d, h)`` are the chunk-start weights (every
-    read and inner gradient uses them); ``*_run`` are the running weights; ``s_*`` the momenta;
-    ``pos: (B,)`` the position of the next token inside its chunk.
+    read and inner gradient uses them); ``*_run`` are the running weights; ``s_*`` the momenta.
     """
 
     w_in: Tensor
@@ -51,20 +114,35 @@ class FastMemoryState(State):
     w_out_run: Tensor
     s_in: Tensor
     s_out: Tensor
-    pos: Tensor
+
+    def slice(self, lo: int, hi: int | None = None) -> FastMemoryState:
+        """Memories ``lo:hi`` (dim 1), as contiguous tensors (batched matmuls need them)."""
+        return self.map(lambda t: t[:, lo:hi].contiguous())
+
+    @staticmethod
+    def join(parts: Sequence[FastMemoryState]) -> FastMemoryState:
+        """Concatenate stacks of memories along dim 1 (the inverse of :meth:`slice`)."""
+        return FastMemoryState(
+            **{
+                f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1)
+                for f in dataclasses.fields(FastMemoryState)
+            }
+        )
 
 
 @dataclasses.dataclass
 class TitansState(State):
     """State of one self-modifying Titans layer.
 
-    ``proj`` holds the projection memories (k, v, eta, alpha[, q]) chunked by ``chunk_size``,
-    ``mem`` the output memory ``M_mem`` chunked by ``mem_chunk_size``, and ``conv: (B, 3, H,
-    conv_width - 1, d)`` the last pre-convolution values of q, k, v.
+    ``mem`` stacks every memory along dim 1, in the order of ``SelfModifyingTitans.memories``
+    (k, v, eta, alpha[, q]) then the output memory ``M_mem`` last, so that one batched op reads or
+    writes all of them. ``pos: (B, 2)`` is the position of the next token inside its chunk, for
+    the projection memories (chunk ``C``) and for ``M_mem`` (chunk ``C_mem``); ``conv: (B, 3, H,
+    conv_width - 1, d)`` holds the last pre-convolution values of q, k, v.
     """
 
-    proj: FastMemoryState
     mem: FastMemoryState
+    pos: Tensor
     conv: Tensor
 
 
@@ -141,16 +219,16 @@ class ChunkDecays:
     ee_prev: Tensor  # (..., L, L)
 
 
-def _decay_matrix(log_gate: Tensor) -> Tensor:
-    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L, L)``.
+def _decay_matrix_from_cumsum(cum: Tensor) -> Tensor:
+    """``D[t, j] = exp(sum_{j<i<=t} log_gate_i)`` for ``j <= t``, else 0; ``(..., L, L)``, from
+    ``cum = log_gate.cumsum(-1)``.
 
     Differences of one cumulative sum stay finite (no division by tiny products).
     """
-    cum = log_gate.cumsum(-1)
     diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)
-    n = log_gate.shape[-1]
-    lower = torch.ones(n, n, dtype=torch.bool, device=log_gate.device).tril()
-    return torch.where(lower, diff, torch.full_like(diff, -math.inf)).exp()
+    n = cum.shape[-1]
+    lower = torch.ones(n, n, dtype=torch.bool, device=cum.device).tril()
+    return diff.masked_fill(~lower, -math.inf).exp()
 
 
 def chunk_decays(log_alpha: Tensor, log_beta: Tensor, live: Tensor | None = None) -> ChunkDecays:
@@ -159,20 +237,20 @@ def chunk_decays(log_alpha: Tensor, log_beta: Tensor, live: Tensor | None = None
     ``live (..., L)`` bool marks real tokens; a padded token must also have ``log alpha = log
     beta = 0`` and ``eta = 0``, and ``live`` removes its ``+ S_t`` term, so it is an exact no-op.
     """
-    da = _decay_matrix(log_alpha)  # (..., L, L)
-    db = _decay_matrix(log_beta)
-    b_cum = log_beta.cumsum(-1).exp()  # (..., L): prod_{i<=t} beta_i
-    a_cum = log_alpha.cumsum(-1).exp()
+    # both gates at once (stacked on a new dim -3): one cumsum, one decay-matrix computation
+    cum = torch.stack([log_alpha, log_beta], dim=-2).cumsum(-1)  # (..., 2, L)
+    da, db = _decay_matrix_from_cumsum(cum).unbind(-3)  # (..., L, L) each
+    a_cum, b_cum = cum.exp().unbind(-2)  # (..., L): prod_{i<=t} alpha_i, beta_i
     # W_t = sum_tau Da[t, tau] (live_tau S_tau - ...): live masks the source column tau of Da
     da_live = da if live is None else da * live.unsqueeze(-2).to(da.dtype)
-    ee = da_live @ db
-    e = (da_live @ b_cum.unsqueeze(-1)).squeeze(-1)  # (..., L)
+    ee_e = da_live @ torch.cat([db, b_cum.unsqueeze(-1)], dim=-1)  # (..., L, L + 1)
+    ee, e = ee_e[..., :-1], ee_e[..., -1]
 
     def prev_vec(vec: Tensor, first: float) -> Tensor:
-        return torch.cat([torch.full_like(vec[..., :1], first), vec[..., :-1]], dim=-1)
+        return F.pad(vec[..., :-1], (1, 0), value=first)
 
     def prev_mat(mat: Tensor) -> Tensor:
-        return torch.cat([torch.zeros_like(mat[..., :1, :]), mat[..., :-1, :]], dim=-2)
+        return F.pad(mat[..., :-1, :], (0, 0, 1, 0))
 
     return ChunkDecays(
         a_last=a_cum[..., -1],
@@ -305,21 +383,50 @@ class Segments:
         return flat.gather(1, idx).reshape(b, self.dest.shape[1], *y.shape[3:])
 
 
-def segment_layout(pos0: Tensor, is_first: Tensor, chunk: int) -> Segments:
-    """Segments of a call from the carried chunk positions ``pos0 (B,)`` and ``is_first (B, T)``.
+def _tracing(device: torch.device) -> bool:
+    """True under ``torch.compile`` or while a CUDA graph is captured: no host syncs allowed."""
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def segment_layout(
+    pos0: Tensor, t_len: int, chunk: int, is_first: Tensor | None = None
+) -> Segments:
+    """Segments of a call of ``t_len`` tokens from the carried chunk positions ``pos0 (B,)`` and
+    ``is_first (B, T)`` (None: no resets).
 
     Pure index arithmetic: a token's phase is counted from its row's last reset (or continues
-    from ``pos0``); a segment starts at t = 0 and wherever the phase is 0.
+    from ``pos0``); a segment starts at t = 0 and wherever the phase is 0. The number of segment
+    iterations depends on the data: eager calls read it with one device-to-host copy (with
+    resets, together with the per-segment "any row resets" flags), which skips empty segments.
+    Under ``torch.compile`` or a CUDA-graph capture, a call without resets takes the bound
+    ``1 + (T + C - 2) // C`` instead, known on the host (no sync, no graph break; a row that
+    needs fewer segments sees empty, no-op ones).
     """
-    b, t_len = is_first.shape
-    dev = is_first.device
+    b = pos0.shape[0]
+    dev = pos0.device
     t = torch.arange(t_len, device=dev).expand(b, t_len)
-    last_reset = torch.where(is_first, t, torch.full_like(t, -1)).cummax(dim=1).values
-    phase = torch.where(last_reset >= 0, t - last_reset, t + pos0.unsqueeze(1)) % chunk
-    start = phase == 0
-    start[:, 0] = True
+    if is_first is None:
+        phase = (t + pos0.unsqueeze(1)) % chunk
+    else:
+        last_reset = torch.where(is_first, t, torch.full_like(t, -1)).cummax(dim=1).values
+        phase = torch.where(last_reset >= 0, t - last_reset, t + pos0.unsqueeze(1)) % chunk
+    start = (phase == 0) | (t == 0)
     seg_id = start.long().cumsum(1) - 1  # (B, T)
-    n = int(seg_id[:, -1].max().item()) + 1
+    if is_first is None and _tracing(dev):
+        n = 1 + (t_len + chunk - 2) // chunk
+        any_reset = [False] * n
+    elif is_first is None:
+        n = int(seg_id[:, -1].amax()) + 1
+        any_reset = [False] * n
+    else:
+        flags = torch.zeros(t_len, dtype=torch.long, device=dev).scatter_reduce(
+            0, seg_id.reshape(-1), is_first.reshape(-1).long(), "amax"
+        )
+        host = torch.cat([seg_id[:, -1].amax().view(1) + 1, flags]).tolist()
+        n = int(host[0])
+        any_reset = [bool(f) for f in host[1 : n + 1]]
     # non-start tokens scatter into a spare last column, dropped afterwards
     target = torch.where(start, seg_id, torch.full_like(seg_id, n))
     first_t = torch.zeros(b, n + 1, dtype=torch.long, device=dev).scatter(1, target, t)[:, :n]
@@ -332,7 +439,9 @@ def segment_layout(pos0: Tensor, is_first: Tensor, chunk: int) -> Segments:
     src = first_t.unsqueeze(-1) + slot
     src = torch.where(valid, src, torch.zeros_like(src))
     nonempty = length > 0
-    reset = is_first.gather(1, first_t) & nonempty
+    reset = (
+        torch.zeros_like(nonempty) if is_first is None else is_first.gather(1, first_t) & nonempty
+    )
     done = nonempty & (phase.gather(1, first_t) + length == chunk)
     return Segments(
         src=src,
@@ -341,7 +450,7 @@ def segment_layout(pos0: Tensor, is_first: Tensor, chunk: int) -> Segments:
         reset=reset,
         done=done,
         end_pos=(phase[:, -1] + 1) % chunk,
-        any_reset=reset.any(0).tolist(),
+        any_reset=any_reset,
     )
 
 
@@ -362,6 +471,25 @@ class _Write:
     live: Tensor  # (B, 1, 1, L) bool: real (not padded) tokens
 
 
+@dataclasses.dataclass
+class _Tokens:
+    """A block's normalised q, k, v ``(B, 1, H, L, d)`` and gates ``(B, 1, H, L)``."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    eta: Tensor
+    log_alpha: Tensor
+    log_beta: Tensor
+
+
+# A segment body: (memories, conv buffer or None, packed inputs (B, H, L, F), valid (B, L)) ->
+# (per-token outputs (B, H, L, F'), the block's write, conv buffer or None)
+_Body = Callable[
+    [FastMemoryState, Tensor | None, Tensor, Tensor], tuple[Tensor, _Write, Tensor | None]
+]
+
+
 @contextmanager
 def _fp32(device: torch.device) -> Iterator[None]:
     # the fast state must stay fp32 under mixed precision: its recurrence compounds rounding
@@ -370,12 +498,13 @@ def _fp32(device: torch.device) -> Iterator[None]:
 
 
 def _rows(mask: Tensor, like: Tensor) -> Tensor:
-    """``mask (B,)`` viewed to broadcast over the trailing dims of ``like``."""
-    return mask.view(-1, *([1] * (like.dim() - 1)))
+    """``mask (B,)`` or ``(B, M)`` viewed to broadcast over the trailing dims of ``like``."""
+    return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
 def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise select: ``a`` where ``mask (B,)``, else ``b`` (``a`` may broadcast over rows).
+    """Row-wise select: ``a`` where ``mask (B,)`` (or ``(B, M)``: per row and memory), else ``b``
+    (``a`` may broadcast over rows).
 
     A select, not arithmetic (``lerp`` or a 0/1 product): a non-finite value in the row that is
     not taken must not leak into the result, so that a reset recovers a diverged row.
@@ -397,43 +526,37 @@ class SelfModifyingTitans(nn.Module):
 
     ``forward(u (B, T, D), state, is_first (B, T))`` and ``step(u_t (B, D), state, is_first (B,))``
     give identical outputs for the same stream. ``u`` is the already normalised block input.
+    ``step`` has no host synchronisation and no data-dependent control flow, so it can be
+    captured in a CUDA graph; so can ``forward`` when ``is_first`` is None.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        chunk_size: int,
-        mem_chunk_size: int,
-        mem_hidden_mult: int = 1,
-        adaptive_q: bool = False,
-        eta_max: float = 0.1,
-        max_inner_grad_norm: float = 1.0,
-        conv_width: int = 4,
-        alpha_init: float = 0.99,
-        beta_init: float = 0.5,
-        reset_fast_memory_on_episode: bool = True,
-    ) -> None:
-        super().__init__()
-        self.d_model, self.n_heads = d_model, n_heads
-        self.head_dim = d = d_model // n_heads
-        self.hidden = h = mem_hidden_mult * d
-        self.chunk_size, self.mem_chunk_size = chunk_size, mem_chunk_size
-        self.adaptive_q = adaptive_q
-        self.eta_max, self.max_inner_grad_norm = eta_max, max_inner_grad_norm
-        self.conv_width = conv_width
-        self.reset_fast_memory_on_episode = reset_fast_memory_on_episode
-        self.memories = PROJECTION_MEMORIES + (("q",) if adaptive_q else ())
-        m = len(self.memories)
+    chunk_sizes: Tensor
+    memory_group: Tensor
 
-        self.in_proj = nn.Linear(d_model, d_model, bias=False)
-        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+    def __init__(self, config: TitansConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.d_model, self.n_heads = config.d_model, config.n_heads
+        self.head_dim = d = config.d_model // config.n_heads
+        self.hidden = h = config.mem_hidden_mult * d
+        self.chunk_size = config.chunk_size
+        self.mem_chunk_size = config.resolved_mem_chunk_size
+        self.adaptive_q = config.adaptive_q
+        self.eta_max, self.max_inner_grad_norm = config.eta_max, config.max_inner_grad_norm
+        self.conv_width = config.conv_width
+        self.reset_fast_memory_on_episode = config.reset_fast_memory_on_episode
+        self.memories = PROJECTION_MEMORIES + (("q",) if config.adaptive_q else ())
+        m, n_heads = len(self.memories), config.n_heads
+
+        # creation order fixes what a seed initialises: keep it, so seeded runs stay comparable
+        self.in_proj = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.out_proj = nn.Linear(config.d_model, config.d_model, bias=False)
         # meta-learned initial weights of every memory, per head (fan-in init)
         self.proj_w_in = nn.Parameter(torch.randn(m, n_heads, h, d) / math.sqrt(d))
         self.proj_w_out = nn.Parameter(torch.randn(m, n_heads, d, h) / math.sqrt(h))
         self.mem_w_in = nn.Parameter(torch.randn(1, n_heads, h, d) / math.sqrt(d))
         self.mem_w_out = nn.Parameter(torch.randn(1, n_heads, d, h) / math.sqrt(h))
-        if not adaptive_q:
+        if not config.adaptive_q:
             # identity start: q = x is aligned with k = M_k(x) ~ x, so reads hit what was written
             self.w_q = nn.Parameter(torch.eye(d).repeat(n_heads, 1, 1))
         # scalar readouts per head; small weights keep gates near their initial values but let
@@ -442,27 +565,44 @@ class SelfModifyingTitans(nn.Module):
         self.eta_readout = nn.Parameter(torch.randn(n_heads, d) * readout_std)
         self.eta_bias = nn.Parameter(torch.zeros(n_heads))
         self.alpha_readout = nn.Parameter(torch.randn(n_heads, d) * readout_std)
-        self.alpha_bias = nn.Parameter(torch.full((n_heads,), _logit(alpha_init)))
+        self.alpha_bias = nn.Parameter(torch.full((n_heads,), _logit(config.alpha_init)))
         self.beta_weight = nn.Parameter(torch.randn(n_heads, d) * readout_std)
-        self.beta_bias = nn.Parameter(torch.full((n_heads,), _logit(beta_init)))
+        self.beta_bias = nn.Parameter(torch.full((n_heads,), _logit(config.beta_init)))
         # depthwise causal conv over q, k, v; starts as the identity (all weight on the current tap)
-        conv = torch.zeros(3, n_heads, d, conv_width)
+        conv = torch.zeros(3, n_heads, d, config.conv_width)
         conv[..., -1] = 1.0
         self.conv_weight = nn.Parameter(conv)
+        # derived from the config, not learned: non-persistent, so the state_dict is unchanged.
+        # chunk_sizes[g] is the chunk of position counter g; memory_group[i] the counter of memory i
+        self.register_buffer(
+            "chunk_sizes", torch.tensor([self.chunk_size, self.mem_chunk_size]), persistent=False
+        )
+        self.register_buffer("memory_group", torch.tensor([0] * m + [1]), persistent=False)
+        # opt-in torch.compile'd versions of the segment iteration and of the step core
+        self._compiled_segment: Callable[..., tuple[Tensor, FastMemoryState, Tensor | None]]
+        self._compiled_segment = self._segment
+        self._compiled_step: Callable[..., tuple[Tensor, FastMemoryState, Tensor, Tensor]]
+        self._compiled_step = self._step_core
+
+    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+        """Run the segment iteration of ``forward`` and the core of ``step`` through
+        ``torch.compile(..., dynamic=False, **compile_kwargs)`` from now on.
+
+        Both are fixed-shape chains of small ops (per segment: reads, conv, inner gradients,
+        decays, the closed-form update; per step: the reset, reads and the update), which the
+        compiler fuses into fewer kernels with fewer passes over the weight-sized state. The
+        results equal the eager ones to fp32 rounding; the first call of each shape compiles.
+        """
+        self._compiled_segment = torch.compile(self._segment, dynamic=False, **compile_kwargs)
+        self._compiled_step = torch.compile(self._step_core, dynamic=False, **compile_kwargs)
 
     # ------------------------------------------------------------------ state
 
-    def _memory_init(self, w_in: Tensor, w_out: Tensor, batch: int) -> FastMemoryState:
-        w_in_b = w_in.unsqueeze(0).expand(batch, *w_in.shape)
-        w_out_b = w_out.unsqueeze(0).expand(batch, *w_out.shape)
-        return FastMemoryState(
-            w_in=w_in_b,
-            w_out=w_out_b,
-            w_in_run=w_in_b,
-            w_out_run=w_out_b,
-            s_in=torch.zeros_like(w_in_b),
-            s_out=torch.zeros_like(w_out_b),
-            pos=torch.zeros(batch, dtype=torch.long, device=w_in.device),
+    def _init_weights(self) -> tuple[Tensor, Tensor]:
+        """Every memory's meta-learned initial ``W_in (M + 1, H, h, d)``, ``W_out``, state order."""
+        return (
+            torch.cat([self.proj_w_in, self.mem_w_in]),
+            torch.cat([self.proj_w_out, self.mem_w_out]),
         )
 
     def initial_state(
@@ -470,39 +610,43 @@ class SelfModifyingTitans(nn.Module):
     ) -> TitansState:
         """The meta-learned initial state (differentiable w.r.t. the initial weights).
 
-        Its tensors are copies, not views of the parameters, so a stored state does not change when
-        an optimizer updates the parameters in place.
+        Its tensors are contiguous copies, not views of the parameters, so a stored state does not
+        change when an optimizer updates the parameters in place, and a state can be copied into.
         """
         dev = self.proj_w_in.device if device is None else torch.device(device)
-        state = TitansState(
-            proj=self._memory_init(self.proj_w_in, self.proj_w_out, batch_size),
-            mem=self._memory_init(self.mem_w_in, self.mem_w_out, batch_size),
-            conv=torch.zeros(
-                batch_size,
-                3,
-                self.n_heads,
-                self.conv_width - 1,
-                self.head_dim,
-                dtype=self.proj_w_in.dtype,
-                device=self.proj_w_in.device,
-            ),
+        w_in0, w_out0 = self._init_weights()
+
+        def rows(w: Tensor) -> Tensor:
+            return w.to(dev).unsqueeze(0).expand(batch_size, *w.shape).contiguous()
+
+        def zeros(w: Tensor) -> Tensor:
+            return torch.zeros(batch_size, *w.shape, dtype=w.dtype, device=dev)
+
+        mem = FastMemoryState(
+            w_in=rows(w_in0),
+            w_out=rows(w_out0),
+            w_in_run=rows(w_in0),
+            w_out_run=rows(w_out0),
+            s_in=zeros(w_in0),
+            s_out=zeros(w_out0),
         )
-        return state.to(dev) if dev != self.proj_w_in.device else state.clone()
+        conv = (3, self.n_heads, self.conv_width - 1, self.head_dim)
+        return TitansState(
+            mem=mem,
+            pos=torch.zeros(batch_size, 2, dtype=torch.long, device=dev),
+            conv=torch.zeros(batch_size, *conv, dtype=w_in0.dtype, device=dev),
+        )
 
     def _reset(
-        self, mem: FastMemoryState, w_in: Tensor, w_out: Tensor, rows: Tensor
+        self, mem: FastMemoryState, init: tuple[Tensor, Tensor], rows: Tensor
     ) -> FastMemoryState:
-        """Episode start for ``rows``: the initial memory, or commit the partial chunk.
+        """Episode start for ``rows``: the initial memory ``init``, or commit the partial chunk.
 
-        Either way the chunk phase restarts (``pos = 0``). The initial weights broadcast over the
-        rows and the momenta are zeroed by a scalar: no full-size temporaries.
+        The initial weights broadcast over the rows and the momenta are zeroed by a scalar: no
+        full-size temporaries. The caller restarts the chunk phase.
         """
-        pos = torch.where(rows, 0, mem.pos)
         if self.reset_fast_memory_on_episode:
-            w_in_0, w_out_0 = (
-                w_in.unsqueeze(0),
-                w_out.unsqueeze(0),
-            )  # (1, M, H, h, d), (1, M, H, d, h)
+            w_in_0, w_out_0 = init[0].unsqueeze(0), init[1].unsqueeze(0)
             return FastMemoryState(
                 w_in=_where_rows(rows, w_in_0, mem.w_in),
                 w_out=_where_rows(rows, w_out_0, mem.w_out),
@@ -510,95 +654,91 @@ class SelfModifyingTitans(nn.Module):
                 w_out_run=_where_rows(rows, w_out_0, mem.w_out_run),
                 s_in=_zero_rows(rows, mem.s_in),
                 s_out=_zero_rows(rows, mem.s_out),
-                pos=pos,
             )
         # persistent memory: keep W_run and S, start a new chunk from them
         return dataclasses.replace(
             mem,
             w_in=_where_rows(rows, mem.w_in_run, mem.w_in),
             w_out=_where_rows(rows, mem.w_out_run, mem.w_out),
-            pos=pos,
         )
 
     # ------------------------------------------------------------------ blocks of tokens
 
-    def _gates(self, reads: Tensor, beta_logit: Tensor, valid: Tensor) -> tuple[Tensor, ...]:
-        """eta, log alpha, log beta ``(B, 1, H, L)`` from the reads of M_eta, M_alpha.
+    def _pack(self, u: Tensor) -> Tensor:
+        """Per-head inputs ``(B, T, H, F)``: ``x``, the fixed-projection ``q`` (unless adaptive)
+        and the momentum gate logit, packed so that one gather moves them into segments."""
+        b, t, _ = u.shape
+        x = self.in_proj(u).view(b, t, self.n_heads, self.head_dim)
+        with _fp32(u.device):
+            x = x.to(self.proj_w_in.dtype)
+            beta_logit = torch.einsum("bthd,hd->bth", x, self.beta_weight) + self.beta_bias
+            parts = [x, beta_logit.unsqueeze(-1)]
+            if not self.adaptive_q:
+                parts.insert(1, torch.einsum("bthd,hed->bthe", x, self.w_q))
+            return torch.cat(parts, dim=-1)
 
+    def _read_block(
+        self, mem: FastMemoryState, conv: Tensor, p: Tensor, valid: Tensor
+    ) -> tuple[_Tokens, Tensor]:
+        """Reads of the projection memories, conv, q, k, v and gates for ``L`` tokens of a chunk.
+
+        ``p (B, H, L, F)`` packed by :meth:`_pack`, ``valid (B, L)``. ``mem`` holds the projection
+        memories first; when it also holds ``M_mem`` its read at ``x`` is computed and unused (one
+        matmul over every memory costs less than slicing a copy of the weights).
         Padded tokens get eta = 0, alpha = beta = 1, which makes their write a no-op.
         """
-        i_eta, i_alpha = self.memories.index("eta"), self.memories.index("alpha")
-        eta_logit = (reads[:, i_eta] * self.eta_readout.unsqueeze(-2)).sum(-1) + self.eta_bias[
-            :, None
-        ]
-        alpha_logit = (reads[:, i_alpha] * self.alpha_readout.unsqueeze(-2)).sum(-1) + (
-            self.alpha_bias[:, None]
-        )
-        v = valid.unsqueeze(1)  # (B, 1, L)
+        d = self.head_dim
+        x = p[..., :d]
+        reads = memory_read(mem.w_in, mem.w_out, x.unsqueeze(1))  # (B, M', H, L, d)
+        idx = self.memories.index
+        q_src = reads[:, idx("q")] if self.adaptive_q else p[..., d : 2 * d]
+        pre = torch.stack([q_src, reads[:, idx("k")], reads[:, idx("v")]], dim=1)  # (B,3,H,L,d)
+        post, conv = self._conv(pre, conv, valid.sum(-1))
+        eta_logit = (reads[:, idx("eta")] * self.eta_readout.unsqueeze(-2)).sum(-1)
+        alpha_logit = (reads[:, idx("alpha")] * self.alpha_readout.unsqueeze(-2)).sum(-1)
+        live = valid.unsqueeze(1)  # (B, 1, L)
         zero = torch.zeros((), dtype=reads.dtype, device=reads.device)
-        eta = torch.where(v, self.eta_max * torch.sigmoid(eta_logit), zero)
-        log_alpha = torch.where(v, F.logsigmoid(alpha_logit), zero)
-        log_beta = torch.where(v, F.logsigmoid(beta_logit), zero)
-        return eta.unsqueeze(1), log_alpha.unsqueeze(1), log_beta.unsqueeze(1)
+        eta = torch.where(
+            live, self.eta_max * torch.sigmoid(eta_logit + self.eta_bias[:, None]), zero
+        )
+        log_alpha = torch.where(live, F.logsigmoid(alpha_logit + self.alpha_bias[:, None]), zero)
+        log_beta = torch.where(live, F.logsigmoid(p[..., -1]), zero)
+        qk = F.normalize(post[:, :2], dim=-1)
+        tokens = _Tokens(
+            q=qk[:, 0].unsqueeze(1),
+            k=qk[:, 1].unsqueeze(1),
+            v=post[:, 2].unsqueeze(1),
+            eta=eta.unsqueeze(1),
+            log_alpha=log_alpha.unsqueeze(1),
+            log_beta=log_beta.unsqueeze(1),
+        )
+        return tokens, conv
 
     def _conv(self, pre: Tensor, buf: Tensor, length: Tensor) -> tuple[Tensor, Tensor]:
         """Causal depthwise conv. ``pre (B, 3, H, L, d)``, ``buf (B, 3, H, K-1, d)``,
         ``length (B,)`` valid tokens; returns the conv output and the new buffer."""
         k = self.conv_width
         seq = torch.cat([buf, pre], dim=3)  # (B, 3, H, K-1+L, d)
-        n = pre.shape[3]
-        w = self.conv_weight.unsqueeze(0).unsqueeze(3)  # (1, 3, H, 1, d, K)
-        out = seq[:, :, :, :n] * w[..., 0]
-        for j in range(1, k):
-            out = out + seq[:, :, :, j : j + n] * w[..., j]
+        # windows of K taps as a view (B, 3, H, L, d, K): one product and one sum for all taps
+        out = (seq.unfold(3, k, 1) * self.conv_weight.unsqueeze(0).unsqueeze(3)).sum(-1)
         idx = length.view(-1, 1) + torch.arange(k - 1, device=pre.device)  # last K-1 valid
         idx = idx.view(pre.shape[0], 1, 1, k - 1, 1)
         new_buf = seq.gather(3, idx.expand(-1, 3, self.n_heads, -1, self.head_dim))
         return out, new_buf
 
-    def _projection_block(
-        self,
-        mem: FastMemoryState,
-        conv: Tensor,
-        x: Tensor,
-        q_pre: Tensor | None,
-        beta_logit: Tensor,
-        valid: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor, _Write, Tensor]:
-        """Reads, conv and writes of the projection memories for ``L`` tokens of one chunk.
-
-        ``x (B, H, L, d)``, ``q_pre (B, H, L, d)`` (fixed projection) or None, ``beta_logit (B, H,
-        L)``, ``valid (B, L)``. Returns ``q, k, v (B, H, L, d)``, the write, and the conv buffer.
-        """
-        reads = memory_read(mem.w_in, mem.w_out, x.unsqueeze(1))  # (B, M, H, L, d)
-        idx = self.memories.index
-        q_src = reads[:, idx("q")] if q_pre is None else q_pre
-        pre = torch.stack([q_src, reads[:, idx("k")], reads[:, idx("v")]], dim=1)  # (B,3,H,L,d)
-        post, conv = self._conv(pre, conv, valid.sum(-1))
-        q = F.normalize(post[:, 0], dim=-1)
-        k = F.normalize(post[:, 1], dim=-1)
-        v = post[:, 2]
-        eta, log_alpha, log_beta = self._gates(reads, beta_logit, valid)
-        write, _ = self._write(mem, k.unsqueeze(1), v.unsqueeze(1), eta, log_alpha, log_beta, valid)
-        return q, k, v, write, conv
-
     def _write(
-        self,
-        mem: FastMemoryState,
-        k: Tensor,
-        v: Tensor,
-        eta: Tensor,
-        log_alpha: Tensor,
-        log_beta: Tensor,
-        valid: Tensor,
-        q: Tensor | None = None,
+        self, mem: FastMemoryState, tok: _Tokens, valid: Tensor, read_q: bool
     ) -> tuple[_Write, Tensor | None]:
-        """Self-generated targets and clipped inner gradients at the chunk-start weights, and the
-        read ``M(q)`` there when ``q`` is given (all from one pass over the weights)."""
-        p_in, p_out, s, read = read_and_inner_grad(mem.w_in, mem.w_out, k, v, q)
-        p_in, p_out = clip_factors(p_in, p_out, s, k, self.max_inner_grad_norm)
+        """Self-generated targets and clipped inner gradients of every memory of ``mem`` at its
+        chunk-start weights, and, with ``read_q``, the read ``M(q)`` there (all in one pass over
+        the weights; the caller keeps the read of ``M_mem``, the last memory)."""
+        p_in, p_out, s, read = read_and_inner_grad(
+            mem.w_in, mem.w_out, tok.k, tok.v, tok.q if read_q else None
+        )
+        p_in, p_out = clip_factors(p_in, p_out, s, tok.k, self.max_inner_grad_norm)
         live = valid[:, None, None, :]  # (B, 1, 1, L)
-        return _Write(k, p_in, p_out, s, eta, log_alpha, log_beta, live), read
+        wr = _Write(tok.k, p_in, p_out, s, tok.eta, tok.log_alpha, tok.log_beta, live)
+        return wr, read
 
     @staticmethod
     def _apply_chunk(mem: FastMemoryState, wr: _Write, done: Tensor) -> FastMemoryState:
@@ -613,12 +753,11 @@ class SelfModifyingTitans(nn.Module):
             w_out_run=w_out,
             s_in=s_in,
             s_out=s_out,
-            pos=mem.pos,
         )
 
     @staticmethod
-    def _apply_token(mem: FastMemoryState, wr: _Write, chunk: int) -> FastMemoryState:
-        """One token's literal recurrence, then the chunk-end swap and position advance."""
+    def _apply_token(mem: FastMemoryState, wr: _Write, done: Tensor) -> FastMemoryState:
+        """One token's literal recurrence, then the chunk-end swap where ``done (B, M)``."""
         eta, alpha, beta = wr.eta[..., 0], wr.log_alpha[..., 0].exp(), wr.log_beta[..., 0].exp()
         key = wr.key[..., 0, :]
         w_in, s_in = dgd_token(
@@ -627,7 +766,6 @@ class SelfModifyingTitans(nn.Module):
         w_out, s_out = dgd_token(
             mem.w_out_run, mem.s_out, wr.p_out[..., 0, :], wr.r_out[..., 0, :], eta, alpha, beta
         )
-        done = mem.pos == chunk - 1
         return FastMemoryState(
             w_in=_where_rows(done, w_in, mem.w_in),
             w_out=_where_rows(done, w_out, mem.w_out),
@@ -635,127 +773,184 @@ class SelfModifyingTitans(nn.Module):
             w_out_run=w_out,
             s_in=s_in,
             s_out=s_out,
-            pos=(mem.pos + 1) % chunk,
         )
 
-    # ------------------------------------------------------------------ public
+    def _chunked(
+        self,
+        mem: FastMemoryState,
+        conv: Tensor | None,
+        init: tuple[Tensor, Tensor],
+        pos0: Tensor,
+        first: Tensor | None,
+        chunk: int,
+        packed: Tensor,
+        body: _Body,
+    ) -> tuple[Tensor, FastMemoryState, Tensor, Tensor | None]:
+        """Run ``body`` over the segments of ``packed (B, T, H, F)`` with chunk ``chunk``.
 
-    def _inputs(self, u: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Heads ``x (B, T, H, d)``, fixed-projection ``q`` and the momentum gate logits."""
-        b, t, _ = u.shape
-        x = self.in_proj(u).view(b, t, self.n_heads, self.head_dim)
-        with _fp32(u.device):
-            x = x.to(self.proj_w_in.dtype)
-            q_pre = None if self.adaptive_q else torch.einsum("bthd,hed->bthe", x, self.w_q)
-            beta_logit = torch.einsum("bthd,hd->bth", x, self.beta_weight) + self.beta_bias
-        return x, q_pre, beta_logit
+        Per segment: mask-reset the rows that start an episode there, apply the body (reads and
+        the write at the chunk-start weights), the block's closed-form recurrence and the swap.
+        Returns the body's outputs scattered back to ``(B, T, H, F')``, the memories, the end
+        positions ``(B,)`` and the conv buffer.
+        """
+        seg = segment_layout(pos0, packed.shape[1], chunk, first)
+        ps = seg.gather(packed).transpose(2, 3)  # (B, n, H, C, F)
+        outs: list[Tensor] = []
+        for i in range(seg.n):
+            if seg.any_reset[i]:
+                rows = seg.reset[:, i]
+                mem = self._reset(mem, init, rows)
+                conv = None if conv is None else _zero_rows(rows, conv)
+            out, mem, conv = self._compiled_segment(
+                mem, conv, ps[:, i], seg.valid[:, i], seg.done[:, i], body
+            )
+            outs.append(out)
+        return seg.scatter(torch.stack(outs, 1).transpose(2, 3)), mem, seg.end_pos, conv
+
+    def _segment(
+        self,
+        mem: FastMemoryState,
+        conv: Tensor | None,
+        p: Tensor,
+        valid: Tensor,
+        done: Tensor,
+        body: _Body,
+    ) -> tuple[Tensor, FastMemoryState, Tensor | None]:
+        """One segment iteration after its resets: the body, the block's update and the swap."""
+        out, wr, conv = body(mem, conv, p, valid)
+        return out, self._apply_chunk(mem, wr, done), conv
+
+    # ------------------------------------------------------------------ segment bodies
+
+    def _fused_body(
+        self, mem: FastMemoryState, conv: Tensor | None, p: Tensor, valid: Tensor
+    ) -> tuple[Tensor, _Write, Tensor | None]:
+        """Every memory at once (``C == C_mem``): reads, conv, the write and ``M_mem(q)``."""
+        assert conv is not None
+        tok, conv = self._read_block(mem, conv, p, valid)
+        wr, read = self._write(mem, tok, valid, read_q=True)
+        assert read is not None
+        return read[:, -1], wr, conv
+
+    def _projection_body(
+        self, mem: FastMemoryState, conv: Tensor | None, p: Tensor, valid: Tensor
+    ) -> tuple[Tensor, _Write, Tensor | None]:
+        """Pass 1 of two (``C != C_mem``): the projection memories; emits q, k, v and the gates."""
+        assert conv is not None
+        tok, conv = self._read_block(mem, conv, p, valid)
+        wr, _ = self._write(mem, tok, valid, read_q=False)
+        gates = torch.stack([tok.eta[:, 0], tok.log_alpha[:, 0], tok.log_beta[:, 0]], -1)
+        return torch.cat([tok.q[:, 0], tok.k[:, 0], tok.v[:, 0], gates], dim=-1), wr, conv
+
+    def _output_body(
+        self, mem: FastMemoryState, conv: Tensor | None, p: Tensor, valid: Tensor
+    ) -> tuple[Tensor, _Write, Tensor | None]:
+        """Pass 2 of two: ``M_mem`` from pass 1's packed q, k, v, gates ``(B, H, L, 3d + 3)``.
+
+        Padded slots hold zeros (``Segments.gather``), i.e. eta = 0 and log gates 0: no-ops.
+        """
+        d = self.head_dim
+        tok = _Tokens(
+            q=p[..., :d].unsqueeze(1),
+            k=p[..., d : 2 * d].unsqueeze(1),
+            v=p[..., 2 * d : 3 * d].unsqueeze(1),
+            eta=p[..., 3 * d].unsqueeze(1),
+            log_alpha=p[..., 3 * d + 1].unsqueeze(1),
+            log_beta=p[..., 3 * d + 2].unsqueeze(1),
+        )
+        wr, read = self._write(mem, tok, valid, read_q=True)
+        assert read is not None
+        return read[:, -1], wr, conv
+
+    # ------------------------------------------------------------------ public
 
     def forward(
         self, u: Tensor, state: TitansState, is_first: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        """Chunked forward over ``u (B, T, D)``; returns the mixer output ``(B, T, D)``, state."""
-        b, t_len, _ = u.shape
-        first = (
-            torch.zeros(b, t_len, dtype=torch.bool, device=u.device)
-            if is_first is None
-            else is_first.to(torch.bool)
-        )
-        x, q_pre, beta_logit = self._inputs(u)
-        with _fp32(u.device):
-            # pass 1: projection memories, chunks of C; produces q, k, v and the gates
-            seg = segment_layout(state.proj.pos, first, self.chunk_size)
-            xs = seg.gather(x).transpose(2, 3)  # (B, n, H, C, d)
-            qs = None if q_pre is None else seg.gather(q_pre).transpose(2, 3)
-            bs = seg.gather(beta_logit).transpose(2, 3)  # (B, n, H, C)
-            proj, conv = state.proj, state.conv
-            per_seg: list[Tensor] = []
-            for i in range(seg.n):
-                if seg.any_reset[i]:
-                    rows = seg.reset[:, i]
-                    proj = self._reset(proj, self.proj_w_in, self.proj_w_out, rows)
-                    conv = _zero_rows(rows, conv)
-                q_i = None if qs is None else qs[:, i]
-                q, k, v, wr, conv = self._projection_block(
-                    proj, conv, xs[:, i], q_i, bs[:, i], seg.valid[:, i]
-                )
-                proj = self._apply_chunk(proj, wr, seg.done[:, i])
-                gates = torch.stack([wr.eta[:, 0], wr.log_alpha[:, 0], wr.log_beta[:, 0]], -1)
-                per_seg.append(torch.cat([q, k, v, gates], dim=-1))  # (B, H, C, 3d + 3)
-            proj = dataclasses.replace(proj, pos=seg.end_pos)
-            packed = seg.scatter(torch.stack(per_seg, 1).transpose(2, 3))  # (B, T, H, 3d + 3)
+        """Chunked forward over ``u (B, T, D)``; returns the mixer output ``(B, T, D)``, state.
 
-            # pass 2: the output memory M_mem, chunks of C_mem
-            seg = segment_layout(state.mem.pos, first, self.mem_chunk_size)
-            ps = seg.gather(packed).transpose(2, 3)  # (B, n, H, C_mem, 3d + 3)
-            d = self.head_dim
-            mem = state.mem
-            outs: list[Tensor] = []
-            for i in range(seg.n):
-                if seg.any_reset[i]:
-                    mem = self._reset(mem, self.mem_w_in, self.mem_w_out, seg.reset[:, i])
-                p = ps[:, i]
-                valid = seg.valid[:, i].unsqueeze(1)  # (B, 1, C_mem)
-                zero = torch.zeros((), dtype=p.dtype, device=p.device)
-                eta = torch.where(valid, p[..., 3 * d], zero).unsqueeze(1)  # (B, 1, H, C_mem)
-                log_alpha = torch.where(valid, p[..., 3 * d + 1], zero).unsqueeze(1)
-                log_beta = torch.where(valid, p[..., 3 * d + 2], zero).unsqueeze(1)
-                q, k, v = p[..., :d], p[..., d : 2 * d], p[..., 2 * d : 3 * d]
-                wr, read = self._write(
-                    mem,
-                    k.unsqueeze(1),
-                    v.unsqueeze(1),
-                    eta,
-                    log_alpha,
-                    log_beta,
-                    seg.valid[:, i],
-                    q.unsqueeze(1),
+        With ``C == C_mem`` one pass over the segments handles every memory (they share the
+        segments, so their chunk positions stay equal); otherwise pass 1 runs the projection
+        memories with chunk ``C``, pass 2 ``M_mem`` with chunk ``C_mem``.
+        """
+        b, t_len, _ = u.shape
+        first = None if is_first is None else is_first.to(torch.bool)
+        packed = self._pack(u)
+        with _fp32(u.device):
+            if self.chunk_size == self.mem_chunk_size:
+                o, mem, end, conv = self._chunked(
+                    state.mem,
+                    state.conv,
+                    self._init_weights(),
+                    state.pos[:, 0],
+                    first,
+                    self.chunk_size,
+                    packed,
+                    self._fused_body,
                 )
-                assert read is not None
-                outs.append(read[:, 0])
-                mem = self._apply_chunk(mem, wr, seg.done[:, i])
-            mem = dataclasses.replace(mem, pos=seg.end_pos)
-            o = seg.scatter(torch.stack(outs, 1).transpose(2, 3))  # (B, T, H, d)
+                pos = torch.stack([end, end], dim=1)
+            else:
+                m = len(self.memories)
+                qkv, proj, end_proj, conv = self._chunked(
+                    state.mem.slice(0, m),
+                    state.conv,
+                    (self.proj_w_in, self.proj_w_out),
+                    state.pos[:, 0],
+                    first,
+                    self.chunk_size,
+                    packed,
+                    self._projection_body,
+                )
+                o, out_mem, end_mem, _ = self._chunked(
+                    state.mem.slice(m),
+                    None,
+                    (self.mem_w_in, self.mem_w_out),
+                    state.pos[:, 1],
+                    first,
+                    self.mem_chunk_size,
+                    qkv,
+                    self._output_body,
+                )
+                mem = FastMemoryState.join([proj, out_mem])
+                pos = torch.stack([end_proj, end_mem], dim=1)
+            assert conv is not None
         y = self.out_proj(o.reshape(b, t_len, self.d_model).to(u.dtype))
-        return y, TitansState(proj=proj, mem=mem, conv=conv)
+        return y, TitansState(mem=mem, pos=pos, conv=conv)
 
     def step(
         self, u_t: Tensor, state: TitansState, is_first: Tensor | None = None
     ) -> tuple[Tensor, TitansState]:
-        """One token ``u_t (B, D)``: read at W0, write into W_run, swap at the chunk end."""
+        """One token ``u_t (B, D)``: read at W0, write into W_run, swap at the chunk end.
+
+        Every memory is read and written by the same batched ops, whatever ``C`` and ``C_mem``:
+        only the chunk-end swap differs per memory (``done`` per row and memory).
+        """
         b = u_t.shape[0]
-        x, q_pre, beta_logit = self._inputs(u_t.unsqueeze(1))
+        packed = self._pack(u_t.unsqueeze(1)).transpose(1, 2)  # (B, H, 1, F)
+        rows = None if is_first is None else is_first.to(torch.bool)
         with _fp32(u_t.device):
-            proj, mem, conv = state.proj, state.mem, state.conv
-            if is_first is not None:
-                rows = is_first.to(torch.bool)
-                proj = self._reset(proj, self.proj_w_in, self.proj_w_out, rows)
-                mem = self._reset(mem, self.mem_w_in, self.mem_w_out, rows)
-                conv = _zero_rows(rows, conv)
-            valid = torch.ones(b, 1, dtype=torch.bool, device=u_t.device)
-            q, k, v, wr, conv = self._projection_block(
-                proj,
-                conv,
-                x.transpose(1, 2),
-                None if q_pre is None else q_pre.transpose(1, 2),
-                beta_logit.transpose(1, 2),
-                valid,
-            )
-            proj = self._apply_token(proj, wr, self.chunk_size)
-            wr, read = self._write(
-                mem,
-                k.unsqueeze(1),
-                v.unsqueeze(1),
-                wr.eta,
-                wr.log_alpha,
-                wr.log_beta,
-                valid,
-                q.unsqueeze(1),
-            )
-            assert read is not None
-            o = read[:, 0]  # (B, H, 1, d)
-            mem = self._apply_token(mem, wr, self.mem_chunk_size)
+            o, mem, pos, conv = self._compiled_step(state.mem, state.pos, state.conv, packed, rows)
         y = self.out_proj(o.reshape(b, self.d_model).to(u_t.dtype))
-        return y, TitansState(proj=proj, mem=mem, conv=conv)
+        return y, TitansState(mem=mem, pos=pos, conv=conv)
+
+    def _step_core(
+        self, mem: FastMemoryState, pos: Tensor, conv: Tensor, packed: Tensor, rows: Tensor | None
+    ) -> tuple[Tensor, FastMemoryState, Tensor, Tensor]:
+        """The fast-memory part of :meth:`step`: reset ``rows``, read, write, swap, advance.
+
+        Returns ``M_mem(q) (B, H, 1, d)`` and the new memories, positions and conv buffer.
+        """
+        if rows is not None:
+            mem = self._reset(mem, self._init_weights(), rows)
+            pos = pos.masked_fill(rows.unsqueeze(1), 0)
+            conv = _zero_rows(rows, conv)
+        valid = torch.ones(pos.shape[0], 1, dtype=torch.bool, device=pos.device)
+        tok, conv = self._read_block(mem, conv, packed, valid)
+        wr, read = self._write(mem, tok, valid, read_q=True)
+        assert read is not None
+        done = (pos == self.chunk_sizes - 1)[:, self.memory_group]  # (B, M + 1)
+        mem = self._apply_token(mem, wr, done)
+        return read[:, -1], mem, (pos + 1) % self.chunk_sizes, conv
 
     def extra_repr(self) -> str:
         return (
@@ -770,12 +965,14 @@ __all__: list[str] = [
     "FastMemoryState",
     "Segments",
     "SelfModifyingTitans",
+    "TitansConfig",
     "TitansState",
     "chunk_decays",
     "clip_factors",
     "dgd_chunk",
     "dgd_token",
     "memory_read",
+    "positive_int",
     "read_and_inner_grad",
     "segment_layout",
 ]
