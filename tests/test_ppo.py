@@ -9,8 +9,8 @@ import torch
 from rollouts import fill_rollout
 
 from hope_agent.agents import Agent, AgentConfig, gaussian_entropy
+from hope_agent.agents.normalize import RunningMeanStd
 from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss, value_loss
-from hope_agent.algos.normalize import RunningMeanStd
 from hope_agent.algos.ppo import bound_loss, masked_mean, normalize_advantages, world_model_loss
 from hope_agent.models.factory import make_backbone
 from hope_agent.optim import MultiTimescaleOptimizer

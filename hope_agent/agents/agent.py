@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from hope_agent.agents.actor import Actor, AgentOutput, AgentState
-from hope_agent.algos.normalize import ObsNormalizer, RewardScaler
+from hope_agent.agents.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
 from hope_agent.models.state import State
 

@@ -1,8 +1,7 @@
-"""RL algorithms: GAE, sequence rollout storage, recurrent PPO, running normalisation."""
+"""RL algorithms: GAE, sequence rollout storage, recurrent PPO."""
 
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.gae import compute_gae
-from hope_agent.algos.normalize import ObsNormalizer, RewardScaler, RunningMeanStd
 from hope_agent.algos.ppo import (
     PPO,
     PPOConfig,
@@ -14,11 +13,8 @@ from hope_agent.algos.ppo import (
 
 __all__ = [
     "PPO",
-    "ObsNormalizer",
     "PPOConfig",
-    "RewardScaler",
     "RolloutBuffer",
-    "RunningMeanStd",
     "SequenceBatch",
     "clipped_policy_loss",
     "compute_gae",

@@ -14,18 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hope_agent.agents.actor import AgentOutput
+from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 
-if TYPE_CHECKING:  # the agent imports hope_agent.algos (normalisers): no runtime cycle
-    from hope_agent.agents.agent import Agent, AgentOutput
-
-ExtraLoss = Callable[["Agent", SequenceBatch, "AgentOutput"], "Tensor | None"]
+ExtraLoss = Callable[[Agent, SequenceBatch, AgentOutput], "Tensor | None"]
 
 
 class OptimizerLike(Protocol):
