@@ -5,6 +5,7 @@ from hope_agent.agents.actor import (
     ActResult,
     AgentOutput,
     AgentState,
+    StepInputs,
     gaussian_entropy,
     gaussian_log_prob,
 )
@@ -12,6 +13,7 @@ from hope_agent.agents.agent import Agent, AgentConfig
 
 __all__ = [
     "ActResult",
+    "StepInputs",
     "Actor",
     "Agent",
     "AgentConfig",

@@ -62,6 +62,19 @@ def gaussian_entropy(log_std: Tensor) -> Tensor:
 
 
 @dataclass
+class StepInputs:
+    """What one step's heads see: the normalised observation and scaled previous reward
+    ``(B, ...)``, first-step flags, task indices (oracle task-id actors only) and where memory
+    restarts (``None``: at ``is_first``)."""
+
+    obs: Tensor
+    prev_reward: Tensor
+    is_first: Tensor
+    task: Tensor | None = None
+    reset: Tensor | None = None
+
+
+@dataclass
 class ActResult:
     """One control step of ``B`` envs: what the actor saw, chose, and predicts."""
 
@@ -122,17 +135,8 @@ class Actor(ABC):
         actor has none)."""
 
     @abstractmethod
-    def step_heads(
-        self,
-        carry: AgentState,
-        obs: Tensor,
-        prev_reward: Tensor,
-        is_first: Tensor,
-        task: Tensor | None,
-        reset: Tensor | None,
-    ) -> tuple[AgentOutput, State]:
-        """Head outputs of one step from the normalised ``obs`` and scaled ``prev_reward``, and
-        the memory after it."""
+    def step_heads(self, carry: AgentState, step: StepInputs) -> tuple[AgentOutput, State]:
+        """Head outputs of one step and the memory after it."""
 
     def squash(self, sample: Tensor, out: AgentOutput) -> tuple[Tensor, Tensor]:
         """``(action, log_prob)`` of a Gaussian sample: the sample itself by default."""
@@ -168,7 +172,7 @@ class Actor(ABC):
             :class:`ActResult`.
         """
         obs, prev_reward = self.normalize_obs(obs), self.scale_reward(prev_reward)
-        out, memory = self.step_heads(carry, obs, prev_reward, is_first, task, reset)
+        out, memory = self.step_heads(carry, StepInputs(obs, prev_reward, is_first, task, reset))
         action, log_prob = self.squash(
             sample_gaussian(out.mean, out.log_std, deterministic, generator), out
         )

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hope_agent.agents.actor import Actor, AgentOutput, AgentState
+from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs
 from hope_agent.agents.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
 from hope_agent.models.state import State
@@ -206,19 +206,11 @@ class Agent(nn.Module, Actor):
         y, memory = self.backbone(x, memory, is_first if reset is None else reset)
         return self.heads(y), memory
 
-    def step_heads(
-        self,
-        carry: AgentState,
-        obs: Tensor,
-        prev_reward: Tensor,
-        is_first: Tensor,
-        task: Tensor | None,
-        reset: Tensor | None,
-    ) -> tuple[AgentOutput, State]:
-        """One step with ``backbone.step`` (normalised inputs ``(B, ...)``): the same outputs as
-        :meth:`forward` gives for that step."""
-        x = self.tokens(obs, carry.prev_action, prev_reward, is_first, task)
-        y, memory = self.backbone.step(x, carry.memory, is_first if reset is None else reset)
+    def step_heads(self, carry: AgentState, step: StepInputs) -> tuple[AgentOutput, State]:
+        """One step with ``backbone.step``: the same outputs as :meth:`forward` gives for it."""
+        x = self.tokens(step.obs, carry.prev_action, step.prev_reward, step.is_first, step.task)
+        reset = step.is_first if step.reset is None else step.reset
+        y, memory = self.backbone.step(x, carry.memory, reset)
         return self.heads(y), memory
 
     # ----------------------------------------------------------------- user-facing

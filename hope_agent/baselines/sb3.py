@@ -53,7 +53,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, Ve
 from stable_baselines3.sac.policies import SACPolicy
 from torch import Tensor
 
-from hope_agent.agents.actor import Actor, AgentOutput, AgentState, gaussian_log_prob
+from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs, gaussian_log_prob
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
 from hope_agent.options import config_value
@@ -179,17 +179,11 @@ class SB3Actor(Actor):
             value = torch.full(mean.shape[:-1], float("nan"), device=mean.device)
         return mean, log_std, value
 
-    def step_heads(
-        self,
-        carry: AgentState,
-        obs: Tensor,
-        prev_reward: Tensor,
-        is_first: Tensor,
-        task: Tensor | None,
-        reset: Tensor | None,
-    ) -> tuple[AgentOutput, State]:
-        """The policy's Gaussian at normalised ``obs``; no memory, no reward or task input."""
-        mean, log_std, value = self.distribution(obs)
+    @torch.no_grad()
+    def step_heads(self, carry: AgentState, step: StepInputs) -> tuple[AgentOutput, State]:
+        """The policy's Gaussian at the normalised observation; no memory, reward or task (and no
+        gradient: SB3 trains its policy itself)."""
+        mean, log_std, value = self.distribution(step.obs)
         return AgentOutput(mean=mean, log_std=log_std, value=value, features=mean), carry.memory
 
     def squash(self, sample: Tensor, out: AgentOutput) -> tuple[Tensor, Tensor]:

@@ -29,6 +29,13 @@ from hope_agent.rollout.vec import VecEnvFactory
 from hope_envs.curriculum import TaskSpec
 
 
+def require_keys(method: str, state: dict[str, Any], keys: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the keys of ``keys`` that a loaded ``state`` lacks."""
+    missing = sorted(set(keys) - set(state))
+    if missing:
+        raise ValueError(f"{method} state misses {missing}: not a {method} state")
+
+
 class Method:
     """Base class of continual-learning methods; every hook defaults to doing nothing."""
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from hope_agent.agents.agent import Agent, AgentOutput
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.ppo import masked_mean
-from hope_agent.methods.base import Method
+from hope_agent.methods.base import Method, require_keys
 from hope_agent.methods.replay import (
     gaussian_kl,
     sample_sequences,
@@ -345,9 +345,7 @@ class StableEMA(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the weights reach the stable copy at its next use)."""
-        missing = {"stable", "store", "updates", "generator"} - set(state)
-        if missing:
-            raise ValueError(f"stable_ema state misses {sorted(missing)}: not a stable_ema state")
+        require_keys("stable_ema", state, ("stable", "store", "updates", "generator"))
         self._pending = None if state["stable"] is None else dict(state["stable"])
         if self._pending is not None and self.stable is not None:
             self.stable.load_state_dict(self._pending)
@@ -584,9 +582,7 @@ class Distill(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        missing = {"store", "history", "generator"} - set(state)
-        if missing:
-            raise ValueError(f"distill state misses {sorted(missing)}: not a distill state")
+        require_keys("distill", state, ("store", "history", "generator"))
         self.store.load_state_dict(state["store"])
         self.history = [
             Consolidation(int(s), int(n), float(b), float(a)) for s, n, b, a in state["history"]

@@ -36,7 +36,7 @@ from hope_agent.agents.actor import AgentOutput
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.ppo import masked_mean
-from hope_agent.methods.base import Method
+from hope_agent.methods.base import Method, require_keys
 from hope_agent.models.state import State
 from hope_envs.curriculum import TaskSpec
 
@@ -213,9 +213,7 @@ class BCReplay(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (tensors may come back on any device)."""
-        missing = {"store", "memory_leaves", "source_task", "generator"} - set(state)
-        if missing:
-            raise ValueError(f"bc_replay state misses {sorted(missing)}: not a bc_replay state")
+        require_keys("bc_replay", state, ("store", "memory_leaves", "source_task", "generator"))
         self.store = {k: v for k, v in state["store"].items()}
         self.memory_leaves = list(state["memory_leaves"])
         self.source_task = state["source_task"]

@@ -517,6 +517,21 @@ def _zero_rows(mask: Tensor, b: Tensor) -> Tensor:
     return b.masked_fill(_rows(mask, b), 0.0)
 
 
+def _advanced(
+    mem: FastMemoryState, done: Tensor, w_in: Tensor, s_in: Tensor, w_out: Tensor, s_out: Tensor
+) -> FastMemoryState:
+    """``mem`` with new running weights and momenta; the chunk-start weights take the running
+    ones where a chunk completed (``done``)."""
+    return FastMemoryState(
+        w_in=_where_rows(done, w_in, mem.w_in),
+        w_out=_where_rows(done, w_out, mem.w_out),
+        w_in_run=w_in,
+        w_out_run=w_out,
+        s_in=s_in,
+        s_out=s_out,
+    )
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
@@ -746,14 +761,7 @@ class SelfModifyingTitans(nn.Module):
         dec = chunk_decays(wr.log_alpha, wr.log_beta, wr.live)
         w_in, s_in = dgd_chunk(mem.w_in_run, mem.s_in, wr.p_in, wr.key, wr.eta, dec, key=wr.key)
         w_out, s_out = dgd_chunk(mem.w_out_run, mem.s_out, wr.p_out, wr.r_out, wr.eta, dec)
-        return FastMemoryState(
-            w_in=_where_rows(done, w_in, mem.w_in),
-            w_out=_where_rows(done, w_out, mem.w_out),
-            w_in_run=w_in,
-            w_out_run=w_out,
-            s_in=s_in,
-            s_out=s_out,
-        )
+        return _advanced(mem, done, w_in, s_in, w_out, s_out)
 
     @staticmethod
     def _apply_token(mem: FastMemoryState, wr: _Write, done: Tensor) -> FastMemoryState:
@@ -766,14 +774,7 @@ class SelfModifyingTitans(nn.Module):
         w_out, s_out = dgd_token(
             mem.w_out_run, mem.s_out, wr.p_out[..., 0, :], wr.r_out[..., 0, :], eta, alpha, beta
         )
-        return FastMemoryState(
-            w_in=_where_rows(done, w_in, mem.w_in),
-            w_out=_where_rows(done, w_out, mem.w_out),
-            w_in_run=w_in,
-            w_out_run=w_out,
-            s_in=s_in,
-            s_out=s_out,
-        )
+        return _advanced(mem, done, w_in, s_in, w_out, s_out)
 
     def _chunked(
         self,
