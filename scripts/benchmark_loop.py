@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ def _config(args: argparse.Namespace, *overrides: str) -> DictConfig:
 def _task_override(task: Any) -> str:
     plain = OmegaConf.to_container(task.kwargs, resolve=True)
     assert isinstance(plain, dict)
-    kwargs = ",".join(f"{k}:{json.dumps(v, separators=(',', ':'))}" for k, v in plain.items())
+    kwargs = ",".join(f"{k!s}:{json.dumps(v, separators=(',', ':'))}" for k, v in plain.items())
     return f"{{id:{task.id},kwargs:{{{kwargs}}},name:{task.name}}}"
 
 
@@ -170,7 +171,7 @@ def bench_sb3(args: argparse.Namespace) -> Row:
 
     clock = {"env_step": 0.0, "collect": 0.0, "ppo_update": 0.0}
 
-    class TimedSteps(VecEnvWrapper):  # type: ignore[misc]
+    class TimedSteps(VecEnvWrapper):
         """Charges ``step_wait`` (where SB3's envs do their work) to env stepping."""
 
         def reset(self) -> Any:
@@ -196,7 +197,7 @@ def bench_sb3(args: argparse.Namespace) -> Row:
     start = time.perf_counter()
     for stage in range(min(args.tasks, len(curriculum.specs))):
         fns: list[Callable[[], gym.Env]] = [
-            lambda j=stage: curriculum.make_env(j) for _ in range(args.num_envs)
+            partial(curriculum.make_env, stage) for _ in range(args.num_envs)
         ]
         venv = VecNormalize(TimedSteps(VecMonitor(vec_cls(fns))))
         venv.seed(args.seed * 1_000_003 + 10_000 * stage)
