@@ -16,7 +16,10 @@ with ``--num-envs`` envs and ``--steps`` env steps per task:
   as ours), ``VecNormalize`` as the project's SB3 baseline has it; SB3's own split
   (``collect_rollouts`` minus env stepping, ``train``). SB3 evaluates nothing here.
 
-``whole sps`` is env steps / wall time of the row; ``train sps`` leaves out evaluations,
+Wall times: ours is the runner's (``RunSummary.wall_time_s``: building the agent left out, building
+the envs and the task-end work in); SB3's is its ``learn`` calls (building the model and the envs
+left out: ``SubprocVecEnv``'s workers take seconds to start, Gymnasium's forked ones
+milliseconds). ``whole sps`` is env steps / wall time of the row; ``train sps`` leaves out evaluations,
 checkpoints, videos and logging (rollouts + updates only). Ratios are to the SB3 row of the same
 run. The table is printed as Markdown; ``--out`` gets ``benchmark_loop.json`` and the runs.
 
@@ -188,13 +191,13 @@ def bench_sb3(args: argparse.Namespace) -> Row:
             clock["env_step"] += time.perf_counter() - start
             return out
 
-    curriculum = _curriculum(args)
+    cfg = _config(args)
+    curriculum = build_curriculum(cfg)
+    epochs, minibatches = int(cfg.ppo.epochs), int(cfg.ppo.num_minibatches)  # ours
     torch.set_num_threads(1)  # as scripts/train_sb3.py runs it (torch_threads=1)
     vec_cls = SubprocVecEnv if args.vec == "async" else DummyVecEnv
-    minibatches = 4  # ours: ppo.num_minibatches
     model: Any = None
-    steps = 0
-    start = time.perf_counter()
+    steps, wall = 0, 0.0
     for stage in range(min(args.tasks, len(curriculum.specs))):
         fns: list[Callable[[], gym.Env]] = [
             partial(curriculum.make_env, stage) for _ in range(args.num_envs)
@@ -202,13 +205,12 @@ def bench_sb3(args: argparse.Namespace) -> Row:
         venv = VecNormalize(TimedSteps(VecMonitor(vec_cls(fns))))
         venv.seed(args.seed * 1_000_003 + 10_000 * stage)
         if model is None:
-            built = time.perf_counter()
             model = PPO(
                 "MlpPolicy",
                 venv,
                 n_steps=args.rollout_len,
                 batch_size=args.rollout_len * args.num_envs // minibatches,
-                n_epochs=4,  # ours: ppo.epochs
+                n_epochs=epochs,
                 learning_rate=3e-4,
                 policy_kwargs={"net_arch": [64, 64]},
                 seed=args.seed,
@@ -216,15 +218,13 @@ def bench_sb3(args: argparse.Namespace) -> Row:
             )
             _time_method(model, "collect_rollouts", clock, "collect")
             _time_method(model, "train", clock, "ppo_update")
-            # Building the model is left out, as building our agent is (RunSummary.wall_time_s).
-            start += time.perf_counter() - built
         else:
             model.set_env(venv, force_reset=True)
-        before = model.num_timesteps
+        before, start = model.num_timesteps, time.perf_counter()
         model.learn(total_timesteps=args.steps, reset_num_timesteps=False, progress_bar=False)
+        wall += time.perf_counter() - start
         steps += model.num_timesteps - before
         venv.close()
-    wall = time.perf_counter() - start
     seconds = {
         "rollout_inference": clock["collect"] - clock["env_step"],
         "env_step": clock["env_step"],
