@@ -16,12 +16,12 @@ with ``--num-envs`` envs and ``--steps`` env steps per task:
   as ours), ``VecNormalize`` as the project's SB3 baseline has it; SB3's own split
   (``collect_rollouts`` minus env stepping, ``train``). SB3 evaluates nothing here.
 
-Wall times: ours is the runner's (``RunSummary.wall_time_s``: building the agent left out, building
-the envs and the task-end work in); SB3's is its ``learn`` calls (building the model and the envs
-left out: ``SubprocVecEnv``'s workers take seconds to start, Gymnasium's forked ones
-milliseconds). ``whole sps`` is env steps / wall time of the row; ``train sps`` leaves out evaluations,
-checkpoints, videos and logging (rollouts + updates only). Ratios are to the SB3 row of the same
-run. The table is printed as Markdown; ``--out`` gets ``benchmark_loop.json`` and the runs.
+Wall times: ours is the runner's (``RunSummary.wall_time_s``: building the agent left out,
+building the envs and the task-end work in); SB3's is its ``learn`` calls (building the model
+and the envs left out: ``SubprocVecEnv``'s workers take seconds to start, Gymnasium's forked
+ones milliseconds). ``whole sps`` is env steps / wall time of the row; ``train sps`` leaves out
+evaluations, checkpoints, videos and logging (rollouts + updates only). Ratios are to the SB3
+row of the same run. The table is printed as Markdown; ``--out`` gets ``benchmark_loop.json`` and the runs.
 
     python scripts/benchmark_loop.py --preset cpu --out /tmp/bench_loop   # 2-core CPU, ~2 min
     python scripts/benchmark_loop.py --out bench_loop                     # GPU preset, ~5 min
