@@ -21,7 +21,8 @@ building the envs and the task-end work in); SB3's is its ``learn`` calls (build
 and the envs left out: ``SubprocVecEnv``'s workers take seconds to start, Gymnasium's forked
 ones milliseconds). ``whole sps`` is env steps / wall time of the row; ``train sps`` leaves out
 evaluations, checkpoints, videos and logging (rollouts + updates only). Ratios are to the SB3
-row of the same run. The table is printed as Markdown; ``--out`` gets ``benchmark_loop.json`` and the runs.
+row of the same run. The table is printed as Markdown; ``--out`` gets ``benchmark_loop.json``,
+``benchmark_loop.md`` and the runs.
 
     python scripts/benchmark_loop.py --preset cpu --out /tmp/bench_loop   # 2-core CPU, ~2 min
     python scripts/benchmark_loop.py --out bench_loop                     # GPU preset, ~5 min
