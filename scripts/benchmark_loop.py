@@ -43,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,14 @@ def _time_method(obj: Any, name: str, clock: dict[str, float], key: str) -> None
     setattr(obj, name, timed)
 
 
+def _group_options(group: str) -> list[str]:
+    """The names of a config group of ``hope_configs`` (``model``: mlp, gru, hope, ...)."""
+    folder = resources.files("hope_configs") / group
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
+
+
 def table(rows: list[Row], anchor: Row | None) -> str:
     """The Markdown table: throughput, ratios to ``anchor`` and each phase's share of wall time."""
     head = ["loop", "env steps", "wall s", "whole sps", "x SB3", "train sps", "x SB3"]
@@ -313,9 +322,17 @@ def main() -> None:
         for k in ("num_envs", "steps", "rollout_len", "eval_episodes", "tasks")
         if getattr(args, k) < 1
     ]
+    backbones = [b for b in args.backbones.split(",") if b]
+    for flag, group, names in (
+        ("--curriculum", "curriculum", [args.curriculum]),
+        ("--backbones", "model", backbones),
+    ):
+        known = _group_options(group)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            problems.append(f"{flag}: no config {unknown} (choose from {', '.join(known)})")
     if problems:
         parser.error("; ".join(problems))
-    backbones = [b for b in args.backbones.split(",") if b]
     args.out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     args.device = device.type

@@ -2,13 +2,17 @@
 TensorBoard and metrics.json; nested phases never count twice; a resume continues the clock."""
 
 import csv
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -207,3 +211,54 @@ def test_a_resumed_run_continues_the_clock(
     stable = [[v for k, v in r.items() if not is_timing_key(k)] for r in table]
     assert stable == [[v for k, v in r.items() if not is_timing_key(k)] for r in rows(run_dir)]
     assert np.isfinite(column(table, "charts/SPS")).all()
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def _benchmark_module() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_loop.py"
+    spec = importlib.util.spec_from_file_location("benchmark_loop", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_table_gives_ratios_to_sb3_and_shares_of_wall_time() -> None:
+    bench = _benchmark_module()
+    sb3 = bench.Row("sb3", 1000, 1.0, {"rollout_inference": 0.5, "env_step": 0.3})
+    ours = bench.Row(
+        "ppo mlp",
+        1000,
+        4.0,
+        {"rollout_inference": 0.5, "env_step": 0.5, "ppo_update": 1.0, "evaluation": 1.0},
+    )
+    assert ours.whole_sps == 250 and ours.train_sps == 500 and sb3.train_sps == 1250
+    lines = bench.table([sb3, ours], sb3).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert len(cells) == len(header) and cells[0] == "ppo mlp"
+    # whole sps and its ratio to SB3's 1,000; train sps (rollouts + updates) and 500 / 1,250.
+    assert cells[3:7] == ["250", "0.25", "500", "0.40"]
+    # Each phase's share of the wall time, then what no phase claims.
+    assert header[7:15] == [*(f"{p} %" for p in PHASES), "other %"]
+    assert cells[7:15] == ["12.5", "12.5", "25.0", "25.0", "0.0", "0.0", "0.0", "25.0"]
+
+
+def test_benchmark_refuses_bad_options_in_one_line(
+    tmp_path: Path, run_script: ScriptRunner
+) -> None:
+    done = run_script(
+        "benchmark_loop.py",
+        "--steps",
+        "0",
+        "--backbones",
+        "mlp,lstm",
+        "--out",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--steps must be >= 1 (got 0)" in done.stderr
+    assert "--backbones: no config ['lstm'] (choose from gru, hope" in done.stderr
+    assert not (tmp_path / "benchmark_loop.json").exists()
