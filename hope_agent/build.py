@@ -50,6 +50,7 @@ from hope_agent.train.runner import (
     TrainingParts,
     latest_checkpoint,
 )
+from hope_agent.train.timing import LoopTimer
 from hope_envs.curriculum import Curriculum, CurriculumError, resolve_tasks
 
 
@@ -389,6 +390,7 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         logger=logger,
         method=method,
         make_envs=make_envs,
+        timer=LoopTimer(breakdown=bool(cfg.logger.timing), device=device),
     )
     return CurriculumRunner(
         curriculum, parts, settings, run_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)

@@ -174,6 +174,9 @@ class LoggerSection:
 
     tensorboard: bool = True
     progress: bool = True
+    # The time/<phase> columns (hope_agent.train.timing); on CUDA they cost one device
+    # synchronisation per phase boundary, so false leaves only charts/SPS and charts/wall_time.
+    timing: bool = True
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """Run logging: TensorBoard events, a CSV of training scalars, a rich progress bar and a summary.
 
 Metric keys are namespaced the cleanrl way (``charts/episodic_return``, ``losses/policy``,
-``eval/<task>/perf``, ``faults/nonfinite_updates``). The CSV is kept in memory and rewritten
+``eval/<task>/perf``, ``faults/nonfinite_updates``); the loop's throughput and clock
+(``charts/SPS``, ``charts/wall_time``, ``time/<phase>``) come from
+:class:`hope_agent.train.timing.LoopTimer`. The CSV is kept in memory and rewritten
 atomically at each :meth:`flush`, so a crash never leaves a half-written row. A resumed run
 (:meth:`Logger.restore`) cuts the CSV back to the rows its checkpoint had written and tells
-TensorBoard to drop the events logged after it (``purge_step``), so no step appears twice.
+TensorBoard to drop the events logged after it (``purge_step``), so no step appears twice. The
+restored rows keep the wall-clock figures they were logged with.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ from hope_agent.train.faults import (
 )
 from hope_agent.train.logger import Logger
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
+from hope_agent.train.timing import LoopTimer
 from hope_envs.curriculum import Curriculum, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ class TrainingMethod(Protocol):
 @dataclass
 class TrainingParts:
     """The injected parts of a run: the agent and its updater, the evaluator, the logger, the
-    method and the env factory."""
+    method, the env factory and the loop's clock (:mod:`hope_agent.train.timing`)."""
 
     agent: Agent
     ppo: PPO
@@ -136,6 +137,7 @@ class TrainingParts:
     logger: Logger
     method: TrainingMethod
     make_envs: VecEnvFactory = make_vector_env
+    timer: LoopTimer = field(default_factory=LoopTimer)
 
 
 @dataclass
@@ -230,6 +232,7 @@ class CurriculumRunner:
         self.curriculum, self.specs = curriculum, list(curriculum.specs)
         self.agent, self.ppo, self.evaluator = parts.agent, parts.ppo, parts.evaluator
         self.logger, self.method, self.make_envs = parts.logger, parts.method, parts.make_envs
+        self.timer = parts.timer
         self.settings, self.run_dir, self.config_yaml = settings, Path(run_dir), config_yaml
         self.device = self.agent.device
         self.record = RunRecord(task_names=curriculum.names)
@@ -259,6 +262,7 @@ class CurriculumRunner:
         """Train every stage (continuing from checkpoint ``resume_from`` if given); return the
         final performance matrix and metrics."""
         start = time.perf_counter()
+        self.timer.start()
         try:
             if resume_from is not None:
                 self._restore(Path(resume_from), rollback=False)
@@ -278,8 +282,10 @@ class CurriculumRunner:
         finally:
             self.evaluator.close()
         wall = time.perf_counter() - start
+        # The run's time per phase, the last video and checkpoint included.
+        timing = {k: v for k, v in self.timer.as_log().items() if k.startswith("time/")}
         metrics = self._write_results(
-            extra={"wall_time_s": wall, "env_steps": self.global_step}, page=True
+            extra={"wall_time_s": wall, "env_steps": self.global_step, **timing}, page=True
         )
         self.logger.print_summary(
             self.record.task_names,
@@ -332,18 +338,22 @@ class CurriculumRunner:
             ),
             s.faults.max_env_restarts,
         )
+        timed = self.timer.wrap_envs(envs)
         checkpoint_due = False
         try:
-            driver = self._start_segment(envs, seed)
+            driver = self._start_segment(timed, seed)
             while self.task_step < spec.steps:
-                self._rollout(driver)
+                self.timer.start_iteration()
+                with self.timer.phase("rollout_inference"):
+                    self._rollout(driver)
                 steps = s.rollout_len * n
                 self.task_step += steps
                 previous = self.global_step
                 self.global_step += steps
                 self._update(stage)
                 self.ppo.optimizer.advance("env_steps", steps)
-                self.logger.advance(self.global_step)
+                with self.timer.phase("logging"):
+                    self.logger.advance(self.global_step)
                 last = self.task_step >= spec.steps
                 if (
                     s.eval_every > 0
@@ -356,7 +366,7 @@ class CurriculumRunner:
                 )
                 if checkpoint_due and not last:
                     self._save(step_checkpoint_name(self.global_step))
-                    driver = self._start_segment(envs, self._sync_seed())
+                    driver = self._start_segment(timed, self._sync_seed())
         finally:
             envs.close()
         self.ppo.optimizer.advance("tasks", 1)
@@ -395,8 +405,10 @@ class CurriculumRunner:
 
     def _finish_stage(self) -> None:
         if self.settings.video is not None:
-            self._videos(self.stage)
-        self._write_results()
+            with self.timer.phase("video"):
+                self._videos(self.stage)
+        with self.timer.phase("logging"):
+            self._write_results()
 
     def _sync_seed(self) -> int:
         """Env seed of the sync point at the current position (vector envs add the env index)."""
@@ -468,14 +480,16 @@ class CurriculumRunner:
         problem = self._nonfinite_rollout()
         stats: dict[str, float] = {}
         if problem is None:
-            stats = self.ppo.update(self.buffer)
+            with self.timer.phase("ppo_update"):
+                stats = self.ppo.update(self.buffer)
             skipped = int(stats.pop("nonfinite_steps"))
             self.faults.skipped_steps += skipped
             if skipped:
                 problem = f"{skipped} minibatches with a non-finite loss or gradient were skipped"
         if problem is None:
             self._bad_in_a_row = 0
-            self.method.after_update(self.agent)
+            with self.timer.phase("ppo_update"):
+                self.method.after_update(self.agent)
         else:
             self.faults.nonfinite_updates += 1
             self._bad_in_a_row += 1
@@ -493,7 +507,10 @@ class CurriculumRunner:
             self._episode_stats.clear()
         values["charts/stage"] = float(stage)
         values.update(self.faults.as_log())
-        self.logger.log(self.global_step, values)
+        values["charts/SPS"] = self.timer.sps(self.settings.rollout_len * self.settings.num_envs)
+        with self.timer.phase("logging"):
+            values.update(self.timer.as_log())
+            self.logger.log(self.global_step, values)
         broken = first_nonfinite(
             itertools.chain(self.agent.named_parameters(), self.agent.named_buffers())
         )
@@ -519,10 +536,11 @@ class CurriculumRunner:
     # ----------------------------------------------------------------- evaluation & outputs
     def _evaluate(self, stage: int, task_end: bool) -> None:
         agent = self.method.evaluation_agent(self.agent)
-        results = self.evaluator.evaluate(agent)
-        reset = None
-        if task_end and self.settings.in_context_gain:
-            reset = self.evaluator.evaluate(agent, reset_every_step=True)
+        with self.timer.phase("evaluation"):
+            results = self.evaluator.evaluate(agent)
+            reset = None
+            if task_end and self.settings.in_context_gain:
+                reset = self.evaluator.evaluate(agent, reset_every_step=True)
         self.record.events.append(EvalEvent(self.global_step, stage, task_end, results, reset))
         values: dict[str, float] = {}
         for r in results:
@@ -532,8 +550,10 @@ class CurriculumRunner:
         finite = [r.perf for r in results if np.isfinite(r.perf)]
         if finite:
             values["eval/mean_perf"] = float(np.mean(finite))
-        self.logger.log(self.global_step, values)
-        self.logger.flush()
+        with self.timer.phase("logging"):
+            values.update(self.timer.as_log())
+            self.logger.log(self.global_step, values)
+            self.logger.flush()
 
     def _videos(self, stage: int) -> None:
         v = self.settings.video
@@ -565,6 +585,10 @@ class CurriculumRunner:
 
     # ----------------------------------------------------------------- checkpoints
     def _save(self, name: str) -> None:
+        with self.timer.phase("checkpoint"):
+            self._write_checkpoint(name)
+
+    def _write_checkpoint(self, name: str) -> None:
         # The CSV on disk must hold every row the checkpoint counts, for a resume to cut back to.
         self.logger.flush()
         ppo = self.ppo
@@ -590,6 +614,8 @@ class CurriculumRunner:
                 "stage_starts": list(self.record.stage_starts),
                 "logger_rows": len(self.logger.rows),
                 "logger_columns": list(self.logger.columns),
+                # Read with a default: checkpoints of this format saved before it lack it.
+                "timing": self.timer.state_dict(),
             },
             "carry": None if self.state is None else self.state.leaves(),
             "record": [_encode_event(e) for e in self.record.events],
@@ -638,6 +664,9 @@ class CurriculumRunner:
                 group["lr"] = group["lr"] * scale
         else:
             self.faults = saved
+            # A resume continues the run's clock; a rollback keeps counting the time it lost.
+            if "timing" in p:
+                self.timer.load_state_dict(p["timing"])
         # A rollback target has 0; a resume continues the streak exactly where it was cut.
         self._bad_in_a_row = int(p["bad_in_a_row"])
         self._episode_stats.clear()
