@@ -53,8 +53,7 @@ def _rollout(agent: Agent, seed: int) -> RolloutBuffer:
 def _concat(parts: list[RolloutBuffer]) -> RolloutBuffer:
     """The rollout of one process stepping every part's envs (env axis 1 concatenated)."""
     out = RolloutBuffer(STEPS, ENVS * len(parts), OBS, ACT, seq_len=8)
-    for name in (*vars(parts[0]).keys(),):
-        value = getattr(parts[0], name)
+    for name, value in vars(parts[0]).items():
         if isinstance(value, torch.Tensor):
             setattr(out, name, torch.cat([getattr(p, name) for p in parts], 1))
     memories = []
@@ -63,7 +62,7 @@ def _concat(parts: list[RolloutBuffer]) -> RolloutBuffer:
         it = iter(zip(*leaves, strict=True))
         first = chunk[0]
         assert first is not None
-        memories.append(first.map(lambda _: torch.cat(next(it), 0)))
+        memories.append(first.map(lambda _, it=it: torch.cat(next(it), 0)))
     out.memories = memories
     return out
 
@@ -273,6 +272,9 @@ def test_two_rank_resume_equals_uninterrupted_two_rank_run(
         m.pop("wall_time_s")
     assert ours == theirs
     for r in (0, 1):
-        a, b = (torch.load(p / f"final_rank{r}.pt", weights_only=False) for p in (tmp_path, two_rank_run))
+        a, b = (
+            torch.load(p / f"final_rank{r}.pt", weights_only=False)
+            for p in (tmp_path, two_rank_run)
+        )
         for name, value in a["agent"].items():
             assert torch.equal(value, b["agent"][name]), name
