@@ -21,7 +21,7 @@ runs of a program without this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -211,7 +211,7 @@ class RankLogger(Logger):
         # Never written to: every writing method is a no-op here.
         super().__init__(Path(os.devnull), total_steps, tensorboard=False, progress=False)
 
-    def log(self, global_step: int, values: Any) -> None:
+    def log(self, global_step: int, values: Mapping[str, float]) -> None:
         """Drop the scalars (rank 0 logs)."""
 
     def flush(self) -> None:
@@ -220,7 +220,9 @@ class RankLogger(Logger):
     def restore(self, rows: int, columns: Sequence[str], purge_step: int) -> None:
         """Nothing to restore (rank 0 owns ``train.csv``)."""
 
-    def print_summary(self, task_names: Any, perf: Any, metrics: Any) -> None:
+    def print_summary(
+        self, task_names: Sequence[str], perf: np.ndarray, metrics: Mapping[str, float | None]
+    ) -> None:
         """Rank 0 prints the summary."""
 
 
