@@ -40,6 +40,7 @@ from hope_agent.train.config import (
     flatten_config,
     video_settings,
 )
+from hope_agent.train.distributed import LOCAL, RankLogger, World, share_normalizers
 from hope_agent.train.evaluator import Evaluator, OnlineCMS
 from hope_agent.train.faults import FaultSettings
 from hope_agent.train.logger import Logger
@@ -330,8 +331,12 @@ def build_evaluator(
     )
 
 
-def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
-    """Every part of a training run, checked and wired; nothing has run yet."""
+def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> CurriculumRunner:
+    """Every part of a training run, checked and wired; nothing has run yet.
+
+    ``world``: the data-parallel ranks this process is one of
+    (:func:`hope_agent.train.distributed.init_world`); every rank builds the same agent.
+    """
     validate_train_config(cfg)
     device = resolve_device(cfg.device)
     try:
@@ -361,7 +366,9 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         ppo_cfg,
         np.random.default_rng(int(cfg.seed)),
         extra_loss=method.extra_loss,
+        sync=world if world.size > 1 else None,
     )
+    share_normalizers(agent, world)
     settings = RunnerSettings(
         num_envs=int(cfg.ppo.num_envs),
         rollout_len=int(cfg.ppo.rollout_len),
@@ -378,10 +385,17 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         video=video_settings(cfg.video),
         faults=faults,
     )
-    per_rollout = settings.rollout_len * settings.num_envs
+    per_rollout = settings.rollout_len * settings.num_envs * world.size
     total = sum(-(-s.steps // per_rollout) * per_rollout for s in curriculum.specs)
-    logger = Logger(
-        run_dir, total, tensorboard=bool(cfg.logger.tensorboard), progress=bool(cfg.logger.progress)
+    logger = (
+        Logger(
+            run_dir,
+            total,
+            tensorboard=bool(cfg.logger.tensorboard),
+            progress=bool(cfg.logger.progress),
+        )
+        if world.is_main
+        else RankLogger(total)
     )
     parts = TrainingParts(
         agent=agent,
@@ -393,7 +407,12 @@ def build_runner(cfg: DictConfig, run_dir: Path) -> CurriculumRunner:
         timer=LoopTimer(breakdown=bool(cfg.logger.timing), device=device),
     )
     return CurriculumRunner(
-        curriculum, parts, settings, run_dir, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)
+        curriculum,
+        parts,
+        settings,
+        run_dir,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        world=world,
     )
 
 

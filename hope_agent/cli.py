@@ -42,6 +42,7 @@ from hope_agent.build import (
 from hope_agent.io import CheckpointError, atomic_write_text
 from hope_agent.rollout.guard import EnvRestartError
 from hope_agent.train.config import register_configs
+from hope_agent.train.distributed import init_world, sweep_placement
 from hope_agent.train.evaluator import VideoSettings, write_task_videos
 from hope_agent.train.faults import TrainingDiverged
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
@@ -63,14 +64,21 @@ def train(cfg: DictConfig, run_dir: Path) -> RunSummary:
     """Train over ``cfg``'s curriculum, writing every output into ``run_dir``.
 
     With ``resume=true`` the run continues from the newest valid checkpoint in ``run_dir``
-    (see :func:`hope_agent.build.resume_point`).
+    (see :func:`hope_agent.build.resume_point`). Launched by ``torchrun``, the processes train
+    one run data-parallel in rank 0's ``run_dir`` (:mod:`hope_agent.train.distributed`).
     """
-    run_dir = Path(run_dir)
     _set_threads(int(cfg.torch_threads))
-    runner = build_runner(cfg, run_dir)
-    start = resume_point(cfg, run_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    return runner.run(resume_from=start)
+    world = init_world(resolve_device(cfg.device))
+    try:
+        # Each rank's Hydra may have stamped a different time into its directory name.
+        run_dir = Path(world.all_gather(str(run_dir))[0])
+        runner = build_runner(cfg, run_dir, world)
+        start = resume_point(cfg, run_dir)
+        if world.is_main:
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        return runner.run(resume_from=start)
+    finally:
+        world.close()
 
 
 def check_resume_dir(resume: bool, run_dir: Path, dir_key: str, dir_template: str) -> None:
@@ -299,6 +307,19 @@ def precheck(config_name: str) -> None:
     _report_user_errors(lambda: check_overrides(config_name, args))
 
 
+def _place_sweep_job(cfg: DictConfig, hydra_cfg: Any) -> None:
+    """Share the machine among a sweep's parallel jobs (docs/scaling.md): unless
+    ``torch_threads`` is given, each job takes ``cores // n_jobs`` threads; with several GPUs,
+    job ``k`` takes GPU ``k % gpus``."""
+    n_jobs = int(OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=1) or 1)
+    threads, gpu = sweep_placement(
+        int(hydra_cfg.job.num), n_jobs, int(cfg.torch_threads), torch.cuda.device_count()
+    )
+    torch.set_num_threads(threads)
+    if gpu is not None and resolve_device(cfg.device).type == "cuda":
+        torch.cuda.set_device(gpu)
+
+
 @hydra.main(config_path="pkg://hope_configs", config_name="config", version_base="1.3")
 def _train_hydra(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
@@ -311,6 +332,8 @@ def _train_hydra(cfg: DictConfig) -> None:
     assert isinstance(raw, dict)
     template = str(raw["dir"])
     _report_user_errors(lambda: check_resume_dir(bool(cfg.resume), run_dir, key, template))
+    if multirun:
+        _place_sweep_job(cfg, hydra_cfg)
     summary = _report_user_errors(lambda: train(cfg, run_dir))
     print(f"run directory: {summary.run_dir}")
 

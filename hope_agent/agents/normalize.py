@@ -6,8 +6,12 @@ checkpoint; evaluation simply never calls ``update`` (frozen statistics).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+MomentMerge = Callable[[float, Tensor, Tensor], tuple[float, Tensor, Tensor]]
 
 
 class RunningMeanStd(nn.Module):
@@ -27,23 +31,32 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("var", torch.ones(self.shape, dtype=torch.float64))
         # A tiny prior count keeps the first merge well defined.
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+        # Set by hope_agent.train.distributed.share_normalizers in a data-parallel run: maps a
+        # batch's (count, mean, M2) to those of the union of every rank's batch.
+        self.merge_batches: MomentMerge | None = None
 
     @torch.no_grad()
     def update(self, batch: Tensor) -> None:
-        """Merge a batch ``(B, *shape)`` into the running statistics."""
+        """Merge a batch ``(B, *shape)`` into the running statistics (with
+        :attr:`merge_batches` set, the union of every rank's batch); an empty one adds nothing."""
         if tuple(batch.shape[1:]) != self.shape:
             raise ValueError(
                 f"RunningMeanStd.update expects a batch of shape (B, {self.shape}), "
                 f"got {tuple(batch.shape)}"
             )
         x = batch.detach().to(self.mean.device, torch.float64)
-        b_mean = x.mean(0)
-        b_var = x.var(0, unbiased=False)
-        b_count = x.shape[0]
+        b_count: float = x.shape[0]
+        # An empty batch (possible on one rank of a data-parallel run) adds nothing.
+        b_mean = x.mean(0) if b_count else torch.zeros_like(self.mean)
+        b_m2 = x.var(0, unbiased=False) * b_count if b_count else torch.zeros_like(self.mean)
+        if self.merge_batches is not None:
+            b_count, b_mean, b_m2 = self.merge_batches(b_count, b_mean, b_m2)
+        if b_count == 0:
+            return
         delta = b_mean - self.mean
         total = self.count + b_count
         new_mean = self.mean + delta * b_count / total
-        m2 = self.var * self.count + b_var * b_count + delta.square() * self.count * b_count / total
+        m2 = self.var * self.count + b_m2 + delta.square() * self.count * b_count / total
         self.mean.copy_(new_mean)
         self.var.copy_(m2 / total)
         self.count.copy_(total)

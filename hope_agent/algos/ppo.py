@@ -12,7 +12,7 @@ autoreset steps (``valid == False``) are masked out of every loss.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,6 +57,18 @@ class OptimizerLike(Protocol):
 
     def reset_state(self, params: Iterable[Tensor]) -> None:
         """Forget the moments and partial sums held for ``params`` (weights rewritten outside)."""
+        ...
+
+
+class GradientSync(Protocol):
+    """How data-parallel ranks agree on an update (``hope_agent.train.distributed.World``)."""
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """The elementwise sum of ``tensor`` over the ranks."""
+        ...
+
+    def average_gradients(self, params: Sequence[Tensor], weight: float) -> None:
+        """Replace each gradient by the ``weight``-weighted mean over the ranks."""
         ...
 
 
@@ -206,6 +218,11 @@ class PPO:
         rng: numpy generator for the minibatch shuffles (seeded by the caller).
         extra_loss: optional ``(agent, batch, outputs) -> loss`` added to the PPO loss, the hook
             continual-learning methods (regularisers, replay) plug into.
+        sync: in a data-parallel run, the ranks' gradient synchronisation: each minibatch's
+            gradients are averaged over the ranks (weighted by valid steps), its advantages
+            normalised and its early-stop KL taken over all ranks, and a non-finite loss on one
+            rank skips the step on all; the update is then the one of a single process on the
+            ranks' rollouts together. ``None``: one process.
     """
 
     def __init__(
@@ -215,9 +232,11 @@ class PPO:
         config: PPOConfig,
         rng: np.random.Generator,
         extra_loss: ExtraLoss | None = None,
+        sync: GradientSync | None = None,
     ) -> None:
         self.agent, self.optimizer, self.config, self.rng = agent, optimizer, config, rng
         self.extra_loss = extra_loss
+        self.sync = sync
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one minibatch of chunks and its detached diagnostics."""
@@ -232,7 +251,13 @@ class PPO:
         )
         mask = batch.valid
         log_prob = out.log_prob(batch.action)
-        adv = normalize_advantages(batch.advantages, mask) if cfg.norm_adv else batch.advantages
+        adv = batch.advantages
+        if cfg.norm_adv:
+            adv = (
+                normalize_advantages(adv, mask)
+                if self.sync is None
+                else self._normalize_over_ranks(adv, mask)
+            )
         pg, stats = clipped_policy_loss(log_prob, batch.log_prob, adv, cfg.clip_coef, mask)
         v_loss = value_loss(
             out.value,
@@ -265,6 +290,23 @@ class PPO:
         )
         return loss, stats
 
+    def _normalize_over_ranks(self, adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+        """:func:`normalize_advantages` with the mean and std of every rank's minibatch."""
+        assert self.sync is not None
+        m = mask.to(adv.dtype)
+        sums = self.sync.sum(torch.stack([(adv * m).sum(), m.sum()]))
+        count = sums[1].clamp_min(1.0)
+        mean = sums[0] / count
+        std = (self.sync.sum(((adv - mean).square() * m).sum()[None])[0] / count).sqrt()
+        return torch.where(mask, (adv - mean) / (std + eps), torch.zeros_like(adv))
+
+    def _agreed(self, value: float, weight: float) -> float:
+        """``value`` as a ``weight``-weighted mean over the ranks (itself for one process)."""
+        if self.sync is None:
+            return value
+        sums = self.sync.sum(torch.tensor([value * weight, weight], dtype=torch.float64))
+        return float(sums[0] / sums[1]) if float(sums[1]) > 0 else value
+
     def update(self, buffer: RolloutBuffer) -> dict[str, float]:
         """Run the epochs over a filled buffer (advantages computed); return mean diagnostics.
 
@@ -280,11 +322,18 @@ class PPO:
         for _ in range(cfg.epochs):
             for batch in buffer.minibatches(cfg.num_minibatches, self.rng):
                 loss, stats = self.loss(batch)
-                if not bool(torch.isfinite(loss)):
+                finite = bool(torch.isfinite(loss))
+                weight = float(batch.valid.sum())
+                if self.sync is not None:
+                    # Every rank must take the same branch, or the gradient all-reduce hangs.
+                    finite = self._agreed(float(finite), 1.0) == 1.0
+                if not finite:
                     skipped += 1
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.sync is not None:
+                    self.sync.average_gradients(params, weight)
                 # An infinite bound still returns the norm, and scales every gradient by 1.
                 bound = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
                 norm = nn.utils.clip_grad_norm_(params, bound)
@@ -299,7 +348,10 @@ class PPO:
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
                 n += 1
-                if cfg.target_kl > 0 and float(stats["approx_kl"]) > cfg.target_kl:
+                if (
+                    cfg.target_kl > 0
+                    and self._agreed(float(stats["approx_kl"]), weight) > cfg.target_kl
+                ):
                     stop = True
                     break
             if stop:

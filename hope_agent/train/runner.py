@@ -61,6 +61,7 @@ from hope_agent.io import (
 from hope_agent.rollout.driver import EpisodeDriver
 from hope_agent.rollout.guard import RestartingVectorEnv, count_flag
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
+from hope_agent.train.distributed import LOCAL, World, rank_seed
 from hope_agent.train.evaluator import (
     Evaluator,
     RenderError,
@@ -77,7 +78,7 @@ from hope_agent.train.faults import (
     nonfinite_rows,
 )
 from hope_agent.train.logger import Logger
-from hope_agent.train.report import EvalEvent, RunRecord, write_results
+from hope_agent.train.report import EvalEvent, RunRecord, compute_metrics, write_results
 from hope_agent.train.timing import LoopTimer
 from hope_envs.curriculum import Curriculum, TaskSpec
 
@@ -219,6 +220,8 @@ class CurriculumRunner:
         settings: sizes, schedules and fault handling.
         run_dir: where every output goes.
         config_yaml: the resolved config, stored in every checkpoint.
+        world: the data-parallel ranks (:mod:`hope_agent.train.distributed`); a run of ``N``
+            ranks is a run of ``N x num_envs`` envs, its step counts are over all ranks.
     """
 
     def __init__(
@@ -228,7 +231,9 @@ class CurriculumRunner:
         settings: RunnerSettings,
         run_dir: Path,
         config_yaml: str = "",
+        world: World = LOCAL,
     ) -> None:
+        self.world = world
         self.curriculum, self.specs = curriculum, list(curriculum.specs)
         self.agent, self.ppo, self.evaluator = parts.agent, parts.ppo, parts.evaluator
         self.logger, self.method, self.make_envs = parts.logger, parts.method, parts.make_envs
@@ -236,7 +241,7 @@ class CurriculumRunner:
         self.settings, self.run_dir, self.config_yaml = settings, Path(run_dir), config_yaml
         self.device = self.agent.device
         self.record = RunRecord(task_names=curriculum.names)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(rank_seed(settings.seed, world.rank))
         self.buffer = RolloutBuffer(
             settings.rollout_len,
             settings.num_envs,
@@ -323,8 +328,9 @@ class CurriculumRunner:
         if self.task_step == 0:
             self.record.stage_starts.append(self.global_step)
             self.method.on_task_start(stage, spec, self.agent)
-            # Env i of stage k starts from seed * 1_000_003 + 10_000 * k + i (vector envs add i).
-            seed = s.seed * 1_000_003 + 10_000 * stage
+            # Env i of stage k starts from seed * 1_000_003 + 10_000 * k + i (vector envs add i;
+            # rank r's envs come after the r * num_envs envs of the ranks before it).
+            seed = s.seed * 1_000_003 + 10_000 * stage + self.world.rank * n
         else:
             seed = self._sync_seed()
         envs = RestartingVectorEnv(
@@ -346,7 +352,7 @@ class CurriculumRunner:
                 self.timer.start_iteration()
                 with self.timer.phase("rollout_inference"):
                     self._rollout(driver)
-                steps = s.rollout_len * n
+                steps = s.rollout_len * n * self.world.size
                 self.task_step += steps
                 previous = self.global_step
                 self.global_step += steps
@@ -404,7 +410,7 @@ class CurriculumRunner:
             raise _Rollback(f"the {self.method.name} method's {broken} is not finite")
 
     def _finish_stage(self) -> None:
-        if self.settings.video is not None:
+        if self.settings.video is not None and self.world.is_main:
             with self.timer.phase("video"):
                 self._videos(self.stage)
         with self.timer.phase("logging"):
@@ -413,7 +419,8 @@ class CurriculumRunner:
     def _sync_seed(self) -> int:
         """Env seed of the sync point at the current position (vector envs add the env index)."""
         entropy = [self.settings.seed, self.stage, self.task_step]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        return seed + self.world.rank * self.settings.num_envs
 
     def _start_segment(self, envs: gym.vector.VectorEnv, seed: int) -> EpisodeDriver:
         """Reset every env with ``seed``: the start of a stage or a sync point."""
@@ -438,7 +445,8 @@ class CurriculumRunner:
             valid, done = step.valid, step.done
             # Reward scale: running std of the discounted return, reset at episode ends.
             self._ret_acc = np.where(valid, self._ret_acc * gamma + step.reward, self._ret_acc)
-            if valid.any():
+            # Every rank joins the normalisers' merge, with or without a valid step.
+            if valid.any() or self.world.size > 1:
                 agent.reward_scale.update(torch.as_tensor(self._ret_acc[valid], device=dev))
             self._ret_acc[done] = 0.0
             scaled = agent.reward_scale(
@@ -478,6 +486,9 @@ class CurriculumRunner:
     def _update(self, stage: int) -> None:
         f = self.settings.faults
         problem = self._nonfinite_rollout()
+        # Every rank skips together: one waiting alone in PPO's all-reduces would hang the run.
+        if self.world.any(problem is not None) and problem is None:
+            problem = "another rank's rollout holds non-finite numbers"
         stats: dict[str, float] = {}
         if problem is None:
             with self.timer.phase("ppo_update"):
@@ -537,10 +548,10 @@ class CurriculumRunner:
     def _evaluate(self, stage: int, task_end: bool) -> None:
         agent = self.method.evaluation_agent(self.agent)
         with self.timer.phase("evaluation"):
-            results = self.evaluator.evaluate(agent)
+            results = self._evaluate_tasks(agent, reset_every_step=False)
             reset = None
             if task_end and self.settings.in_context_gain:
-                reset = self.evaluator.evaluate(agent, reset_every_step=True)
+                reset = self._evaluate_tasks(agent, reset_every_step=True)
         self.record.events.append(EvalEvent(self.global_step, stage, task_end, results, reset))
         values: dict[str, float] = {}
         for r in results:
@@ -554,6 +565,21 @@ class CurriculumRunner:
             values.update(self.timer.as_log())
             self.logger.log(self.global_step, values)
             self.logger.flush()
+
+    def _evaluate_tasks(self, agent: Agent, reset_every_step: bool) -> list[TaskEvaluation]:
+        """Every task's evaluation; over several ranks, rank r evaluates tasks r, r + N, ...
+        (each task's episodes are seeded by the task alone: the same results either way)."""
+        w = self.world
+        if w.size == 1:
+            return self.evaluator.evaluate(agent, reset_every_step=reset_every_step)
+        mine = {
+            j: self.evaluator.evaluate_task(agent, j, reset_every_step)
+            for j in range(w.rank, len(self.specs), w.size)
+        }
+        merged: dict[int, TaskEvaluation] = {}
+        for part in w.all_gather(mine):
+            merged.update(part)
+        return [merged[j] for j in range(len(self.specs))]
 
     def _videos(self, stage: int) -> None:
         v = self.settings.video
@@ -574,6 +600,12 @@ class CurriculumRunner:
         self, extra: dict[str, Any] | None = None, page: bool = False
     ) -> dict[str, Any]:
         faults = {f"faults/{k}": v for k, v in dataclasses.asdict(self.faults).items()}
+        if not self.world.is_main:
+            # Rank 0 writes the results; every rank returns the same metrics.
+            metrics = compute_metrics(
+                self.record, self.settings.smooth_last, self.settings.reference_auc
+            )
+            return {**metrics, **faults, **(extra or {})}
         return write_results(
             self.run_dir,
             self.record,
@@ -589,6 +621,11 @@ class CurriculumRunner:
             self._write_checkpoint(name)
 
     def _write_checkpoint(self, name: str) -> None:
+        # Each rank's own carry and RNGs; rank 0 writes them all into its checkpoint.
+        ranks = self.world.all_gather(self._rank_state()) if self.world.size > 1 else None
+        if not self.world.is_main:
+            self.world.barrier()  # the checkpoint exists for every rank after this
+            return
         # The CSV on disk must hold every row the checkpoint counts, for a resume to cut back to.
         self.logger.flush()
         ppo = self.ppo
@@ -630,7 +667,39 @@ class CurriculumRunner:
             },
             "config": self.config_yaml,
         }
+        if ranks is not None:
+            tree["ranks"] = ranks
         save_checkpoint(self.run_dir / "checkpoints" / name, tree)
+        self.world.barrier()
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between data-parallel ranks: the rollout carry and the RNG states."""
+        return {
+            "carry": None if self.state is None else [t.cpu() for t in self.state.leaves()],
+            "action_noise": self.generator.get_state(),
+            "minibatch": _stringify(self.ppo.rng.bit_generator.state),
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(legacy=False),  # noqa: NPY002  (the global one)
+        }
+
+    def _restore_rank_state(self, path: Path, tree: dict[str, Any]) -> None:
+        """Take this rank's own carry and RNG states from a data-parallel checkpoint."""
+        ranks = tree.get("ranks")
+        saved = len(ranks) if isinstance(ranks, list) else 1
+        if saved != self.world.size:
+            raise CheckpointError(
+                f"{path} was saved by a run of {saved} process(es), this run has "
+                f"{self.world.size}: resume with torchrun --nproc_per_node {saved}"
+            )
+        if ranks is None:
+            return
+        mine = ranks[self.world.rank]
+        self.generator.set_state(mine["action_noise"].cpu())
+        self.ppo.rng.bit_generator.state = _unstringify(mine["minibatch"])
+        torch.set_rng_state(mine["torch"].cpu())
+        np.random.set_state(mine["numpy"])  # noqa: NPY002  (the global one)
+        carry = mine["carry"]
+        self.state = None if carry is None else self._carry_from(path, carry)
 
     def _restore(self, path: Path, rollback: bool) -> None:
         """Load every piece of state from checkpoint ``path``.
@@ -657,6 +726,7 @@ class CurriculumRunner:
             events=[_decode_event(e) for e in tree["record"]],
         )
         self.state = None if tree["carry"] is None else self._carry_from(path, tree["carry"])
+        self._restore_rank_state(path, tree)
         saved = FaultCounters(**tree["faults"])
         if rollback:
             scale = self.faults.lr_scale / saved.lr_scale
@@ -733,7 +803,9 @@ class CurriculumRunner:
             self.faults.lr_scale,
         )
         self._restore(path, rollback=True)
-        self._drop_checkpoints_ahead()
+        if self.world.is_main:
+            self._drop_checkpoints_ahead()
+        self.world.barrier()
 
     def _drop_checkpoints_ahead(self) -> None:
         """Remove the checkpoints ahead of the current position. After a rollback to an older
