@@ -138,9 +138,7 @@ def normalized_score(
     return score
 
 
-def run_normalized_score(
-    returns: ArrayLike, r_random: float, r_best: float
-) -> FloatArray | float:
+def run_normalized_score(returns: ArrayLike, r_random: float, r_best: float) -> FloatArray | float:
     """Score of a task normalised with what a run measured itself: :func:`normalized_score` with
     the random-policy return ``r_random`` and the run's best evaluation ``r_best`` as reference.
 

@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 import hope_agent
 from hope_agent.build import ConfigError, build_curriculum, build_evaluator
 from hope_agent.io import load_checkpoint
+from hope_agent.train.config import register_configs
 from hope_agent.train.evaluator import Evaluator, TaskEvaluation, normalisation_kind
 from hope_agent.train.report import EvalEvent, RunRecord, compute_metrics, read_matrix_csv
-from hope_agent.train.config import register_configs
 from hope_agent.train.runner import RunSummary
 from hope_envs.curriculum import (
     REFERENCE_DIR,

@@ -60,7 +60,9 @@ class TaskEvaluation:
     """The outcome of evaluating one task.
 
     ``perf`` is the protocol's performance in [0, 1] (NaN when the task has neither success nor
-    reference returns); ``*_deterministic`` refer to the deterministic episode.
+    reference returns: the run's record fills it from ``mean_return``,
+    :meth:`hope_agent.train.report.RunRecord.normalised_events`); ``*_deterministic`` refer to
+    the deterministic episode.
     """
 
     task: str
@@ -350,12 +352,13 @@ def record_episodes(
         try:
             env.reset(seed=seed)
             env.render()
-        except (ImportError, OSError, RuntimeError, AttributeError, mujoco.FatalError) as e:
+        except (ImportError, OSError, RuntimeError, AttributeError, mujoco.FatalError) as err:
             raise RenderError(
                 f"cannot render {curriculum.names[task_index]!r} with MUJOCO_GL="
-                f"{os.environ.get('MUJOCO_GL')} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "install the EGL libraries (libegl1), set MUJOCO_GL=osmesa, or video.enabled=false"
-            ) from e
+                f"{os.environ.get('MUJOCO_GL')} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0]}); install the EGL libraries (libegl1), set "
+                "MUJOCO_GL=osmesa, or video.enabled=false"
+            ) from err
         for e in range(episodes):
             driver = EpisodeDriver(
                 actor, [env], generator=generator, task=task_index, deterministic=deterministic

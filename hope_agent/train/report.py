@@ -235,7 +235,9 @@ def compute_metrics(
         for (name, kind), norm in zip(out["normalisation"].items(), norms, strict=True)
         if kind == "run" and norm is None
     ]
-    unlearnt = [name for name, n in zip(record.task_names, norms, strict=False) if n and n[1] <= n[0]]
+    unlearnt = [
+        name for name, n in zip(record.task_names, norms, strict=False) if n and n[1] <= n[0]
+    ]
     if unlearnt:
         notes.append(
             f"tasks {unlearnt} never beat the random policy's return in this run: their "
