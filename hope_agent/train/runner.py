@@ -262,10 +262,12 @@ class CurriculumRunner:
         try:
             if resume_from is not None:
                 self._restore(Path(resume_from), rollback=False)
-            else:
+            if self.record.random_returns is None:
                 # R_random of the tasks the report normalises by the run itself: measured once,
-                # before any training, and kept in every checkpoint for resume and hope-evaluate.
+                # before any training (or for a checkpoint written before it was kept: the same
+                # seeds give the same figure), and kept in every checkpoint.
                 self.record.random_returns = self.evaluator.random_returns()
+            if resume_from is None:
                 # The rollback target until the first periodic checkpoint exists.
                 self._save(step_checkpoint_name(0))
             while True:
