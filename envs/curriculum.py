@@ -287,37 +287,73 @@ class ReferenceEntry:
     path: Path
 
 
-def reference_entry(spec: TaskSpec, *, directory: Path = REFERENCE_DIR) -> ReferenceEntry | None:
+ReferenceDirs = Path | str | Sequence[Path | str]
+
+
+def reference_dirs(user: Path | str | None = None) -> tuple[Path, ...]:
+    """The folders searched for reference files: ``user`` (config key ``eval.reference_dir``,
+    where `scripts/make_reference.py` wrote a user's own measurements) first, then the shipped
+    `envs/reference`.
+
+    Raises:
+        CurriculumError: if ``user`` is given but is not a folder.
+    """
+    if user is None:
+        return (REFERENCE_DIR,)
+    folder = Path(user).expanduser().resolve()
+    if not folder.is_dir():
+        raise CurriculumError(
+            f"eval.reference_dir={user} is not a folder; give the folder that "
+            "`python scripts/make_reference.py ... eval.reference_dir=DIR` wrote its file into."
+        )
+    return (folder, REFERENCE_DIR)
+
+
+def _as_dirs(directory: ReferenceDirs) -> list[Path]:
+    if isinstance(directory, Path | str):
+        return [Path(directory)]
+    return [Path(d) for d in directory]
+
+
+def reference_entry(
+    spec: TaskSpec, *, directory: ReferenceDirs = REFERENCE_DIR
+) -> ReferenceEntry | None:
     """The stored reference of this task whose budget is closest to `spec.steps`, if any.
 
-    The files are written by `scripts/make_reference.py` (default directory: `envs/reference`).
-    A stored task matches on `id` and `kwargs`; among matches, the one whose training budget is
-    closest to `spec.steps` wins (a larger budget on ties). None if the task was never measured.
-    `budget` says which budget was taken; it may differ from `spec.steps`.
+    The files are written by `scripts/make_reference.py` into `directory` (one folder or several,
+    e.g. `reference_dirs(user)`; default: the shipped `envs/reference`). A stored task matches on
+    `id` and `kwargs`; among the matches of every folder, the one whose training budget is
+    closest to `spec.steps` wins (a larger budget on ties, then the earlier folder: a user's
+    own measurement of the same budget replaces the shipped one). None if the task was never
+    measured. `budget` says which budget was taken; it may differ from `spec.steps`.
     """
-    matches: list[tuple[int, float, float, Path]] = []
-    for path in sorted(directory.glob("*.json")):
-        for task in json.loads(path.read_text())["tasks"]:
-            if task["id"] == spec.id and task["kwargs"] == spec.kwargs:
-                matches.append(
-                    (
-                        int(task["budget"]),
-                        float(task["random"]["return_mean"]),
-                        float(task["reference"]["return_mean"]),
-                        path,
+    matches: list[tuple[int, int, float, float, Path]] = []
+    for rank, folder in enumerate(_as_dirs(directory)):
+        for path in sorted(folder.glob("*.json")):
+            for task in json.loads(path.read_text())["tasks"]:
+                if task["id"] == spec.id and task["kwargs"] == spec.kwargs:
+                    matches.append(
+                        (
+                            int(task["budget"]),
+                            rank,
+                            float(task["random"]["return_mean"]),
+                            float(task["reference"]["return_mean"]),
+                            path,
+                        )
                     )
-                )
     if not matches:
         return None
-    budget, random, reference, path = min(matches, key=lambda m: (abs(m[0] - spec.steps), -m[0]))
+    budget, _, random, reference, path = min(
+        matches, key=lambda m: (abs(m[0] - spec.steps), -m[0], m[1])
+    )
     stored = tuple(sorted({m[0] for m in matches}))
     return ReferenceEntry(random, reference, budget, stored, path)
 
 
 def reference_returns(
-    spec: TaskSpec, *, directory: Path = REFERENCE_DIR
+    spec: TaskSpec, *, directory: ReferenceDirs = REFERENCE_DIR
 ) -> tuple[float, float] | None:
-    """`(R_random, R_reference)` stored for this task in `directory/*.json`, if any.
+    """`(R_random, R_reference)` stored for this task in `directory` (see `reference_entry`).
 
     The entry is `reference_entry(spec)`'s (closest stored budget). CONTINUAL_RL.md defines
     R_reference as a single-task run of the same budget, so when the stored budget differs from
@@ -337,7 +373,8 @@ def reference_returns(
             f"reference returns were measured at budgets {list(entry.stored_budgets)}; "
             f"normalising with the closest, {entry.budget} ({entry.path.name}), so R_reference "
             f"is not a single-task run of the same budget. Measure one with `python "
-            f"scripts/make_reference.py --curriculum <name> --steps {spec.steps}`.",
+            f"scripts/make_reference.py <the run's curriculum overrides> --steps {spec.steps} "
+            f"eval.reference_dir=DIR` and train with eval.reference_dir=DIR.",
             ReferenceBudgetWarning,
             stacklevel=2,
         )

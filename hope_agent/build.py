@@ -52,7 +52,7 @@ from hope_agent.train.runner import (
     latest_checkpoint,
 )
 from hope_agent.train.timing import LoopTimer
-from hope_envs.curriculum import Curriculum, CurriculumError, resolve_tasks
+from hope_envs.curriculum import Curriculum, CurriculumError, reference_dirs, resolve_tasks
 
 
 class ConfigError(ValueError):
@@ -322,12 +322,17 @@ def build_evaluator(
             online.chosen(actor)
         except ValueError as err:
             raise ConfigError(str(err)) from err
+    try:
+        refs = reference_dirs(e.reference_dir)
+    except CurriculumError as err:
+        raise ConfigError(str(err)) from err
     return Evaluator(
         curriculum,
         int(e.episodes if episodes is None else episodes),
         int(e.seed),
         online_cms=online,
         obs_limit=float(cfg.faults.obs_limit),
+        reference_dirs=refs,
     )
 
 

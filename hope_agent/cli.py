@@ -187,7 +187,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             loaded.eval.in_context_gain if cfg.in_context_gain is None else cfg.in_context_gain
         )
         if record is None:
-            record = RunRecord(task_names=trained.curriculum.names)
             run_settings = loaded
             evaluator = build_evaluator(
                 loaded,
@@ -195,6 +194,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 trained.actor,
                 episodes=cfg.episodes,
                 online_cms=cfg.online_cms,
+            )
+            # The run's own R_random where its checkpoints hold it (measured the same way).
+            stored = trained.tree.get("random_returns")
+            record = RunRecord(
+                task_names=trained.curriculum.names,
+                random_returns=evaluator.random_returns() if stored is None else stored,
             )
         assert evaluator is not None
         starts = [int(s) for s in progress["stage_starts"]]

@@ -9,6 +9,10 @@ its entries, so they also apply to other retention matrices (e.g. world-model pr
 - forgetting           ``F   = mean_j (perf[j, j] - perf[N-1, j])``   (over all N; the last adds 0)
 - backward transfer    ``BWT = mean_{j<N-1} (perf[N-1, j] - perf[j, j])``
 - forward transfer     ``FT_j = (AUC_j - AUC_j^ref) / (1 - AUC_j^ref)``, ``FT = mean_j FT_j``
+
+A return becomes a performance with :func:`normalized_score` (stored reference returns) or, for a
+task with neither a success criterion nor stored references, :func:`run_normalized_score` (the
+run's own random-policy return and best evaluation).
 """
 
 from __future__ import annotations
@@ -132,6 +136,21 @@ def normalized_score(
     if score.ndim == 0:
         return float(score)
     return score
+
+
+def run_normalized_score(returns: ArrayLike, r_random: float, r_best: float) -> FloatArray | float:
+    """Score of a task normalised with what a run measured itself: :func:`normalized_score` with
+    the random-policy return ``r_random`` and the run's best evaluation ``r_best`` as reference.
+
+    When the run never beat random actions (``r_best <= r_random``) it learnt no skill to keep or
+    forget: every score is 0 (of the shape of ``returns``).
+    """
+    ret = _finite(returns, "returns")
+    lo, hi = float(_finite(r_random, "r_random")), float(_finite(r_best, "r_best"))
+    if hi <= lo:
+        zeros = np.zeros_like(ret)
+        return float(zeros) if zeros.ndim == 0 else zeros
+    return normalized_score(ret, lo, hi)
 
 
 def task_auc(curve: ArrayLike) -> float:

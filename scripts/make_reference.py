@@ -1,30 +1,42 @@
 """Measure a curriculum's reference returns: a random policy and single-task SB3 PPO.
 
-For every task of a shipped curriculum this stores, in `envs/reference/<curriculum>.json`:
+The curriculum is given as training takes it: a shipped one by name (`--curriculum fast`, or the
+override `curriculum=fast`) or any task list (`'curriculum.tasks=[{id:Swimmer-v5},...]'`), with
+the other training overrides (`steps_per_task=N`) composed into the training config; `--steps`
+overrides the per-task budget, which defaults to the config's `steps_per_task` (the budget a run
+trains for, as CONTINUAL_RL.md wants of R_reference). For every task this stores:
 - R_random: the mean return of uniform random actions,
 - R_reference: the mean return of SB3 PPO (`MlpPolicy`) trained on that task alone for the run's
   per-task budget, averaged over the given seeds. Its actions are sampled (stochastic policy), as
   in the curriculum's evaluation protocol; the deterministic return is stored beside it,
 with the command, budget, seeds, date, machine, library versions and each task's PPO preset.
 Continual-learning runs normalise returns as (R - R_random) / (R_reference - R_random) through
-`hope_envs.curriculum.reference_returns`. Tasks are built exactly as a run builds them
+`hope_envs.curriculum.reference_returns`. The file goes to `--out` if given; else with
+`eval.reference_dir=DIR` to `DIR/<curriculum>__<budget>.json`, which a run given the same
+`eval.reference_dir=DIR` reads; else, for a shipped curriculum as shipped, to
+`envs/reference/<curriculum>.json`. Tasks are built exactly as a run builds them
 (`make_env`, actions in [-1, 1]), each with its own widths. If a reference policy does not beat
 random actions (too small a budget), nothing is written: such a reference cannot normalise.
 
     python scripts/make_reference.py --curriculum fast --steps 30000 --seeds 0 1 2
     python scripts/make_reference.py --curriculum locomotion --steps 1000000 --workers 15
     python scripts/make_reference.py --curriculum gym_mixed --steps 50000 --seeds 0 1
+    python scripts/make_reference.py 'curriculum.tasks=[{id:Swimmer-v5},{id:Reacher-v5}]' \
+        steps_per_task=30000 eval.reference_dir=refs
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from multiprocessing import get_context
@@ -34,15 +46,22 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
+from hope_agent.build import ConfigError
+from hope_agent.cli import check_overrides, one_line
 from hope_agent.io import atomic_write_text
+from hope_agent.train.config import register_configs
 from hope_envs.curriculum import (
     REFERENCE_DIR,
+    CurriculumError,
     TaskSpec,
     common_spaces,
+    curriculum_names,
     defines_success,
     load_curriculum,
     make_env,
@@ -87,19 +106,89 @@ EVAL_SEED = 10_000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--curriculum", required=True, help="name in configs/curriculum/")
     parser.add_argument(
-        "--steps", type=int, required=True, help="PPO budget per task (entries with steps: null)"
+        "overrides",
+        nargs="*",
+        help="training-config overrides: curriculum=NAME, 'curriculum.tasks=[{id:...}]', "
+        "steps_per_task=N, eval.reference_dir=DIR",
+    )
+    parser.add_argument("--curriculum", default=None, help="name in configs/curriculum/")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="PPO budget per task (entries with steps: null); default: steps_per_task",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="PPO seeds")
     parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per policy")
     parser.add_argument("--preset", choices=["auto", *PRESETS], default="auto")
     parser.add_argument("--workers", type=int, default=1, help="parallel training processes")
-    parser.add_argument("--out", type=Path, default=None, help="default envs/reference/<name>.json")
-    args = parser.parse_args(argv)
-    if args.steps <= 0 or args.episodes <= 0 or args.workers <= 0:
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the file to write (default: see the docstring)"
+    )
+    args = parser.parse_intermixed_args(argv)
+    if (args.steps is not None and args.steps <= 0) or args.episodes <= 0 or args.workers <= 0:
         parser.error("--steps, --episodes and --workers must be positive")
     return args
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to measure and where to write it."""
+
+    name: str  # the curriculum's name, or `custom-<hash>` for a task list of one's own
+    specs: list[TaskSpec]
+    steps: int
+    out: Path
+
+
+def resolve_target(args: argparse.Namespace) -> Target:
+    """Compose the training config with the overrides and choose the output file.
+
+    Raises:
+        SystemExit: one line naming a bad override or curriculum, or that a curriculum of one's
+            own needs `eval.reference_dir=DIR` (or `--out`).
+    """
+    overrides = list(args.overrides)
+    if args.curriculum is not None:
+        overrides.insert(0, f"curriculum={args.curriculum}")
+    register_configs()
+    try:
+        check_overrides("config", overrides)
+        with initialize_config_module(config_module="hope_configs", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        steps = int(cfg.steps_per_task if args.steps is None else args.steps)
+        tasks = OmegaConf.to_container(cfg.curriculum.tasks, resolve=True)
+        assert isinstance(tasks, list)
+        specs = resolve_tasks(tasks, steps)
+    except (ConfigError, CurriculumError) as e:
+        raise SystemExit(f"error: {one_line(e)}") from None
+    name = str(cfg.curriculum.name)
+    shipped = name in curriculum_names() and _plain_tasks(
+        load_curriculum(name)["tasks"]
+    ) == _plain_tasks(tasks)
+    if not shipped:
+        digest = hashlib.sha1(json.dumps(_plain_tasks(tasks), sort_keys=True).encode())
+        name = f"custom-{digest.hexdigest()[:8]}"
+    if args.out is not None:
+        out = Path(args.out)
+    elif cfg.eval.reference_dir is not None:
+        out = Path(cfg.eval.reference_dir).expanduser() / f"{name}__{steps}.json"
+    elif shipped:
+        out = REFERENCE_DIR / f"{name}.json"
+    else:
+        raise SystemExit(
+            "error: the references of a curriculum of your own go into a folder of yours: add "
+            "eval.reference_dir=DIR (and train with the same eval.reference_dir=DIR), or --out FILE"
+        )
+    return Target(name, specs, steps, out)
+
+
+def _plain_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
+    """Task entries with the schema's defaults filled, for comparing a task list with a shipped
+    curriculum's."""
+    defaults = {"kwargs": {}, "steps": None, "name": None}
+    return [{**defaults, **{k: v for k, v in dict(t).items() if v is not None}} for t in tasks]
 
 
 def episode_limit(spec: TaskSpec) -> int | None:
@@ -195,8 +284,8 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> Path:
     """Measure and write the reference file; returns its path."""
     args = parse_args(argv)
-    curriculum = load_curriculum(args.curriculum)
-    specs = resolve_tasks(curriculum["tasks"], args.steps)
+    target = resolve_target(args)
+    specs = target.specs
     # CW20 repeats CW10's tasks: measure each distinct task once.
     unique: dict[str, TaskSpec] = {}
     for spec in specs:
@@ -246,15 +335,15 @@ def main(argv: list[str] | None = None) -> Path:
     if unlearned:
         raise SystemExit(
             f"error: the reference policy did not beat random actions on {unlearned} at "
-            f"{args.steps} steps, so it cannot normalise returns; nothing written. Raise --steps "
+            f"{target.steps} steps, so it cannot normalise returns; nothing written. Raise --steps "
             "or pick another --preset."
         )
 
-    out = args.out or REFERENCE_DIR / f"{args.curriculum}.json"
+    out = target.out
     used = sorted(set(presets.values()))
     record = {
-        "curriculum": args.curriculum,
-        "command": " ".join(["python", "scripts/make_reference.py", *(argv or sys.argv[1:])]),
+        "curriculum": target.name,
+        "command": shlex.join(["python", "scripts/make_reference.py", *(argv or sys.argv[1:])]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "machine": machine(),
         "reference_policy": "stable-baselines3 PPO MlpPolicy; return_mean samples actions",
@@ -269,6 +358,8 @@ def main(argv: list[str] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
+    if out.resolve().parent != REFERENCE_DIR.resolve():
+        print(f"runs read it with eval.reference_dir={out.parent}")
     return out
 
 

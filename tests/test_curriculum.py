@@ -432,6 +432,7 @@ def test_reference_returns_takes_the_closest_budget_and_warns_that_it_differs(
     message = str(record[0].message)
     assert "trains for 4000 steps" in message and "[1000, 5000]" in message
     assert "closest, 5000 (b.json)" in message and "--steps 4000" in message
+    assert "eval.reference_dir=DIR" in message
     with warnings.catch_warnings():  # once per task in a run: every evaluation asks again
         warnings.simplefilter("error")
         assert reference_returns(spec, directory=tmp_path) == (-61.0, -15.0)
@@ -450,6 +451,8 @@ def _make_reference_script() -> Any:
     )
     assert module_spec is not None and module_spec.loader is not None
     script = importlib.util.module_from_spec(module_spec)
+    # Registered as Python does for an imported module: its dataclasses look their module up.
+    sys.modules["make_reference"] = script
     module_spec.loader.exec_module(script)
     return script
 
@@ -513,6 +516,60 @@ def test_make_reference_script_writes_what_reference_returns_reads(tmp_path: Pat
             stored["random"]["return_mean"],
             stored["reference"]["return_mean"],
         )
+
+
+def _trained_as(return_mean: float) -> Any:
+    def fake(spec: TaskSpec, seed: int, preset: str, episodes: int) -> dict[str, Any]:
+        scores = {"return_mean": return_mean, "return_std": 0.0}
+        return {**scores, "deterministic": dict(scores), "seed": seed, "train_seconds": 0.0}
+
+    return fake
+
+
+def test_make_reference_measures_a_task_list_of_ones_own_for_a_later_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = _make_reference_script()
+    # The PPO training is make_reference's own, tested above; here: what it measures and where.
+    monkeypatch.setattr(script, "train_reference", _trained_as(0.0))
+    tasks = "curriculum.tasks=[{id:Reacher-v5,kwargs:{max_episode_steps:20}}]"
+    refs = tmp_path / "refs"
+    out = script.main(
+        [tasks, "steps_per_task=3000", "--episodes", "2", f"eval.reference_dir={refs}"]
+    )
+    assert (
+        out.parent == refs and out.name.startswith("custom-") and out.name.endswith("__3000.json")
+    )
+    record = json.loads(out.read_text())
+    assert record["command"].startswith("python scripts/make_reference.py 'curriculum.tasks=[")
+    (spec,) = resolve_tasks([{"id": "Reacher-v5", "kwargs": {"max_episode_steps": 20}}], 3000)
+    stored = record["tasks"][0]
+    assert stored["budget"] == 3000 and stored["random"]["return_mean"] < 0.0
+    # Not in the shipped folder, found through the folder a run is given.
+    assert reference_returns(spec) is None
+    assert reference_returns(spec, directory=curriculum.reference_dirs(refs)) == (
+        stored["random"]["return_mean"],
+        0.0,
+    )
+    # --steps overrides the config's budget; without a folder a task list of one's own is refused.
+    again = script.main([tasks, "--steps", "500", "--episodes", "1", f"eval.reference_dir={refs}"])
+    assert json.loads(again.read_text())["tasks"][0]["budget"] == 500
+    with pytest.raises(SystemExit, match="eval.reference_dir=DIR"):
+        script.main([tasks, "--episodes", "1"])
+
+
+def test_make_reference_resolves_curricula_as_training_does() -> None:
+    script = _make_reference_script()
+    shipped = script.resolve_target(script.parse_args(["curriculum=gym_mixed", "--steps", "9"]))
+    assert shipped.out == curriculum.REFERENCE_DIR / "gym_mixed.json" and shipped.steps == 9
+    assert [s.name for s in shipped.specs] == [
+        s.name for s in resolve_tasks(load_curriculum("gym_mixed")["tasks"], 9)
+    ]
+    old_style = script.resolve_target(script.parse_args(["--curriculum", "fast"]))
+    assert old_style.out.name == "fast.json" and old_style.steps == 40_000  # steps_per_task
+    for bad, named in (("curriculum=nope", "nope"), ("curriculum.tasks=[{id:No-v0}]", "No-v0")):
+        with pytest.raises(SystemExit, match=named):
+            script.resolve_target(script.parse_args([bad]))
 
 
 def test_registered_ids_all_resolve() -> None:

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from rollouts import fill_rollout
 
 from hope_agent.agents import Agent, AgentConfig
-from hope_agent.algos import PPO, PPOConfig, RolloutBuffer
 from hope_agent.agents.normalize import RunningMeanStd
+from hope_agent.algos import PPO, PPOConfig, RolloutBuffer
 from hope_agent.models.factory import make_backbone
 from hope_agent.optim import MultiTimescaleOptimizer
 from hope_agent.train.distributed import (

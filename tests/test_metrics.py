@@ -202,3 +202,15 @@ def test_summarize() -> None:
 def test_bad_perf_matrix_raises(perf: np.ndarray) -> None:
     with pytest.raises(ValueError, match="perf"):
         M.summarize(perf)
+
+
+def test_run_normalized_score_uses_the_runs_best_as_reference() -> None:
+    np.testing.assert_allclose(
+        M.run_normalized_score([-2.0, 1.0, 4.0, 9.0], -2.0, 4.0), [0.0, 0.5, 1.0, 1.0]
+    )
+    assert M.run_normalized_score(3.0, 1.0, 5.0) == 0.5
+    # A run that never beat random actions learnt nothing: 0, whatever the return.
+    assert M.run_normalized_score(7.0, 5.0, 5.0) == 0.0
+    np.testing.assert_array_equal(M.run_normalized_score([1.0, 9.0], 5.0, 2.0), [0.0, 0.0])
+    with pytest.raises(ValueError, match="r_best"):
+        M.run_normalized_score(1.0, 0.0, float("nan"))

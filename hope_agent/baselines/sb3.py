@@ -271,6 +271,8 @@ class _SB3Run:
         self.device = get_device(s.device)
         self.record = RunRecord(task_names=curriculum.names)
         self.evaluator = Evaluator(curriculum, s.eval_episodes, s.eval_seed)
+        # R_random of the tasks the report normalises by the run itself, before any training.
+        self.record.random_returns = self.evaluator.random_returns()
         self.model: BaseAlgorithm | None = None
         self.venv: VecEnv | None = None
 
@@ -368,6 +370,7 @@ class _SB3Run:
                 "stage_done": True,
                 "stage_starts": list(self.record.stage_starts),
             },
+            "random_returns": self.record.random_returns,
             "meta": {
                 "format": CHECKPOINT_FORMAT,
                 "algo": self.algo,

@@ -135,6 +135,9 @@ class EvalSection:
     in_context_gain: bool = False
     smooth_last: int | None = None
     reference_auc: list[float] | None = None  # per-task single-task AUC, for forward transfer
+    # A folder of reference files of your own (scripts/make_reference.py ... eval.reference_dir=
+    # DIR writes them), searched before the shipped envs/reference.
+    reference_dir: str | None = None
     online_cms: OnlineCMSSection = field(default_factory=OnlineCMSSection)
 
 

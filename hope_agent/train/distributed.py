@@ -221,7 +221,11 @@ class RankLogger(Logger):
         """Nothing to restore (rank 0 owns ``train.csv``)."""
 
     def print_summary(
-        self, task_names: Sequence[str], perf: np.ndarray, metrics: Mapping[str, float | None]
+        self,
+        task_names: Sequence[str],
+        perf: np.ndarray,
+        metrics: Mapping[str, float | None],
+        normalisation: Mapping[str, str] | None = None,
     ) -> None:
         """Rank 0 prints the summary."""
 

@@ -9,8 +9,11 @@ frozen. Only the ``online_cms`` mode changes weights, on a copy of the agent.
 
 Performance of a task: the success rate of the stochastic episodes where the task defines
 success (``info["success"]`` at any step); else the mean stochastic return normalised with the
-task's stored ``(R_random, R_reference)`` and clipped to [0, 1]; else NaN (raw returns are still
-reported). With ``episodes == 0`` the deterministic episode alone gives the performance.
+task's stored ``(R_random, R_reference)`` (the shipped files, or a user's ``reference_dir``) and
+clipped to [0, 1]; else NaN here, and the run's report normalises the raw returns with what the
+run measured itself (:meth:`Evaluator.random_returns` at its start, its own best evaluation:
+:mod:`hope_agent.train.report`). With ``episodes == 0`` the deterministic episode alone gives the
+performance.
 
 World-model error: the squared error of the predicted (normalised) next-observation delta and
 (scaled) reward, summed over the episodes' steps, divided by the same sum for the "nothing
@@ -25,6 +28,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import mujoco
@@ -39,7 +43,16 @@ from hope_agent.optim import MultiTimescaleOptimizer
 from hope_agent.rollout.driver import EpisodeDriver
 from hope_agent.rollout.guard import EnvFaultGuard
 from hope_agent.video import tile_videos, write_video
-from hope_envs.curriculum import Curriculum, TaskSpec, defines_success, reference_returns
+from hope_envs.curriculum import (
+    REFERENCE_DIR,
+    Curriculum,
+    ReferenceDirs,
+    TaskSpec,
+    defines_success,
+    reference_returns,
+)
+
+Normalisation = Literal["success", "reference", "run"]
 
 
 @dataclass
@@ -47,11 +60,13 @@ class TaskEvaluation:
     """The outcome of evaluating one task.
 
     ``perf`` is the protocol's performance in [0, 1] (NaN when the task has neither success nor
-    reference returns); ``*_deterministic`` refer to the deterministic episode. For a task whose
-    episodes are trials of K sub-episodes (``info["trial_episode"]``, the ``adapt`` family),
-    ``sub_episode_success[k]`` is the success rate of sub-episode k over the stochastic
-    episodes and ``trial_gain`` is ``(mean, low, high)`` of sub-episode K-1's success minus
-    sub-episode 0's, with a 90% bootstrap interval over the episodes.
+    reference returns: the run's record fills it from ``mean_return``,
+    :meth:`hope_agent.train.report.RunRecord.normalised_events`); ``*_deterministic`` refer to
+    the deterministic episode. For a task whose episodes are trials of K sub-episodes
+    (``info["trial_episode"]``, the ``adapt`` family), ``sub_episode_success[k]`` is the success
+    rate of sub-episode k over the stochastic episodes and ``trial_gain`` is ``(mean, low,
+    high)`` of sub-episode K-1's success minus sub-episode 0's, with a 90% bootstrap interval
+    over the episodes.
     """
 
     task: str
@@ -163,14 +178,28 @@ class _TrialRecord:
         }
 
 
-def task_performance(spec: TaskSpec, successes: np.ndarray, returns: np.ndarray) -> float:
+def normalisation_kind(spec: TaskSpec, directory: ReferenceDirs = REFERENCE_DIR) -> Normalisation:
+    """How the task's performance is measured: ``success`` (its success rate), ``reference``
+    (stored reference returns in ``directory``) or ``run`` (neither: the report normalises with
+    the run's own random-policy return and best evaluation)."""
+    if defines_success(spec):
+        return "success"
+    return "reference" if reference_returns(spec, directory=directory) is not None else "run"
+
+
+def task_performance(
+    spec: TaskSpec,
+    successes: np.ndarray,
+    returns: np.ndarray,
+    directory: ReferenceDirs = REFERENCE_DIR,
+) -> float:
     """Performance in [0, 1] of episodes with any-step ``successes`` and ``returns`` (NaN when the
-    task has neither a success criterion nor stored reference returns)."""
+    task has neither a success criterion nor reference returns stored in ``directory``)."""
     if successes.size == 0:
         return float("nan")
     if defines_success(spec):
         return float(np.mean(successes))
-    ref = reference_returns(spec)
+    ref = reference_returns(spec, directory=directory)
     if ref is None:
         return float("nan")
     return float(normalized_score(float(np.mean(returns)), ref[0], ref[1]))
@@ -187,6 +216,7 @@ class Evaluator:
         obs_limit: largest plausible absolute observation value; each env is wrapped in an
             :class:`~hope_agent.rollout.guard.EnvFaultGuard`, so a simulator blow-up ends that
             episode (with a logged warning) instead of stopping the run.
+        reference_dirs: the folders of reference files (``hope_envs.curriculum.reference_dirs``).
     """
 
     def __init__(
@@ -197,6 +227,7 @@ class Evaluator:
         *,
         online_cms: OnlineCMS | None = None,
         obs_limit: float = 1e6,
+        reference_dirs: ReferenceDirs = REFERENCE_DIR,
     ) -> None:
         if episodes < 0:
             raise ValueError(f"eval.episodes must be >= 0, got {episodes}")
@@ -204,6 +235,7 @@ class Evaluator:
         self.episodes, self.seed = episodes, seed
         self.online_cms = online_cms
         self.obs_limit = obs_limit
+        self.reference_dirs = reference_dirs
         self._envs: dict[int, list[gym.Env]] = {}
 
     def _task_envs(self, j: int) -> list[gym.Env]:
@@ -213,6 +245,37 @@ class Evaluator:
                 for _ in range(self.episodes + 1)
             ]
         return self._envs[j]
+
+    def normalisation(self) -> list[Normalisation]:
+        """Each task's :func:`normalisation_kind`, in task order."""
+        return [normalisation_kind(spec, self.reference_dirs) for spec in self.specs]
+
+    def random_returns(self) -> list[float | None]:
+        """R_random of every task normalised by the run (kind ``run``), else ``None``.
+
+        The mean return of uniform random actions over the same episode starts as the stochastic
+        evaluation episodes (at least one): episode e of task j resets with seed
+        ``seed + 1000 * j + e`` and samples its actions from the action space seeded the same,
+        so the figure is a deterministic function of the evaluation settings.
+        """
+        out: list[float | None] = []
+        for j, kind in enumerate(self.normalisation()):
+            if kind != "run":
+                out.append(None)
+                continue
+            returns = []
+            for e, env in enumerate(self._task_envs(j)[: max(self.episodes, 1)]):
+                seed = self.seed + 1000 * j + e
+                env.reset(seed=seed)
+                env.action_space.seed(seed)
+                total, done = 0.0, False
+                while not done:
+                    _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                    total += float(reward)
+                    done = terminated or truncated
+                returns.append(total)
+            out.append(float(np.mean(returns)))
+        return out
 
     def evaluate(self, actor: Actor, reset_every_step: bool = False) -> list[TaskEvaluation]:
         """Evaluate every task (see :meth:`evaluate_task`)."""
@@ -274,10 +337,11 @@ class Evaluator:
         returns = np.array([e.ret for e in episodes])
         stochastic = slice(0, self.episodes) if self.episodes > 0 else slice(b - 1, b)
         has_success = defines_success(spec)
+        refs = self.reference_dirs
         return TaskEvaluation(
             task=spec.name,
-            perf=task_performance(spec, success[stochastic], returns[stochastic]),
-            perf_deterministic=task_performance(spec, success[-1:], returns[-1:]),
+            perf=task_performance(spec, success[stochastic], returns[stochastic], refs),
+            perf_deterministic=task_performance(spec, success[-1:], returns[-1:], refs),
             success_rate=float(success[stochastic].mean()) if has_success else None,
             mean_return=float(returns[stochastic].mean()),
             return_deterministic=float(returns[-1]),

@@ -207,9 +207,14 @@ class Logger:
             path.unlink(missing_ok=True)
 
     def print_summary(
-        self, task_names: Sequence[str], perf: np.ndarray, metrics: Mapping[str, float | None]
+        self,
+        task_names: Sequence[str],
+        perf: np.ndarray,
+        metrics: Mapping[str, float | None],
+        normalisation: Mapping[str, str] | None = None,
     ) -> None:
-        """Print the performance matrix and the headline metrics as tables."""
+        """Print the performance matrix (with a last row saying how each task's performance was
+        normalised, when given) and the headline metrics as tables."""
         self._stop_progress()
         table = Table(title="performance after each stage (rows) on each task (columns)")
         table.add_column("after")
@@ -217,6 +222,8 @@ class Logger:
             table.add_column(name, justify="right")
         for i, row in enumerate(perf):
             table.add_row(task_names[i], *["-" if np.isnan(v) else f"{v:.2f}" for v in row])
+        if normalisation:
+            table.add_row("normalised by", *[normalisation.get(n, "-") for n in task_names])
         self.console.print(table)
         summary = Table(title="metrics")
         summary.add_column("metric")

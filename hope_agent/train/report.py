@@ -5,6 +5,16 @@ Stage i's *window* is the events taken while training task i, the last of which 
 evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation, or, with
 ``smooth_last=k``, the mean of the window's last k evaluations (Continual World's smoothing).
 
+Each task is normalised one way for the whole run (``metrics.json`` key ``normalisation``):
+``success`` (its success rate) where the task defines success, else ``reference`` (stored
+reference returns, :func:`hope_envs.curriculum.reference_returns`), else ``run``: the evaluator
+leaves such a task's performance NaN, and the record fills it from the raw mean returns with
+``R_random``, the random-policy return the run measured at its start
+(:attr:`RunRecord.random_returns`), and the task's own best evaluation in the run as the
+reference (:func:`hope_agent.metrics.run_normalized_score`). "Best in the run" is only known at
+the end, so every matrix, curve and metric is computed from the raw returns whenever they are
+written.
+
 Files (all written atomically): ``perf_matrix.csv`` (always the task-end matrix),
 ``perf_matrix_smoothed.csv`` (with ``smooth_last``: the matrix the metrics used),
 ``perf_matrix_deterministic.csv``, ``wm_error_matrix.csv``, ``return_matrix.csv``,
@@ -20,7 +30,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +62,60 @@ class RunRecord:
     task_names: list[str]
     stage_starts: list[int] = field(default_factory=list)  # global step at each stage start
     events: list[EvalEvent] = field(default_factory=list)
+    # Per task, R_random measured at the run start for the tasks of normalisation "run" (None for
+    # the others); None when the run measured none.
+    random_returns: list[float | None] | None = None
 
     @property
     def n_tasks(self) -> int:
         """Number of tasks in the curriculum."""
         return len(self.task_names)
+
+    def normalisation(self) -> dict[str, str]:
+        """Each task's normalisation, ``success`` | ``reference`` | ``run`` (empty before the
+        first evaluation), read from what the evaluator reported: a success rate, a finite
+        performance from stored references, or neither."""
+        if not self.events:
+            return {}
+        return {
+            name: "success"
+            if r.success_rate is not None
+            else "reference"
+            if math.isfinite(r.perf)
+            else "run"
+            for name, r in zip(self.task_names, self.events[0].results, strict=True)
+        }
+
+    def run_normalisers(self) -> list[tuple[float, float] | None]:
+        """Per task of normalisation ``run`` with a measured random return: ``(R_random,
+        R_best)``, R_best its best mean evaluation return so far in the run; else ``None``."""
+        kinds = list(self.normalisation().values())
+        out: list[tuple[float, float] | None] = []
+        for j, kind in enumerate(kinds):
+            random = None if self.random_returns is None else self.random_returns[j]
+            if kind != "run" or random is None:
+                out.append(None)
+                continue
+            best = max(e.results[j].mean_return for e in self.events)
+            out.append((float(random), float(best)))
+        return out
+
+    def normalised_events(self) -> list[EvalEvent]:
+        """The events with the performance of every ``run`` task filled from its raw returns
+        (:meth:`run_normalisers`); the events themselves when no task needs it."""
+        norms = self.run_normalisers()
+        if all(n is None for n in norms):
+            return self.events
+        return [
+            replace(
+                e,
+                results=_normalised(e.results, norms),
+                reset_every_step=None
+                if e.reset_every_step is None
+                else _normalised(e.reset_every_step, norms),
+            )
+            for e in self.events
+        ]
 
     def stage_ends(self) -> list[EvalEvent]:
         """The task-end evaluation of each completed stage, in stage order."""
@@ -74,9 +133,10 @@ class RunRecord:
         if smooth_last is not None and smooth_last < 1:
             raise ValueError(f"smooth_last must be None or >= 1, got {smooth_last}")
         out = np.full((self.n_tasks, self.n_tasks), np.nan)
-        for event in self.stage_ends():
+        events = self.normalised_events()
+        for event in (e for e in events if e.task_end):
             if smooth_last is not None and not reset_every_step:
-                window = [e for e in self.events if e.stage == event.stage][-smooth_last:]
+                window = [e for e in events if e.stage == event.stage][-smooth_last:]
                 out[event.stage] = np.mean(
                     [[_num(getattr(r, attr)) for r in e.results] for e in window], axis=0
                 )
@@ -89,7 +149,7 @@ class RunRecord:
     def curves_rows(self) -> list[dict[str, Any]]:
         """One flat row per (evaluation event, task), for ``curves.csv``."""
         rows = []
-        for event in self.events:
+        for event in self.normalised_events():
             for j, r in enumerate(event.results):
                 rows.append(
                     {
@@ -114,6 +174,21 @@ def _curve_cells(r: TaskEvaluation) -> dict[str, Any]:
     return cells
 
 
+def _normalised(
+    results: list[TaskEvaluation], norms: list[tuple[float, float] | None]
+) -> list[TaskEvaluation]:
+    out = []
+    for r, norm in zip(results, norms, strict=True):
+        if norm is not None:
+            r = replace(
+                r,
+                perf=float(M.run_normalized_score(r.mean_return, *norm)),
+                perf_deterministic=float(M.run_normalized_score(r.return_deterministic, *norm)),
+            )
+        out.append(r)
+    return out
+
+
 def _num(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
@@ -135,12 +210,21 @@ def compute_metrics(
     under a curve), ``world_model_error`` (mean final error), ``world_model_forgetting`` (mean
     over tasks of final minus just-trained error; positive = the world model forgot),
     ``in_context_gain``, ``perf_matrix`` (the task-end matrix, ``None`` for NaN), with
-    ``smooth_last`` also ``perf_matrix_smoothed`` (the matrix the performance metrics used), and
-    ``notes`` explaining every metric left out.
+    ``smooth_last`` also ``perf_matrix_smoothed`` (the matrix the performance metrics used),
+    ``normalisation`` (task -> ``success`` | ``reference`` | ``run``), ``run_normalisation``
+    (task -> ``{random_return, best_return}`` for the ``run`` tasks) and ``notes`` explaining
+    every metric left out.
     """
     ends = record.stage_ends()
     k = len(ends)
     out: dict[str, Any] = {"stages_completed": k, "tasks": record.task_names, "notes": []}
+    out["normalisation"] = record.normalisation()
+    norms = record.run_normalisers()
+    out["run_normalisation"] = {
+        name: {"random_return": n[0], "best_return": n[1]}
+        for name, n in zip(record.task_names, norms, strict=False)
+        if n is not None
+    }
     keys = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
     out.update(dict.fromkeys(keys))
     out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
@@ -157,8 +241,21 @@ def compute_metrics(
             f"got stages {[e.stage for e in ends]}"
         )
         return out
+    unmeasured = [
+        name
+        for (name, kind), norm in zip(out["normalisation"].items(), norms, strict=True)
+        if kind == "run" and norm is None
+    ]
+    unlearnt = [
+        name for name, n in zip(record.task_names, norms, strict=False) if n and n[1] <= n[0]
+    ]
+    if unlearnt:
+        notes.append(
+            f"tasks {unlearnt} never beat the random policy's return in this run: their "
+            "performance is 0 throughout (no skill learnt, none to forget)"
+        )
     # Curves restricted to the completed block: events of stages < k, tasks < k.
-    events = [e for e in record.events if e.stage < k]
+    events = [e for e in record.normalised_events() if e.stage < k]
     curves = np.array([[r.perf for r in e.results[:k]] for e in events])
     windows = []
     for i in range(k):
@@ -166,8 +263,9 @@ def compute_metrics(
         windows.append((rows[0], rows[-1] + 1))
     if not np.all(np.isfinite(curves)):
         notes.append(
-            "performance unavailable (a task defines no success and stores no reference "
-            "returns): see raw returns in return_matrix.csv"
+            f"performance unavailable: tasks {unmeasured} define no success, store no reference "
+            "returns and the run measured no random-policy return for them: see raw returns "
+            "in return_matrix.csv"
         )
     else:
         perf = M.perf_matrix_from_curves(curves, windows, smooth_last)
@@ -298,14 +396,15 @@ def _plots(plot_dir: Path, record: RunRecord, smooth_last: int | None) -> None:
         plot_dir / "wm_error_matrix.png",
         title="World-model error after each task (lower is better)",
     )
-    steps = np.array([e.global_step for e in record.events], dtype=np.float64)
+    events = record.normalised_events()
+    steps = np.array([e.global_step for e in events], dtype=np.float64)
     stage_starts = record.stage_starts[: max(e.stage for e in record.events) + 1]
     stage_names = [names[i] for i in range(len(stage_starts))]
     for attr, filename, label in (
         ("perf", "curves.png", "performance"),
         ("wm_error", "wm_error_curves.png", "world-model error"),
     ):
-        curves = np.array([[_num(getattr(r, attr)) for r in e.results] for e in record.events])
+        curves = np.array([[_num(getattr(r, attr)) for r in e.results] for e in events])
         plot_curves(
             steps,
             curves,

@@ -271,7 +271,12 @@ class CurriculumRunner:
         try:
             if resume_from is not None:
                 self._restore(Path(resume_from), rollback=False)
-            else:
+            if self.record.random_returns is None:
+                # R_random of the tasks the report normalises by the run itself: measured once,
+                # before any training (or for a checkpoint written before it was kept: the same
+                # seeds give the same figure), and kept in every checkpoint.
+                self.record.random_returns = self.evaluator.random_returns()
+            if resume_from is None:
                 # The rollback target until the first periodic checkpoint exists.
                 self._save(step_checkpoint_name(0))
             while True:
@@ -296,7 +301,8 @@ class CurriculumRunner:
             self.record.task_names,
             # the matrix the metrics below were computed from (smoothed when smooth_last is set)
             self.record.matrix("perf", smooth_last=self.settings.smooth_last),
-            {
+            normalisation=metrics["normalisation"],
+            metrics={
                 k: metrics[k]
                 for k in (
                     "average_performance",
@@ -656,6 +662,7 @@ class CurriculumRunner:
             },
             "carry": None if self.state is None else self.state.leaves(),
             "record": [_encode_event(e) for e in self.record.events],
+            "random_returns": self.record.random_returns,
             "faults": dataclasses.asdict(self.faults),
             "meta": {
                 "format": CHECKPOINT_FORMAT,
@@ -724,6 +731,7 @@ class CurriculumRunner:
             task_names=[s.name for s in self.specs],
             stage_starts=[int(x) for x in p["stage_starts"]],
             events=[_decode_event(e) for e in tree["record"]],
+            random_returns=tree.get("random_returns"),
         )
         self.state = None if tree["carry"] is None else self._carry_from(path, tree["carry"])
         self._restore_rank_state(path, tree)
