@@ -16,10 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hope_agent.version import __version__
+
 if TYPE_CHECKING:
     from hope_agent.train.runner import RunSummary
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "evaluate_forgetting", "train_curriculum"]
 
 

@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
-from hope_agent import __version__
+from hope_agent.version import __version__
 
 PathLike = str | os.PathLike[str]
 

@@ -31,8 +31,10 @@ leave out columns whose names contain ``time``, ``sps`` or ``wall`` (:func:`is_t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
 
@@ -79,24 +81,8 @@ class _Phase:
         self._timer._exit(self._sync)
 
 
-class _NoPhase:
-    """The phase of a timer without breakdown: does nothing."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
-
-
-_NO_PHASE = _NoPhase()
+# The phase of a timer without breakdown: does nothing.
+_NO_PHASE = contextlib.nullcontext()
 
 
 class LoopTimer:
@@ -137,7 +123,7 @@ class LoopTimer:
         return steps / max(time.perf_counter() - self._iteration, 1e-9)
 
     # ----------------------------------------------------------------- phases
-    def phase(self, name: str, sync: bool = True) -> _Phase | _NoPhase:
+    def phase(self, name: str, sync: bool = True) -> AbstractContextManager[None]:
         """Context manager charging its time to phase ``name`` (one of :data:`PHASES`).
 
         ``sync=False`` skips the CUDA synchronisation, for a phase whose start and end are
