@@ -38,6 +38,7 @@ from hope_agent.train.config import (
     TaskEntry,
     TrainConfig,
     flatten_config,
+    shared_problems,
     video_settings,
 )
 from hope_agent.train.distributed import LOCAL, RankLogger, World, share_normalizers
@@ -129,16 +130,13 @@ def validate_train_config(cfg: DictConfig) -> None:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), plain)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config: {omegaconf_problem(e)}") from None
-    problems: list[str] = []
+    problems = shared_problems(cfg)
 
     def need(ok: bool, key: str, rule: str) -> None:
         if not ok:
             problems.append(f"{key} {rule} (got {OmegaConf.select(cfg, key)!r})")
 
     ppo = cfg.ppo
-    need(cfg.steps_per_task >= 1, "steps_per_task", "must be >= 1")
-    need(cfg.seed >= 0, "seed", "must be >= 0 (env seeds are derived from it)")
-    need(cfg.torch_threads >= 0, "torch_threads", "must be >= 0 (0 = torch's default)")
     need(cfg.model.name in BACKBONES, "model.name", f"must be one of {', '.join(BACKBONES)}")
     need(cfg.model.d_model >= 1, "model.d_model", "must be >= 1")
     need(cfg.method in METHODS, "method", f"must be one of {', '.join(sorted(METHODS))}")
@@ -168,19 +166,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     need(m3.ns_steps >= 1, "ppo.m3.ns_steps", "must be >= 1")
     need(cfg.agent.obs_clip > 0, "agent.obs_clip", "must be > 0")
     need(cfg.agent.reward_clip > 0, "agent.reward_clip", "must be > 0")
-    need(cfg.eval.seed >= 0, "eval.seed", "must be >= 0")
-    need(cfg.eval.every >= 0, "eval.every", "must be >= 0 (0 = at task ends only)")
-    need(cfg.eval.episodes >= 0, "eval.episodes", "must be >= 0")
-    need(
-        cfg.eval.smooth_last is None or cfg.eval.smooth_last >= 1,
-        "eval.smooth_last",
-        "must be null or >= 1",
-    )
     need(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0 (0 = at task ends only)")
-    need(cfg.video.episodes >= 1, "video.episodes", "must be >= 1")
-    need(cfg.video.frame_skip >= 1, "video.frame_skip", "must be >= 1")
-    need(cfg.video.fps >= 1, "video.fps", "must be >= 1")
-    need(min(cfg.video.height, cfg.video.width) >= 16, "video.height/width", "must be >= 16")
     need(cfg.eval.online_cms.lr > 0, "eval.online_cms.lr", "must be > 0")
     ref, n_tasks = cfg.eval.reference_auc, len(cfg.curriculum.tasks)
     need(

@@ -57,7 +57,13 @@ from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs, 
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
 from hope_agent.options import config_value
-from hope_agent.train.config import CurriculumSection, TrainConfig, VideoSection, video_settings
+from hope_agent.train.config import (
+    CurriculumSection,
+    TrainConfig,
+    VideoSection,
+    shared_problems,
+    video_settings,
+)
 from hope_agent.train.evaluator import Evaluator, RenderError, VideoSettings, write_task_videos
 from hope_agent.train.report import EvalEvent, RunRecord, write_results
 from hope_agent.train.runner import RunSummary
@@ -678,28 +684,13 @@ def _config_problems(cfg: DictConfig) -> list[str]:
     algo = str(cfg.algo)
     rules = [
         ("algo", algo in ALGOS, f"must be one of {', '.join(ALGOS)}"),
-        ("steps_per_task", cfg.steps_per_task >= 1, "must be >= 1"),
-        ("seed", cfg.seed >= 0, "must be >= 0"),
         ("n_envs", cfg.n_envs is None or cfg.n_envs >= 1, "must be null or >= 1"),
         ("device", cfg.device in ("cpu", "cuda", "auto"), "must be cpu, cuda or auto"),
-        ("torch_threads", cfg.torch_threads >= 0, "must be >= 0 (0 = torch's default)"),
-        ("eval.every", cfg.eval.every >= 0, "must be >= 0 (0 = at task ends only)"),
-        ("eval.episodes", cfg.eval.episodes >= 0, "must be >= 0"),
-        ("eval.seed", cfg.eval.seed >= 0, "must be >= 0"),
-        (
-            "eval.smooth_last",
-            cfg.eval.smooth_last is None or cfg.eval.smooth_last >= 1,
-            "must be null or >= 1",
-        ),
-        ("video.episodes", cfg.video.episodes >= 1, "must be >= 1"),
-        ("video.frame_skip", cfg.video.frame_skip >= 1, "must be >= 1"),
-        ("video.fps", cfg.video.fps >= 1, "must be >= 1"),
-        ("video.height", cfg.video.height >= 16, "must be >= 16"),
-        ("video.width", cfg.video.width >= 16, "must be >= 16"),
     ]
     problems = [
         f"{key} {rule} (got {OmegaConf.select(cfg, key)!r})" for key, ok, rule in rules if not ok
     ]
+    problems += shared_problems(cfg)
     if algo in ALGOS:
         kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)
         assert isinstance(kwargs, dict)

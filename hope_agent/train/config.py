@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from hope_agent.algos.ppo import PPOConfig
 from hope_agent.train.evaluator import VideoSettings
@@ -255,6 +255,30 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten_config(v, f"{prefix}{k}."))
         return out
     return {prefix.rstrip("."): value}
+
+
+def shared_problems(cfg: Any) -> list[str]:
+    """What is wrong with the keys every entry point's config shares (budget, seeds, threads,
+    ``eval`` and ``video``), each as ``"<key> <rule> (got <value>)"``: the checks of
+    :func:`hope_agent.build.validate_train_config` and of the SB3 baselines' config alike."""
+    e, v = cfg.eval, cfg.video
+    rules = [
+        ("steps_per_task", cfg.steps_per_task >= 1, "must be >= 1"),
+        ("seed", cfg.seed >= 0, "must be >= 0 (env seeds are derived from it)"),
+        ("torch_threads", cfg.torch_threads >= 0, "must be >= 0 (0 = torch's default)"),
+        ("eval.seed", e.seed >= 0, "must be >= 0"),
+        ("eval.every", e.every >= 0, "must be >= 0 (0 = at task ends only)"),
+        ("eval.episodes", e.episodes >= 0, "must be >= 0"),
+        ("eval.smooth_last", e.smooth_last is None or e.smooth_last >= 1, "must be null or >= 1"),
+        ("video.episodes", v.episodes >= 1, "must be >= 1"),
+        ("video.frame_skip", v.frame_skip >= 1, "must be >= 1"),
+        ("video.fps", v.fps >= 1, "must be >= 1"),
+        ("video.height", v.height >= 16, "must be >= 16"),
+        ("video.width", v.width >= 16, "must be >= 16"),
+    ]
+    return [
+        f"{key} {rule} (got {OmegaConf.select(cfg, key)!r})" for key, ok, rule in rules if not ok
+    ]
 
 
 def video_settings(video: Any) -> VideoSettings | None:
