@@ -24,6 +24,20 @@ def _seed() -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The first two goals of `fast` as a curriculum override, and PPO / evaluation sizes that make a
+# run take seconds (2 envs x 32 steps per update): shared by the tests that train for real.
+TWO_TASKS = (
+    "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]},name:east},"
+    "{id:hope/PointReach-v0,kwargs:{goal:[-0.6,0.0]},name:west}]"
+)
+TINY_PPO = [
+    "ppo.num_envs=2",
+    "ppo.rollout_len=32",
+    "ppo.seq_len=16",
+    "ppo.num_minibatches=2",
+    "ppo.epochs=1",
+    "eval.episodes=1",
+]
 ScriptRunner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_PPO
 from hydra import compose, initialize_config_module
 from rollouts import fill_rollout
 
@@ -376,12 +377,7 @@ TINY_HOPE = [
     "model.kwargs.n_heads=2",
     "model.kwargs.cms_periods=[1,4]",
     "steps_per_task=64",
-    "ppo.num_envs=2",
-    "ppo.rollout_len=32",
-    "ppo.seq_len=16",
-    "ppo.num_minibatches=2",
-    "ppo.epochs=1",
-    "eval.episodes=1",
+    *TINY_PPO,
     "video.enabled=false",
     "logger.progress=false",
     "logger.tensorboard=false",

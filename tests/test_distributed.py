@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import TINY_PPO, TWO_TASKS
 from rollouts import fill_rollout
 from test_resume import assert_same_results
 
@@ -160,21 +161,13 @@ def test_sweep_placement_shares_cores_and_gpus() -> None:
 
 
 # -------------------------------------------------------------------------- the whole runner
-TASKS = (
-    "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]},name:east},"
-    "{id:hope/PointReach-v0,kwargs:{goal:[-0.6,0.0]},name:west}]"
-)
+TASKS = TWO_TASKS
 # 2 tasks x 256 env steps over both ranks: 2 ranks x 2 envs x 32 steps = 128 per update.
 TINY = [
     TASKS,
     "model=gru",
     "steps_per_task=256",
-    "ppo.num_envs=2",
-    "ppo.rollout_len=32",
-    "ppo.seq_len=16",
-    "ppo.num_minibatches=2",
-    "ppo.epochs=1",
-    "eval.episodes=1",
+    *TINY_PPO,
     "eval.every=0",
     "checkpoint.every=128",
     "video.enabled=false",

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import TINY_PPO, TWO_TASKS
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -27,21 +28,13 @@ from hope_agent.train.runner import CurriculumRunner, latest_checkpoint
 from hope_agent.train.timing import is_timing_key
 
 ROOT = Path(__file__).resolve().parents[1]
-TASKS = (
-    "curriculum.tasks=[{id:hope/PointReach-v0,kwargs:{goal:[0.6,0.0]},name:east},"
-    "{id:hope/PointReach-v0,kwargs:{goal:[-0.6,0.0]},name:west}]"
-)
+TASKS = TWO_TASKS
 # 2 tasks x 256 steps, 64 env steps per update; evaluations and sync-point checkpoints every 128.
 TINY = [
     TASKS,
     "model=gru",
     "steps_per_task=256",
-    "ppo.num_envs=2",
-    "ppo.rollout_len=32",
-    "ppo.seq_len=16",
-    "ppo.num_minibatches=2",
-    "ppo.epochs=1",
-    "eval.episodes=1",
+    *TINY_PPO,
     "eval.every=128",
     "checkpoint.every=128",
     "video.enabled=false",

@@ -12,7 +12,7 @@ from types import ModuleType
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import ScriptRunner
+from conftest import TINY_PPO, ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -27,12 +27,7 @@ TINY = [
     ONE_TASK,
     "model=mlp",
     "steps_per_task=256",
-    "ppo.num_envs=2",
-    "ppo.rollout_len=32",
-    "ppo.seq_len=16",
-    "ppo.num_minibatches=2",
-    "ppo.epochs=1",
-    "eval.episodes=1",
+    *TINY_PPO,
     "eval.every=128",
     "checkpoint.every=128",
     "video.episodes=1",
