@@ -237,7 +237,7 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
     try:
         backbone = make_backbone(str(cfg.model.name), int(cfg.model.d_model), **kwargs)
         a = cfg.agent
-        return Agent(
+        agent = Agent(
             backbone,
             AgentConfig(
                 obs_dim=curriculum.obs_dim,
@@ -252,6 +252,8 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
         )
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model={cfg.model.name}: {e}") from e
+    agent.cuda_graphs = bool(cfg.get("cuda_graphs", True))
+    return agent
 
 
 def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | OptimizerChain:

@@ -122,11 +122,14 @@ def _overrides(args: argparse.Namespace, backbone: str) -> list[str]:
     ]
 
 
-def bench_ours(args: argparse.Namespace, backbone: str, out: Path) -> Row:
-    """One ``hope-train`` run of ``backbone``; the breakdown from its ``metrics.json``."""
-    run_dir = out / "runs" / backbone
+def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
+    """One ``hope-train`` run of ``spec`` (a model config, ``:eager`` for ``cuda_graphs=false``);
+    the breakdown from its ``metrics.json``."""
+    backbone, _, mode = spec.partition(":")
+    graphs = mode != "eager"
+    run_dir = out / "runs" / spec.replace(":", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = _config(args, *_overrides(args, backbone))
+    cfg = _config(args, *_overrides(args, backbone), f"cuda_graphs={str(graphs).lower()}")
     run_dir.mkdir(parents=True)
     # The run's tables go to a file: the benchmark's own table is the output.
     with open(run_dir / "stdout.txt", "w") as f, contextlib.redirect_stdout(f):
@@ -136,7 +139,9 @@ def bench_ours(args: argparse.Namespace, backbone: str, out: Path) -> Row:
     # The runner's wall time: the loop from its first env to its last file, without building
     # the agent (SB3's row leaves out building its model likewise).
     wall = summary.wall_time_s
-    return Row(f"ppo {backbone}", summary.env_steps, wall, seconds, note=f"device {args.device}")
+    name = f"ppo {backbone}" + ("" if graphs else " (eager)")
+    note = f"device {args.device}" + (", CUDA graphs" if graphs and args.device == "cuda" else "")
+    return Row(name, summary.env_steps, wall, seconds, note=note)
 
 
 def bench_random(args: argparse.Namespace, asynchronous: bool) -> Row:
@@ -308,7 +313,11 @@ def main() -> None:
     parser.add_argument("--vec", choices=("sync", "async"), help="our envs; SB3 gets the same")
     parser.add_argument("--device", default="auto", help="our agent's device (auto, cpu, cuda)")
     parser.add_argument("--sb3-device", default="cpu", help="SB3's device (MLP runs best on CPU)")
-    parser.add_argument("--backbones", default="mlp,gru,hope")
+    parser.add_argument(
+        "--backbones",
+        default="mlp,gru,hope",
+        help="model configs; NAME:eager acts without CUDA graphs (cuda_graphs=false)",
+    )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -323,9 +332,12 @@ def main() -> None:
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
+    modes = sorted({b.partition(":")[2] for b in backbones} - {"", "eager"})
+    if modes:
+        problems.append(f"--backbones: unknown mode(s) {modes} (NAME or NAME:eager)")
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
-        ("--backbones", "model", backbones),
+        ("--backbones", "model", [b.partition(":")[0] for b in backbones]),
     ):
         known = _group_options(group)
         unknown = [n for n in names if n not in known]

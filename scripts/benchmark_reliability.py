@@ -19,7 +19,7 @@ import numpy as np
 
 import hope_envs  # noqa: F401  (registers the hope/ ids)
 from hope_agent.io import load_checkpoint, save_checkpoint
-from hope_agent.train.faults import EnvFaultGuard
+from hope_agent.rollout.guard import EnvFaultGuard
 
 
 def step_us(env: gym.Env[Any, Any], steps: int) -> float:

@@ -187,7 +187,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
 def _plain_tasks(tasks: list[Any]) -> list[dict[str, Any]]:
     """Task entries with the schema's defaults filled, for comparing a task list with a shipped
     curriculum's."""
-    defaults = {"kwargs": {}, "steps": None, "name": None}
+    defaults: dict[str, Any] = {"kwargs": {}, "steps": None, "name": None}
     return [{**defaults, **{k: v for k, v in dict(t).items() if v is not None}} for t in tasks]
 
 

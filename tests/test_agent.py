@@ -170,3 +170,30 @@ def test_param_groups_hold_every_parameter_once(name: str) -> None:
 def test_bad_config_raises() -> None:
     with pytest.raises(ValueError, match="obs_dim and act_dim"):
         AgentConfig(obs_dim=0, act_dim=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_graph_policy_equals_the_eager_policy_and_keeps_states_apart(name: str) -> None:
+    eager = _agent(name).cuda()
+    graphed = _agent(name).cuda()
+    graphed.cuda_graphs = True
+    b, t = 3, 9
+    obs = torch.randn(b, t, OBS, device="cuda")
+    is_first = torch.zeros(b, t, dtype=torch.bool, device="cuda")
+    is_first[:, 0] = is_first[1, 5] = True
+    reward = torch.zeros(b, device="cuda")
+    with torch.no_grad():
+        c_e, c_g = eager.init_carry(b), graphed.init_carry(b)
+        for k in range(t):
+            kept = c_g.memory.map(torch.clone)
+            peek_g, _ = graphed.policy(c_g, obs[:, k], reward, is_first[:, k], deterministic=True)
+            # A peek (its result unused) leaves the carry it was given as it was.
+            for a, c in zip(kept.leaves(), c_g.memory.leaves(), strict=True):
+                assert torch.equal(a, c)
+            c_e, r_e = eager.policy(c_e, obs[:, k], reward, is_first[:, k], deterministic=True)
+            c_g, r_g = graphed.policy(c_g, obs[:, k], reward, is_first[:, k], deterministic=True)
+            torch.testing.assert_close(r_g.output.mean, r_e.output.mean, rtol=0, atol=0)
+            torch.testing.assert_close(r_g.value, r_e.value, rtol=0, atol=0)
+            assert peek_g.memory is not c_g.memory
+    assert set(graphed._graphs) == {(b, obs.device)}

@@ -81,7 +81,7 @@ def test_ema_update_uses_each_groups_rate_and_copies_the_normalisers() -> None:
     before = {n: p.detach().clone() for n, p in method.stable.named_parameters()}
     _perturb(agent, 0.1)
     agent.obs_norm.update(torch.randn(32, OBS) * 3.0 + 1.0)
-    method.after_update(agent)
+    method.after_update(agent, _filled(agent, 0))
     groups = named_groups(agent)
     decay = {"slow": 0.9, "cms.0": 0.5, "cms.1": 0.975}
     working = dict(agent.named_parameters())
@@ -96,13 +96,114 @@ def test_ema_update_uses_each_groups_rate_and_copies_the_normalisers() -> None:
     assert method.updates == 1
 
 
+def test_on_the_task_clock_the_stable_copy_moves_only_at_task_ends() -> None:
+    agent = _agent()
+    method = StableEMA(StableEMAConfig(decay=0.0, period_exponent=0.0, clock="tasks"))
+    method.on_task_start(0, SPEC, agent)
+    assert method.stable is not None
+    initial = copy.deepcopy(method.stable.state_dict())
+    _perturb(agent, 0.1)
+    method.after_update(agent, _filled(agent, 0))
+    for name, p in method.stable.state_dict().items():
+        assert torch.equal(p, initial[name]), name
+    method.on_task_end(0, SPEC, agent, None)
+    working = agent.state_dict()
+    for name, p in method.stable.state_dict().items():
+        assert torch.equal(p, working[name]), name  # decay 0: the model as it ended the task
+    with pytest.raises(ValueError, match="clock 'updates' or 'tasks'"):
+        StableEMAConfig(clock="episodes")
+
+
+def test_task_clock_replay_targets_are_the_finished_models_answers(tmp_path: Path) -> None:
+    agent = _agent()
+    _perturb(agent, 0.3)
+    cfg = StableEMAConfig(
+        coef=0.0, replay_coef=1.0, decay=0.0, period_exponent=0.0, clock="tasks", sequence_len=8
+    )
+    method = StableEMA(cfg)
+    method.on_task_start(0, SPEC, agent)
+    buffer = _filled(agent, 0)
+    method.after_update(agent, buffer)
+    method.on_task_end(0, SPEC, agent, buffer)
+    assert method.replay_targets is not None
+    assert method.replay_targets.mean.shape == (method.store.size, 8, ACT)
+    batch = _batch(buffer)
+    loss = method.extra_loss(agent, batch, _outputs(agent, batch))
+    assert loss is not None and float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    # The next task moves the normaliser: the targets stay what the model did on its own task.
+    before = copy.deepcopy(method.replay_targets)
+    agent.obs_norm.update(torch.randn(4096, OBS) * 0.5 - 3.0)
+    loss = method.extra_loss(agent, batch, _outputs(agent, batch))
+    assert loss is not None and float(loss.detach()) > 1e-4
+    assert torch.equal(method.replay_targets.mean, before.mean)
+    save_checkpoint(tmp_path / "ckpt", {"method": method.state_dict()})
+    resumed = StableEMA(cfg)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt")["method"])
+    assert resumed.replay_targets is not None
+    assert torch.equal(resumed.replay_targets.value, before.value)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_stored_observations_replay_through_the_current_normaliser(renormalize: bool) -> None:
+    agent = _agent()
+    agent.obs_norm.update(torch.randn(256, OBS) * 2.0 + 1.0)
+    buffer = _filled(agent, 0)
+    method = StableEMA(StableEMAConfig(replay_coef=1.0, renormalize=renormalize))
+    method.on_task_end(0, SPEC, agent, buffer)
+    rows = torch.arange(method.store.size)
+    stored, _ = method.store.rows(agent, rows)
+    raw = agent.obs_norm.invert(stored["obs"])
+    torch.testing.assert_close(agent.normalize_obs(raw), stored["obs"], atol=1e-5, rtol=1e-5)
+    agent.obs_norm.update(torch.randn(4096, OBS) * 0.5 - 3.0)  # the next task's states
+    replayed, _ = method.store.rows(agent, rows)
+    if renormalize:
+        torch.testing.assert_close(replayed["obs"], agent.normalize_obs(raw), atol=1e-5, rtol=1e-5)
+        assert (replayed["obs"] - stored["obs"]).abs().max() > 0.5
+    else:
+        assert torch.equal(replayed["obs"], stored["obs"])
+
+
+def test_episode_sequences_replay_what_the_agent_computed_in_its_rollout() -> None:
+    """A sequence from an episode's first step, replayed from a fresh memory, gives the values
+    the agent gave in the rollout on every step of that episode: the memory it replays with is
+    the memory the agent had. (Rewards kept, to isolate the memory.)"""
+    agent = _agent()
+    _perturb(agent, 0.3)
+    agent.obs_norm.update(torch.randn(256, OBS) * 2.0 + 1.0)
+    buffer = RolloutBuffer(32, 4, OBS, ACT, seq_len=8)
+    fill_rollout(agent, buffer, 0, lambda res, _, gen: torch.randn(4, generator=gen), 0.15)
+    method = StableEMA(StableEMAConfig(replay_coef=1.0, store_rewards=True, sequence_len=12))
+    method.after_update(agent, buffer)
+    method.on_task_end(0, SPEC, agent, buffer)
+    store = method.store
+    assert store.size == int((buffer.is_first & buffer.valid).sum()) > 4
+    inputs, memory = store.rows(agent, torch.arange(store.size))
+    with torch.no_grad():
+        replayed = sequence_outputs(agent, inputs, memory).value
+    raw = agent.obs_norm.invert(buffer.obs)  # (T, N, OBS)
+    checked = 0
+    for i in range(store.size):
+        hit = (raw - store.inputs["obs"][i, 0]).abs().amax(-1) < 1e-5
+        (t, n), *_ = hit.nonzero().tolist()
+        assert buffer.is_first[t, n]
+        steps = int(inputs["valid"][i].sum())
+        assert 1 <= steps <= min(12, buffer.num_steps - t)
+        expected = buffer.value[t : t + steps, n]
+        torch.testing.assert_close(replayed[i, :steps], expected, atol=1e-5, rtol=1e-5)
+        # The episode ends where the sequence's valid steps end (the masked autoreset step).
+        end = t + steps
+        assert end == buffer.num_steps or steps == 12 or not bool(buffer.valid[end, n])
+        checked += steps
+    assert checked > 40
+
+
 def test_consistency_loss_is_zero_at_the_stable_model_and_positive_away_from_it() -> None:
     agent = _agent()
     method = StableEMA(StableEMAConfig(coef=1.0, replay_coef=2.0, replay_batch=4))
     method.on_task_start(0, SPEC, agent)
     buffer = _filled(agent, 0)
     method.on_task_end(0, SPEC, agent, buffer)
-    assert method.store.size == 8
+    assert method.store.size == int(buffer.is_first.sum())  # one sequence per episode start
     batch = _batch(buffer)
     loss = method.extra_loss(agent, batch, _outputs(agent, batch))
     assert loss is not None and float(loss.detach()) == 0.0
@@ -127,7 +228,7 @@ def test_evaluation_agent_is_the_stable_model_unless_working_is_asked() -> None:
     method = StableEMA(StableEMAConfig(decay=0.5))
     method.on_task_start(0, SPEC, agent)
     _perturb(agent, 0.1)
-    method.after_update(agent)
+    method.after_update(agent, _filled(agent, 0))
     evaluated = method.evaluation_agent(agent)
     assert evaluated is method.stable and evaluated is not agent
     stable_weights = dict(evaluated.named_parameters())
@@ -142,7 +243,7 @@ def test_stable_ema_resumes_exactly_through_a_checkpoint(tmp_path: Path) -> None
     method.on_task_start(0, SPEC, agent)
     for seed in range(3):
         _perturb(agent, 0.05, seed)
-        method.after_update(agent)
+        method.after_update(agent, _filled(agent, 0))
     method.on_task_end(0, SPEC, agent, _filled(agent, 0))
     save_checkpoint(tmp_path / "ckpt", {"agent": agent.state_dict(), "method": method.state_dict()})
 
@@ -156,7 +257,7 @@ def test_stable_ema_resumes_exactly_through_a_checkpoint(tmp_path: Path) -> None
     for seed in range(3, 6):
         for a, m in pairs:
             _perturb(a, 0.05, seed)
-            m.after_update(a)
+            m.after_update(a, _filled(a, 0))
         losses = [
             m.extra_loss(a, batch, _outputs(a, batch))
             for a, m in ((agent, method), (agent2, resumed))
@@ -193,9 +294,9 @@ def test_distillation_moves_the_fast_levels_knowledge_into_the_slow_levels() -> 
     _perturb(agent, 0.3)  # a policy whose output depends on the features, and a busy fast level
     method = Distill(DistillConfig(steps=100, batch_size=8, lr=3e-3, sequences_per_task=8))
     method.on_task_start(0, SPEC, agent)
-    method.store.add(0, _filled(agent, 0))
+    method.store.add(0, _filled(agent, 0), agent)
     buffer = _filled(agent, 1)
-    method.store.add(1, buffer)
+    method.store.add(1, buffer, agent)
     whole = method.targets(agent)
     slow_only_gap = _distance(_fast_zeroed(agent), method, whole)
     fast_out = {id(p) for p in method.fast_output_parameters(agent)}
@@ -299,7 +400,7 @@ def test_nothing_of_an_old_tasks_rewards_is_read(name: str) -> None:
 
 def test_store_rewards_keeps_reward_inputs_and_memory_as_an_ablation() -> None:
     agent = _agent()
-    method = StableEMA(StableEMAConfig(replay_coef=1.0, store_rewards=True))
+    method = StableEMA(StableEMAConfig(replay_coef=1.0, store_rewards=True, sequences="chunks"))
     method.on_task_end(0, SPEC, agent, _filled(agent, 0))
     assert torch.count_nonzero(method.store.inputs["prev_reward"]) > 0
     assert method.store.memory_leaves
@@ -350,7 +451,7 @@ def test_hooks_in_the_trainers_order_with_ppo_and_a_task_clock_level(name: str) 
             assert stats["nonfinite_steps"] == 0
             extras.append(stats.get("extra"))
             optimizer.advance("env_steps", buffer.num_steps * buffer.num_envs)
-            method.after_update(agent)
+            method.after_update(agent, _filled(agent, 0))
         if stage == 0:
             assert all(torch.equal(p, s) for p, s in zip(slow_level, start, strict=True))
         optimizer.advance("tasks", 1)
@@ -408,5 +509,7 @@ def test_each_consolidation_method_plugs_into_a_tiny_run(
     if isinstance(restored, Distill):
         assert [c.stage for c in restored.history] == [0, 1]
     else:
-        # Every chunk of a 2-env rollout of 2 chunks, per task.
-        assert isinstance(restored, StableEMA) and restored.store.size == 2 * 4
+        # One sequence per episode start: each of the 2 envs starts one 100-step episode in a
+        # task of 64 env steps (32 per env), and all 32 steps are in it.
+        assert isinstance(restored, StableEMA) and restored.store.size == 2 * 2
+        assert int(restored.store.inputs["valid"].sum()) == 2 * 2 * 32

@@ -175,6 +175,21 @@ def test_bc_replay_distils_the_stored_policy() -> None:
     assert method.distillation_loss(agent, rows).item() < 0.5 * drifted
 
 
+def test_bc_replay_replays_raw_observations_through_the_current_normaliser() -> None:
+    agent = _agent("gru")
+    _perturb(agent, 0.3)  # a policy whose answers depend on the observation
+    agent.obs_norm.update(torch.randn(256, agent.obs_dim) * 2.0 + 1.0)
+    method = BCReplay(BCReplayConfig(sequences_per_task=6))
+    method.on_task_end(0, SPEC, agent, _filled(agent, seed=0))
+    rows = torch.arange(method.size)
+    assert method.distillation_loss(agent, rows).item() == pytest.approx(0.0, abs=1e-5)
+    agent.obs_norm.update(torch.randn(4096, agent.obs_dim) * 0.5 - 3.0)  # the next task's states
+    inputs, _, _ = method.stored(agent, rows)
+    torch.testing.assert_close(inputs["obs"], agent.normalize_obs(method.store["obs"]))
+    # Same weights, new statistics: the answers on the old task's states have moved.
+    assert method.distillation_loss(agent, rows).item() > 1e-3
+
+
 def test_methods_feed_the_task_id_to_oracle_agents() -> None:
     torch.manual_seed(0)
     config = AgentConfig(obs_dim=OBS, act_dim=ACT, num_tasks=2, task_id=True)

@@ -26,6 +26,7 @@ Stable-Baselines3's calling convention, on numpy arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs
 from hope_agent.agents.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
+from hope_agent.models.graphs import GraphedStep
 from hope_agent.models.state import State
 
 
@@ -99,6 +101,10 @@ class Agent(nn.Module, Actor):
             nn.Linear(config.wm_hidden, self.obs_dim + 1),
         )
         self.obs_norm = ObsNormalizer(self.obs_dim, clip=config.obs_clip)
+        # Inference steps on CUDA replay the backbone's step from one graph per batch size
+        # (set by the trainer from ``cuda_graphs``); the graphs are built on first use.
+        self.cuda_graphs = False
+        self._graphs: dict[tuple[int, torch.device], GraphedStep] = {}
         self.reward_scale = RewardScaler(clip=config.reward_clip)
         # Small policy-mean init: start near a zero-mean policy (cleanrl / SB3 practice).
         nn.init.orthogonal_(self.policy_mean.weight, gain=0.01)
@@ -210,8 +216,25 @@ class Agent(nn.Module, Actor):
         """One step with ``backbone.step``: the same outputs as :meth:`forward` gives for it."""
         x = self.tokens(step.obs, carry.prev_action, step.prev_reward, step.is_first, step.task)
         reset = step.is_first if step.reset is None else step.reset
-        y, memory = self.backbone.step(x, carry.memory, reset)
+        y, memory = self._backbone_step(x, carry.memory, reset)
         return self.heads(y), memory
+
+    def _backbone_step(self, x: Tensor, memory: State, reset: Tensor) -> tuple[Tensor, State]:
+        """``backbone.step``, replayed from a CUDA graph per batch size when :attr:`cuda_graphs`
+        is set, the input is on a CUDA device and no gradient is recorded."""
+        if not (self.cuda_graphs and x.is_cuda and not torch.is_grad_enabled()):
+            return self.backbone.step(x, memory, reset)
+        key = (int(x.shape[0]), x.device)
+        graph = self._graphs.get(key)
+        if graph is None:
+            graph = self._graphs[key] = GraphedStep(self.backbone, key[0], x.device)
+        return graph.detached(x, memory, reset)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the captured graphs behind (they belong to this object)."""
+        state = dict(super().__getstate__())
+        state["_graphs"] = {}
+        return state
 
     # ----------------------------------------------------------------- user-facing
     @torch.no_grad()

@@ -83,6 +83,12 @@ class ObsNormalizer(nn.Module):
         std = torch.sqrt(self.rms.var + self.eps).to(obs.dtype)
         return ((obs - mean) / std).clamp(-self.clip, self.clip)
 
+    def invert(self, normalized: Tensor) -> Tensor:
+        """Raw observations that :meth:`forward` maps to ``normalized`` (exact where unclipped)."""
+        mean = self.rms.mean.to(normalized.dtype)
+        std = torch.sqrt(self.rms.var + self.eps).to(normalized.dtype)
+        return normalized * std + mean
+
 
 class RewardScaler(nn.Module):
     """Divides rewards by the running std of the discounted return (no mean shift).

@@ -48,9 +48,9 @@ class Method:
         """A loss added to the PPO loss of each minibatch (``None``: nothing to add)."""
         return None
 
-    def after_update(self, agent: Agent) -> None:
+    def after_update(self, agent: Agent, buffer: RolloutBuffer) -> None:
         """Called after every PPO update (all epochs over one rollout), including a stage's last
-        update, before the task-end hook."""
+        update, before the task-end hook, with the rollout's buffer."""
 
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None

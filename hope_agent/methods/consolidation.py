@@ -25,6 +25,7 @@ ablation that breaks the no-old-reward rule.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,50 +55,151 @@ _INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
 class ObservationStore:
     """Reward-free input sequences of finished stages, for replay through any agent.
 
+    Two ways to cut the sequences (``sequences``):
+
+    - ``"episodes"`` (default): sequences that begin at an episode's first step and run for
+      ``sequence_len`` steps (the rest of a shorter episode is masked out), drawn from the last
+      ``window`` steps of every env (:meth:`observe` keeps them after each update). A fresh
+      backbone memory is then exactly the memory the agent had there, so replay shows the agent
+      the inputs an evaluation episode does.
+    - ``"chunks"``: ``seq_len`` chunks of the task's last rollout, wherever they start in an
+      episode, replayed from a fresh memory unless ``store_rewards`` keeps the rollout's
+      chunk-start memory (the memory an agent had mid-episode is missing: the ablation of the
+      first rule).
+
     Args:
-        sequences_per_task: chunks kept per stage (capped by the rollout's chunk count).
-        seed: seed of the chunk draws (stage ``k`` draws with ``seed + k``).
-        store_rewards: also keep the previous-reward inputs and the chunk-start backbone memory
-            (both derived from the rewards of the task); off, they are 0 and a fresh memory.
+        sequences_per_task: sequences kept per stage (capped by what the window or rollout
+            holds).
+        seed: seed of the draws (stage ``k`` draws with ``seed + k``).
+        store_rewards: also keep the previous-reward inputs (and in ``chunks`` the chunk-start
+            backbone memory), both derived from the rewards of the task; off, rewards read 0.
+        renormalize: keep raw observations (the rollout's normalised ones mapped back with the
+            statistics of the moment) and normalise them with the agent's statistics at each
+            replay, so that replay shows the inputs an evaluation would; off, the normalised
+            observations are replayed as stored, with the statistics of their own task.
+        sequences: ``"episodes"`` or ``"chunks"`` (above).
+        sequence_len: length of an episode sequence.
+        window: steps per env kept for the episode sequences (at least ``sequence_len``).
     """
 
-    def __init__(self, sequences_per_task: int, seed: int, store_rewards: bool = False) -> None:
+    def __init__(
+        self,
+        sequences_per_task: int,
+        seed: int,
+        store_rewards: bool = False,
+        renormalize: bool = True,
+        sequences: str = "episodes",
+        sequence_len: int = 128,
+        window: int = 1024,
+    ) -> None:
+        if sequences not in ("episodes", "chunks"):
+            raise ValueError(f"sequences must be 'episodes' or 'chunks', got {sequences!r}")
+        if not 1 <= sequence_len <= window:
+            raise ValueError(
+                f"need 1 <= sequence_len <= window, got sequence_len {sequence_len}, "
+                f"window {window}"
+            )
         self.sequences_per_task = sequences_per_task
         self.seed = seed
         self.store_rewards = store_rewards
+        self.renormalize = renormalize
+        self.sequences = sequences
+        self.sequence_len = sequence_len
+        self.window = window
         self.inputs: dict[str, Tensor] = {}
         self.memory_leaves: list[Tensor] = []
+        # The last ``window`` steps of every env in the current stage, (N, W, ...) per field.
+        self.recent: dict[str, Tensor] = {}
 
     @property
     def size(self) -> int:
         """Number of stored sequences."""
         return int(self.inputs["obs"].shape[0]) if self.inputs else 0
 
-    @torch.no_grad()
-    def add(self, stage: int, buffer: RolloutBuffer | None) -> None:
-        """Keep ``sequences_per_task`` chunks of the stage's last rollout (inputs only)."""
-        if buffer is None:
-            raise ValueError("consolidation needs the task's last rollout buffer at the task end")
-        batch = sample_sequences(buffer, self.sequences_per_task, self.seed + stage)
-        new = {k: v.detach().cpu().clone() for k, v in sequence_inputs(batch).items()}
+    def _inputs_of(self, fields: Mapping[str, Tensor], agent: Agent) -> dict[str, Tensor]:
+        """The stored form of rollout inputs: raw observations, rewards zeroed (as configured)."""
+        new = {k: fields[k].detach() for k in _INPUTS}
+        if self.renormalize:
+            new["obs"] = agent.obs_norm.invert(new["obs"])
         if not self.store_rewards:
             new["prev_reward"] = torch.zeros_like(new["prev_reward"])
-        leaves = [t.detach().cpu().clone() for t in batch.memory.leaves()]
+        return {k: v.cpu().clone() for k, v in new.items()}
+
+    @torch.no_grad()
+    def observe(self, buffer: RolloutBuffer, agent: Agent) -> None:
+        """Keep the rollout's inputs in the per-env window (``episodes`` only)."""
+        if self.sequences != "episodes":
+            return
+        steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in _INPUTS}, agent)
+        if self.recent:
+            steps = {k: torch.cat([self.recent[k], v], dim=1) for k, v in steps.items()}
+        self.recent = {k: v[:, -self.window :] for k, v in steps.items()}
+
+    def _episode_sequences(self) -> dict[str, Tensor]:
+        """A ``sequence_len`` window of ``recent`` from every episode's first step in it (the
+        steps after the episode's end, or after the window's, masked out)."""
+        length = self.sequence_len
+        padded = {
+            k: torch.cat([v, v.new_zeros((v.shape[0], length, *v.shape[2:]))], dim=1)
+            for k, v in self.recent.items()
+        }
+        starts = (self.recent["is_first"] & self.recent["valid"]).nonzero().tolist()
+        if not starts:
+            return {}
+        out = {k: torch.stack([v[n, t : t + length] for n, t in starts]) for k, v in padded.items()}
+        # Steps of the next episode are no part of this one.
+        later = out["is_first"].clone()
+        later[:, 0] = False
+        out["valid"] &= ~(later.cumsum(1) > 0)
+        return out
+
+    @torch.no_grad()
+    def add(self, stage: int, buffer: RolloutBuffer | None, agent: Agent) -> None:
+        """Keep ``sequences_per_task`` sequences of the finished stage (inputs only).
+
+        ``agent`` holds the observation statistics the last rollout was normalised with.
+        """
+        if self.sequences == "episodes":
+            if not self.recent and buffer is not None:
+                self.observe(buffer, agent)  # nothing observed yet: the last rollout alone
+            pool = self._episode_sequences() if self.recent else {}
+            count = int(pool["obs"].shape[0]) if pool else 0
+            if count == 0:
+                raise ValueError(
+                    f"consolidation: no episode of stage {stage} starts in its last "
+                    f"{self.window} steps per env; give a longer window, or sequences=chunks"
+                )
+            self.recent = {}
+            gen = torch.Generator().manual_seed(self.seed + stage)
+            rows = torch.randperm(count, generator=gen)[: self.sequences_per_task]
+            new = {k: v[rows] for k, v in pool.items()}
+            leaves: list[Tensor] = []
+        else:
+            if buffer is None:
+                raise ValueError(
+                    "consolidation needs the task's last rollout buffer at the task end"
+                )
+            batch = sample_sequences(buffer, self.sequences_per_task, self.seed + stage)
+            new = self._inputs_of(sequence_inputs(batch), agent)
+            leaves = [t.detach().cpu().clone() for t in batch.memory.leaves()]
+        keep_memory = self.store_rewards and self.sequences == "chunks"
         if not self.inputs:
             self.inputs = new
-            self.memory_leaves = leaves if self.store_rewards else []
+            self.memory_leaves = leaves if keep_memory else []
             return
         self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in _INPUTS}
-        if self.store_rewards:
+        if keep_memory:
             self.memory_leaves = [
                 torch.cat([old, t]) for old, t in zip(self.memory_leaves, leaves, strict=True)
             ]
 
     def rows(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State]:
-        """Stored sequences ``rows`` on the agent's device: ``(inputs, chunk-start memory)``."""
+        """Stored sequences ``rows`` on the agent's device: ``(inputs, starting memory)``."""
         dev = agent.log_std.device
         inputs = {k: self.inputs[k][rows].to(dev) for k in _INPUTS}
-        if self.store_rewards:
+        if self.renormalize:
+            inputs["obs"] = agent.normalize_obs(inputs["obs"])
+        if self.memory_leaves:
             template = agent.backbone.init_state(1, dev)
             memory = state_from_leaves(template, [t[rows].to(dev) for t in self.memory_leaves])
         else:
@@ -105,18 +207,25 @@ class ObservationStore:
         return inputs, memory
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored inputs and memories."""
-        return {"inputs": dict(self.inputs), "memory_leaves": list(self.memory_leaves)}
+        """The stored inputs and memories, and the current stage's window."""
+        return {
+            "inputs": dict(self.inputs),
+            "memory_leaves": list(self.memory_leaves),
+            "recent": dict(self.recent),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (a state saved before windows existed has none)."""
         inputs = dict(state["inputs"])
-        if inputs and set(inputs) != set(_INPUTS):
-            raise ValueError(
-                f"observation store holds fields {sorted(inputs)}, expected {sorted(_INPUTS)}"
-            )
+        for name, fields in (("inputs", inputs), ("recent", dict(state.get("recent", {})))):
+            if fields and set(fields) != set(_INPUTS):
+                raise ValueError(
+                    f"observation store {name} hold fields {sorted(fields)}, expected "
+                    f"{sorted(_INPUTS)}"
+                )
         self.inputs = {k: v.cpu() for k, v in inputs.items()}
         self.memory_leaves = [t.cpu() for t in state["memory_leaves"]]
+        self.recent = {k: v.cpu() for k, v in dict(state.get("recent", {})).items()}
 
 
 @dataclass
@@ -131,6 +240,19 @@ class PolicyTargets:
     def of(cls, out: AgentOutput) -> PolicyTargets:
         """The detached policy and value of ``out``."""
         return cls(out.mean.detach(), out.log_std.detach(), out.value.detach())
+
+    def rows(self, rows: Tensor, device: torch.device) -> PolicyTargets:
+        """The targets of sequences ``rows``, on ``device``."""
+        return PolicyTargets(
+            self.mean[rows].to(device), self.log_std[rows].to(device), self.value[rows].to(device)
+        )
+
+    @classmethod
+    def cat(cls, parts: list[PolicyTargets]) -> PolicyTargets:
+        """The targets of ``parts`` one after the other (on the CPU)."""
+        return cls(
+            *(torch.cat([getattr(p, k).cpu() for p in parts]) for k in ("mean", "log_std", "value"))
+        )
 
 
 def consistency_loss(
@@ -187,6 +309,15 @@ class StableEMAConfig:
         sequences_per_task: chunks stored per finished task (with ``replay_coef > 0``).
         burn_in: first steps of each sequence left out of the losses.
         store_rewards: keep reward inputs and rollout memory in the store (ablation).
+        renormalize: replay stored observations through the current normaliser (see
+            :class:`ObservationStore`); off, as they were normalised in their own task (ablation).
+        sequences: ``"episodes"`` (sequences from an episode's first step) or ``"chunks"``
+            (rollout chunks from a fresh memory: ablation), see :class:`ObservationStore`.
+        sequence_len: steps of an episode sequence.
+        window: steps per env of the stage's end from which episode sequences are drawn.
+        clock: when the stable copy moves: ``"updates"`` (after every PPO update) or ``"tasks"``
+            (at every task end, after the task's last update: with ``decay 0`` the stable copy
+            is the model as it finished its last task).
         evaluate: ``"stable"`` (the trainer evaluates the stable model) or ``"working"``.
         seed: seed of the stored-sequence draws.
     """
@@ -201,6 +332,11 @@ class StableEMAConfig:
     sequences_per_task: int = 64
     burn_in: int = 0
     store_rewards: bool = False
+    renormalize: bool = True
+    sequences: str = "episodes"
+    sequence_len: int = 128
+    window: int = 1024
+    clock: str = "updates"
     evaluate: str = "stable"
     seed: int = 0
 
@@ -220,6 +356,9 @@ class StableEMAConfig:
                 ),
                 "sequences_per_task >= 1": self.sequences_per_task >= 1,
                 "burn_in >= 0": self.burn_in >= 0,
+                "sequences 'episodes' or 'chunks'": self.sequences in ("episodes", "chunks"),
+                "1 <= sequence_len <= window": 1 <= self.sequence_len <= self.window,
+                "clock 'updates' or 'tasks'": self.clock in ("updates", "tasks"),
                 "evaluate 'stable' or 'working'": self.evaluate in ("stable", "working"),
             },
             self,
@@ -236,9 +375,17 @@ class StableEMA(Method):
         self.config = config or StableEMAConfig()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.store = ObservationStore(
-            self.config.sequences_per_task, self.config.seed, self.config.store_rewards
+            self.config.sequences_per_task,
+            self.config.seed,
+            self.config.store_rewards,
+            self.config.renormalize,
+            self.config.sequences,
+            self.config.sequence_len,
+            self.config.window,
         )
         self.stable: Agent | None = None
+        # The stable model's answers on the stored sequences (``tasks`` clock only).
+        self.replay_targets: PolicyTargets | None = None
         self.updates = 0
         # Stable weights loaded before an agent was seen (a resumed run): applied on first use.
         self._pending: dict[str, Tensor] | None = None
@@ -282,8 +429,16 @@ class StableEMA(Method):
         """Build the stable copy at the first stage (the initial weights start the average)."""
         self.stable_agent(agent)
 
+    def after_update(self, agent: Agent, buffer: RolloutBuffer) -> None:
+        """Move the stable copy toward the working weights (on the ``updates`` clock); keep the
+        rollout's inputs for the stored sequences."""
+        if self.config.clock == "updates":
+            self.average(agent)
+        if self.config.replay_coef > 0:
+            self.store.observe(buffer, agent)
+
     @torch.no_grad()
-    def after_update(self, agent: Agent) -> None:
+    def average(self, agent: Agent) -> None:
         """``θ_s ← α_g θ_s + (1 − α_g) θ_w`` per group ``g``; normalisers copied as they are."""
         stable = self.stable_agent(agent)
         decays = self.group_decays(agent)
@@ -310,8 +465,11 @@ class StableEMA(Method):
         if cfg.replay_coef > 0 and self.store.size > 0:
             rows = torch.randint(0, self.store.size, (cfg.replay_batch,), generator=self.generator)
             inputs, memory = self.store.rows(agent, rows)
-            with torch.no_grad():
-                target = PolicyTargets.of(sequence_outputs(stable, inputs, memory))
+            if self.replay_targets is not None:
+                target = self.replay_targets.rows(rows, agent.device)
+            else:
+                with torch.no_grad():
+                    target = PolicyTargets.of(sequence_outputs(stable, inputs, memory))
             out = sequence_outputs(agent, inputs, memory)
             mask = loss_mask(inputs["valid"], cfg.burn_in)
             replay = cfg.replay_coef * consistency_loss(target, out, mask, cfg.value_coef)
@@ -321,9 +479,30 @@ class StableEMA(Method):
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
     ) -> None:
-        """Store sequences of the finished task for the replayed consistency term."""
+        """Move the stable copy (on the ``tasks`` clock); store sequences of the finished task
+        for the replayed consistency term."""
+        if self.config.clock == "tasks":
+            self.average(agent)
         if self.config.replay_coef > 0:
-            self.store.add(stage, buffer)
+            self.store.add(stage, buffer, agent)
+            if self.config.clock == "tasks":
+                self.replay_targets = self._answers(agent)
+
+    @torch.no_grad()
+    def _answers(self, agent: Agent, batch: int = 64) -> PolicyTargets:
+        """The stable model's answers on every stored sequence, with the normaliser of now.
+
+        On the ``tasks`` clock the stable model is fixed until the next task end, so its answers
+        are computed once, here; they keep what it did with the statistics it had (the working
+        model's normaliser moves on with the next task).
+        """
+        stable = self.stable_agent(agent)
+        parts = []
+        for start in range(0, self.store.size, batch):
+            rows = torch.arange(start, min(start + batch, self.store.size))
+            inputs, memory = self.store.rows(agent, rows)
+            parts.append(PolicyTargets.of(sequence_outputs(stable, inputs, memory)))
+        return PolicyTargets.cat(parts)
 
     def evaluation_agent(self, agent: Agent) -> Agent:
         """The stable model (``evaluate: stable``) with the working normalisers, else ``agent``."""
@@ -341,6 +520,9 @@ class StableEMA(Method):
             "store": self.store.state_dict(),
             "updates": self.updates,
             "generator": self.generator.get_state(),
+            "replay_targets": None
+            if self.replay_targets is None
+            else dataclasses.asdict(self.replay_targets),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -353,6 +535,8 @@ class StableEMA(Method):
         self.store.load_state_dict(state["store"])
         self.updates = int(state["updates"])
         self.generator.set_state(state["generator"].cpu())
+        targets = state.get("replay_targets")
+        self.replay_targets = None if targets is None else PolicyTargets(**targets)
 
 
 @torch.no_grad()
@@ -383,6 +567,12 @@ class DistillConfig:
         sequences_per_task: chunks stored per finished task.
         burn_in: first steps of each sequence left out of the loss.
         store_rewards: keep reward inputs and rollout memory in the store (ablation).
+        renormalize: replay stored observations through the current normaliser (see
+            :class:`ObservationStore`); off, as they were normalised in their own task (ablation).
+        sequences: ``"episodes"`` (sequences from an episode's first step) or ``"chunks"``
+            (rollout chunks from a fresh memory: ablation), see :class:`ObservationStore`.
+        sequence_len: steps of an episode sequence.
+        window: steps per env of the stage's end from which episode sequences are drawn.
         seed: seed of the sequence draws.
     """
 
@@ -397,6 +587,10 @@ class DistillConfig:
     sequences_per_task: int = 64
     burn_in: int = 0
     store_rewards: bool = False
+    renormalize: bool = True
+    sequences: str = "episodes"
+    sequence_len: int = 128
+    window: int = 1024
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -418,6 +612,8 @@ class DistillConfig:
                 "value_coef >= 0": self.value_coef >= 0,
                 "sequences_per_task >= 1": self.sequences_per_task >= 1,
                 "burn_in >= 0": self.burn_in >= 0,
+                "sequences 'episodes' or 'chunks'": self.sequences in ("episodes", "chunks"),
+                "1 <= sequence_len <= window": 1 <= self.sequence_len <= self.window,
             },
             self,
         )
@@ -456,7 +652,13 @@ class Distill(Method):
         self.config = config or DistillConfig()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.store = ObservationStore(
-            self.config.sequences_per_task, self.config.seed, self.config.store_rewards
+            self.config.sequences_per_task,
+            self.config.seed,
+            self.config.store_rewards,
+            self.config.renormalize,
+            self.config.sequences,
+            self.config.sequence_len,
+            self.config.window,
         )
         self.history: list[Consolidation] = []
 
@@ -507,11 +709,15 @@ class Distill(Method):
         """Check the levels at the first stage, before any training time is spent."""
         self.levels(agent)
 
+    def after_update(self, agent: Agent, buffer: RolloutBuffer) -> None:
+        """Keep the rollout's inputs for the stored sequences."""
+        self.store.observe(buffer, agent)
+
     def on_task_end(
         self, stage: int, spec: TaskSpec, agent: Agent, buffer: RolloutBuffer | None
     ) -> None:
         """Store the stage's sequences; on every ``every_tasks``-th stage, consolidate."""
-        self.store.add(stage, buffer)
+        self.store.add(stage, buffer, agent)
         if (stage + 1) % self.config.every_tasks == 0:
             self.history.append(self.consolidate(agent, stage))
 

@@ -99,6 +99,9 @@ class BCReplayConfig:
             last rollout's ``rollout_len / seq_len * num_envs`` chunks).
         batch_size: stored sequences replayed per PPO minibatch.
         burn_in: first steps of each replayed sequence left out of the loss.
+        renormalize: keep raw observations and normalise them with the agent's current
+            statistics at each replay (the inputs an evaluation would show); off, replay the
+            observations as normalised in their own task (ablation).
         seed: seed of the sequence draws.
     """
 
@@ -107,6 +110,7 @@ class BCReplayConfig:
     sequences_per_task: int = 64
     batch_size: int = 8
     burn_in: int = 0
+    renormalize: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -154,6 +158,8 @@ class BCReplay(Method):
         new = sequence_inputs(batch)
         out = sequence_outputs(agent, new, batch.memory)
         new.update(mean=out.mean, log_std=out.log_std, value=out.value)
+        if self.config.renormalize:
+            new["obs"] = agent.obs_norm.invert(new["obs"])
         leaves = batch.memory.leaves()
         source = torch.full((batch.obs.shape[0],), stage, dtype=torch.long)
         if self.source_task is None:
@@ -180,6 +186,8 @@ class BCReplay(Method):
         template = agent.backbone.init_state(1, dev)
         memory = state_from_leaves(template, [t[rows].to(dev) for t in self.memory_leaves])
         inputs = {k: self.store[k][rows].to(dev) for k in _INPUTS}
+        if self.config.renormalize:
+            inputs["obs"] = agent.normalize_obs(inputs["obs"])
         targets = {k: self.store[k][rows].to(dev) for k in _TARGETS}
         return inputs, memory, targets
 

@@ -108,5 +108,17 @@ class GraphedStep:
         self._graph.replay()
         return self._y, self._state
 
+    def detached(
+        self, x_t: Tensor, state: State, is_first: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """:meth:`__call__` whose output and state are new tensors, never this object's buffers.
+
+        Costs two copies of the state per call and keeps the functional contract of
+        ``backbone.step``: a caller may keep, compare or step from any state it was given
+        (a rollout's chunk-start memory, a value peek that must not advance the carry).
+        """
+        y, new = self(x_t, state, is_first)
+        return y.clone(), new.map(torch.clone)
+
 
 __all__ = ["GraphedStep"]

@@ -202,6 +202,9 @@ class TrainConfig:
     seed: int = 0
     device: Device = Device.auto
     torch_threads: int = 1  # 0 = torch's default; small models run fastest on one thread
+    # On CUDA, act (rollouts, evaluation, video) by replaying the backbone's step from a CUDA
+    # graph: the same kernels, one launch (hope_agent.models.graphs); ignored on the CPU.
+    cuda_graphs: bool = True
     # Continue the run in the run directory from its newest valid checkpoint (a fresh start when
     # it has none); without it, a run directory that already holds checkpoints is refused.
     resume: bool = False
@@ -244,7 +247,7 @@ class RecordConfig:
 
 
 # Keys a resumed run may change: they alter where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "logger", "faults")
+RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "cuda_graphs", "logger", "faults")
 
 
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -100,8 +100,8 @@ class TrainingMethod(Protocol):
         """Before the first rollout of ``stage``."""
         ...
 
-    def after_update(self, agent: Agent) -> None:
-        """After every PPO update."""
+    def after_update(self, agent: Agent, buffer: RolloutBuffer) -> None:
+        """After every PPO update, with the rollout's buffer."""
         ...
 
     def on_task_end(
@@ -506,7 +506,7 @@ class CurriculumRunner:
         if problem is None:
             self._bad_in_a_row = 0
             with self.timer.phase("ppo_update"):
-                self.method.after_update(self.agent)
+                self.method.after_update(self.agent, self.buffer)
         else:
             self.faults.nonfinite_updates += 1
             self._bad_in_a_row += 1
