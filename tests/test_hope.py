@@ -424,7 +424,7 @@ def test_graphed_step_refuses_a_device_without_cuda_graphs() -> None:
 @pytest.mark.parametrize(("cls", "kw"), MODELS)
 def test_graphed_step_equals_eager_step(cls: type, kw: dict) -> None:
     model = cls(_config(**kw)).cuda()
-    b, t = 3, 9
+    b, t = 3, 16
     x = torch.randn(b, t, D, device="cuda")
     first = _resets(b, t).cuda()
     graphed = GraphedStep(model, b, "cuda")

@@ -293,7 +293,56 @@ def _check(name: str, rules: Mapping[str, bool], config: object) -> None:
 
 
 @dataclass
-class StableEMAConfig:
+class StoreOptions:
+    """Options of the :class:`ObservationStore` a method keeps (fields of its config).
+
+    Attributes:
+        sequences_per_task: sequences stored per finished task.
+        burn_in: first steps of each sequence left out of the losses.
+        store_rewards: keep reward inputs (and in ``chunks`` the rollout memory) in the store
+            (ablation of the no-old-reward rule).
+        renormalize: replay stored observations through the current normaliser; off, as they
+            were normalised in their own task (ablation).
+        sequences: ``"episodes"`` (sequences from an episode's first step) or ``"chunks"``
+            (rollout chunks from a fresh memory: ablation).
+        sequence_len: steps of an episode sequence.
+        window: steps per env of the stage's end from which episode sequences are drawn.
+        seed: seed of the stored-sequence draws.
+    """
+
+    sequences_per_task: int = 64
+    burn_in: int = 0
+    store_rewards: bool = False
+    renormalize: bool = True
+    sequences: str = "episodes"
+    sequence_len: int = 128
+    window: int = 1024
+    seed: int = 0
+
+    def store_rules(self) -> dict[str, bool]:
+        """The checks of these options, for the config's ``__post_init__``."""
+        return {
+            "sequences_per_task >= 1": self.sequences_per_task >= 1,
+            "burn_in >= 0": self.burn_in >= 0,
+            "sequences 'episodes' or 'chunks'": self.sequences in ("episodes", "chunks"),
+            "1 <= sequence_len <= window": 1 <= self.sequence_len <= self.window,
+        }
+
+    def make_store(self) -> ObservationStore:
+        """An empty store with these options."""
+        return ObservationStore(
+            self.sequences_per_task,
+            self.seed,
+            self.store_rewards,
+            self.renormalize,
+            self.sequences,
+            self.sequence_len,
+            self.window,
+        )
+
+
+@dataclass
+class StableEMAConfig(StoreOptions):
     """Options of :class:`StableEMA`.
 
     Attributes:
@@ -306,20 +355,12 @@ class StableEMAConfig:
         period_exponent: a group of period ``P`` decays with ``1 − (1 − decay) / P^e``: 0 gives
             every group ``decay``, 1 makes the rate inversely proportional to the period.
         group_decay: explicit decay per group name (``{"cms.2": 0.9999}``), over the rule.
-        sequences_per_task: chunks stored per finished task (with ``replay_coef > 0``).
-        burn_in: first steps of each sequence left out of the losses.
-        store_rewards: keep reward inputs and rollout memory in the store (ablation).
-        renormalize: replay stored observations through the current normaliser (see
-            :class:`ObservationStore`); off, as they were normalised in their own task (ablation).
-        sequences: ``"episodes"`` (sequences from an episode's first step) or ``"chunks"``
-            (rollout chunks from a fresh memory: ablation), see :class:`ObservationStore`.
-        sequence_len: steps of an episode sequence.
-        window: steps per env of the stage's end from which episode sequences are drawn.
         clock: when the stable copy moves: ``"updates"`` (after every PPO update) or ``"tasks"``
             (at every task end, after the task's last update: with ``decay 0`` the stable copy
             is the model as it finished its last task).
         evaluate: ``"stable"`` (the trainer evaluates the stable model) or ``"working"``.
-        seed: seed of the stored-sequence draws.
+
+    The store's options are :class:`StoreOptions`' (a store is kept with ``replay_coef > 0``).
     """
 
     coef: float = 1.0
@@ -329,16 +370,8 @@ class StableEMAConfig:
     decay: float = 0.99
     period_exponent: float = 0.5
     group_decay: dict[str, float] = field(default_factory=dict)
-    sequences_per_task: int = 64
-    burn_in: int = 0
-    store_rewards: bool = False
-    renormalize: bool = True
-    sequences: str = "episodes"
-    sequence_len: int = 128
-    window: int = 1024
     clock: str = "updates"
     evaluate: str = "stable"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         _check(
@@ -354,10 +387,7 @@ class StableEMAConfig:
                     isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1
                     for v in self.group_decay.values()
                 ),
-                "sequences_per_task >= 1": self.sequences_per_task >= 1,
-                "burn_in >= 0": self.burn_in >= 0,
-                "sequences 'episodes' or 'chunks'": self.sequences in ("episodes", "chunks"),
-                "1 <= sequence_len <= window": 1 <= self.sequence_len <= self.window,
+                **self.store_rules(),
                 "clock 'updates' or 'tasks'": self.clock in ("updates", "tasks"),
                 "evaluate 'stable' or 'working'": self.evaluate in ("stable", "working"),
             },
@@ -374,15 +404,7 @@ class StableEMA(Method):
     def __init__(self, config: StableEMAConfig | None = None) -> None:
         self.config = config or StableEMAConfig()
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.store = ObservationStore(
-            self.config.sequences_per_task,
-            self.config.seed,
-            self.config.store_rewards,
-            self.config.renormalize,
-            self.config.sequences,
-            self.config.sequence_len,
-            self.config.window,
-        )
+        self.store = self.config.make_store()
         self.stable: Agent | None = None
         # The stable model's answers on the stored sequences (``tasks`` clock only).
         self.replay_targets: PolicyTargets | None = None
@@ -551,7 +573,7 @@ def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(StoreOptions):
     """Options of :class:`Distill`.
 
     Attributes:
@@ -564,16 +586,8 @@ class DistillConfig:
         batch_size: stored sequences per distillation step.
         lr: Adam step size of the distillation (a fresh Adam at each consolidation).
         value_coef: weight of the value term in the distillation loss.
-        sequences_per_task: chunks stored per finished task.
-        burn_in: first steps of each sequence left out of the loss.
-        store_rewards: keep reward inputs and rollout memory in the store (ablation).
-        renormalize: replay stored observations through the current normaliser (see
-            :class:`ObservationStore`); off, as they were normalised in their own task (ablation).
-        sequences: ``"episodes"`` (sequences from an episode's first step) or ``"chunks"``
-            (rollout chunks from a fresh memory: ablation), see :class:`ObservationStore`.
-        sequence_len: steps of an episode sequence.
-        window: steps per env of the stage's end from which episode sequences are drawn.
-        seed: seed of the sequence draws.
+
+    The store's options are :class:`StoreOptions`'.
     """
 
     fast_levels: list[str] = field(default_factory=lambda: ["cms.0"])
@@ -584,14 +598,6 @@ class DistillConfig:
     batch_size: int = 16
     lr: float = 1e-3
     value_coef: float = 0.5
-    sequences_per_task: int = 64
-    burn_in: int = 0
-    store_rewards: bool = False
-    renormalize: bool = True
-    sequences: str = "episodes"
-    sequence_len: int = 128
-    window: int = 1024
-    seed: int = 0
 
     def __post_init__(self) -> None:
         self.fast_levels = [str(n) for n in self.fast_levels]
@@ -610,10 +616,7 @@ class DistillConfig:
                 "batch_size >= 1": self.batch_size >= 1,
                 "lr > 0": math.isfinite(self.lr) and self.lr > 0,
                 "value_coef >= 0": self.value_coef >= 0,
-                "sequences_per_task >= 1": self.sequences_per_task >= 1,
-                "burn_in >= 0": self.burn_in >= 0,
-                "sequences 'episodes' or 'chunks'": self.sequences in ("episodes", "chunks"),
-                "1 <= sequence_len <= window": 1 <= self.sequence_len <= self.window,
+                **self.store_rules(),
             },
             self,
         )
@@ -651,15 +654,7 @@ class Distill(Method):
     def __init__(self, config: DistillConfig | None = None) -> None:
         self.config = config or DistillConfig()
         self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.store = ObservationStore(
-            self.config.sequences_per_task,
-            self.config.seed,
-            self.config.store_rewards,
-            self.config.renormalize,
-            self.config.sequences,
-            self.config.sequence_len,
-            self.config.window,
-        )
+        self.store = self.config.make_store()
         self.history: list[Consolidation] = []
 
     def levels(self, agent: Agent) -> tuple[list[str], list[str]]:
