@@ -244,6 +244,7 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
                 act_dim=curriculum.act_dim,
                 num_tasks=len(curriculum),
                 task_id=bool(a.task_id),
+                task_heads=bool(a.get("task_heads", False)),
                 log_std_init=float(a.log_std_init),
                 wm_hidden=int(a.wm_hidden),
                 obs_clip=float(a.obs_clip),

@@ -197,3 +197,25 @@ def test_cuda_graph_policy_equals_the_eager_policy_and_keeps_states_apart(name: 
             torch.testing.assert_close(r_g.value, r_e.value, rtol=0, atol=0)
             assert peek_g.memory is not c_g.memory
     assert set(graphed._graphs) == {(b, obs.device)}
+
+
+def test_task_heads_answer_each_task_from_its_own_head() -> None:
+    agent = _agent("gru", num_tasks=3, task_id=True, task_heads=True)
+    assert agent.policy_mean.out_features == 3 * ACT and agent.value_head.out_features == 3
+    b, t = 2, 5
+    obs, first = torch.randn(b, t, OBS), torch.zeros(b, t, dtype=torch.bool)
+    first[:, 0] = True
+    prev_a, prev_r = torch.zeros(b, t, ACT), torch.zeros(b, t)
+    task = torch.tensor([[0] * t, [2] * t])
+    out, _ = agent(obs, prev_a, prev_r, first, agent.init_carry(b).memory, task=task)
+    y = out.features
+    means = agent.policy_mean(y).unflatten(-1, (3, ACT))
+    torch.testing.assert_close(out.mean[0], means[0, :, 0])
+    torch.testing.assert_close(out.mean[1], means[1, :, 2])
+    torch.testing.assert_close(out.value[1], agent.value_head(y)[1, :, 2])
+    # A gradient through task 0's answers reaches no other task's head.
+    out.mean[0].sum().backward()
+    grad = agent.policy_mean.weight.grad.unflatten(0, (3, ACT))
+    assert grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="task_heads needs the task id"):
+        AgentConfig(obs_dim=OBS, act_dim=ACT, task_heads=True)

@@ -68,6 +68,7 @@ def test_unknown_group_option_lists_the_valid_ones() -> None:
         ("faults.max_nonfinite_in_a_row=0", "faults.max_nonfinite_in_a_row"),
         ("faults.obs_limit=-1", "faults.obs_limit"),
         ("model.name=nope", "model.name"),  # unknown model, set by key
+        ("agent.task_heads=true", "agent.task_id=true"),  # heads per task need the task id
         ("+model.kwargs.bogus=3", "bogus"),
         ("method=nope", "method"),
         ("curriculum.tasks=[{id:hope/PointRech-v0}]", "hope/PointReach-v0"),  # close match

@@ -48,6 +48,9 @@ class AgentConfig:
         act_dim: action width (actions lie in [-1, 1]^act_dim).
         num_tasks: number of tasks; used only when ``task_id`` is true.
         task_id: oracle baseline: append a one-hot task id to every token.
+        task_heads: with ``task_id``, one policy-mean and one value head per task (the
+            multi-head setting of task-incremental learning): each task's answers come from its
+            own head, read from the shared features; off, one head for all tasks.
         log_std_init: initial log standard deviation of the Gaussian policy.
         wm_hidden: hidden width of the world-model MLP.
         obs_clip: clip of the normalised observations.
@@ -58,6 +61,7 @@ class AgentConfig:
     act_dim: int
     num_tasks: int = 1
     task_id: bool = False
+    task_heads: bool = False
     log_std_init: float = -0.5
     wm_hidden: int = 128
     obs_clip: float = 10.0
@@ -72,6 +76,11 @@ class AgentConfig:
             raise ValueError(f"AgentConfig: num_tasks must be >= 1, got {self.num_tasks}")
         if self.wm_hidden < 1:
             raise ValueError(f"AgentConfig: wm_hidden must be >= 1, got {self.wm_hidden}")
+        if self.task_heads and not self.task_id:
+            raise ValueError(
+                "AgentConfig: task_heads needs the task id (set agent.task_id=true, or "
+                "agent.task_heads=false)"
+            )
 
 
 class Agent(nn.Module, Actor):
@@ -92,9 +101,10 @@ class Agent(nn.Module, Actor):
             self.obs_dim + self.act_dim + 2 + (config.num_tasks if config.task_id else 0)
         )
         self.embed = nn.Linear(self.token_dim, d)
-        self.policy_mean = nn.Linear(d, self.act_dim)
+        self.n_heads = config.num_tasks if config.task_heads else 1
+        self.policy_mean = nn.Linear(d, self.act_dim * self.n_heads)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(config.log_std_init)))
-        self.value_head = nn.Linear(d, 1)
+        self.value_head = nn.Linear(d, self.n_heads)
         self.world_model = nn.Sequential(
             nn.Linear(d + self.act_dim, config.wm_hidden),
             nn.SiLU(),
@@ -179,12 +189,21 @@ class Agent(nn.Module, Actor):
             parts.append(nn.functional.one_hot(task, self.config.num_tasks).to(obs.dtype))
         return self.embed(torch.cat(parts, dim=-1))
 
-    def heads(self, y: Tensor) -> AgentOutput:
-        """Policy and value heads on backbone outputs ``y: (..., d_model)``."""
+    def heads(self, y: Tensor, task: Tensor | None = None) -> AgentOutput:
+        """Policy and value heads on backbone outputs ``y: (..., d_model)``; with
+        ``task_heads``, the heads of ``task (...)``."""
+        mean, value = self.policy_mean(y), self.value_head(y)
+        if self.n_heads > 1:
+            if task is None:
+                raise ValueError("Agent built with task_heads=true needs the task index")
+            index = task.unsqueeze(-1)
+            mean = mean.unflatten(-1, (self.n_heads, self.act_dim))
+            mean = mean.gather(-2, index.unsqueeze(-1).expand(*index.shape, self.act_dim))
+            mean, value = mean.squeeze(-2), value.gather(-1, index)
         return AgentOutput(
-            mean=self.policy_mean(y),
+            mean=mean,
             log_std=self.log_std.expand(*y.shape[:-1], self.act_dim),
-            value=self.value_head(y).squeeze(-1),
+            value=value.squeeze(-1),
             features=y,
         )
 
@@ -210,14 +229,14 @@ class Agent(nn.Module, Actor):
         """
         x = self.tokens(obs, prev_action, prev_reward, is_first, task)
         y, memory = self.backbone(x, memory, is_first if reset is None else reset)
-        return self.heads(y), memory
+        return self.heads(y, task), memory
 
     def step_heads(self, carry: AgentState, step: StepInputs) -> tuple[AgentOutput, State]:
         """One step with ``backbone.step``: the same outputs as :meth:`forward` gives for it."""
         x = self.tokens(step.obs, carry.prev_action, step.prev_reward, step.is_first, step.task)
         reset = step.is_first if step.reset is None else step.reset
         y, memory = self._backbone_step(x, carry.memory, reset)
-        return self.heads(y), memory
+        return self.heads(y, step.task), memory
 
     def _backbone_step(self, x: Tensor, memory: State, reset: Tensor) -> tuple[Tensor, State]:
         """``backbone.step``, replayed from a CUDA graph per batch size when :attr:`cuda_graphs`

@@ -73,6 +73,8 @@ class AgentSection:
     """Agent options (see :class:`hope_agent.agents.AgentConfig`)."""
 
     task_id: bool = False
+    # With task_id: a policy-mean and value head per task (AgentConfig.task_heads).
+    task_heads: bool = False
     log_std_init: float = -0.5
     wm_hidden: int = 128
     obs_clip: float = 10.0

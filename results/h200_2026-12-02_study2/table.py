@@ -1,0 +1,53 @@
+"""Per-row table of the study: average performance and forgetting as each run's metrics.json has
+them (the project's definitions, hope_agent.metrics), the diagonal (perf[i, i]) and task 1 at the
+end (perf[-1, 0]) from its perf_matrix.csv; mean over seeds with a 90% percentile bootstrap
+(4000 resamples, seed 0). Run from this folder: python table.py"""
+
+import csv
+import glob
+import json
+import random
+import statistics as st
+from collections import defaultdict
+
+LABELS = {
+    "hope_finetune": "HOPE, fine-tuning",
+    "hope_snapshot": "HOPE, snapshot replay (coef 5)",
+    "hope_snapshot_c2": "HOPE, snapshot replay (coef 2)",
+    "hope_snapshot_chunks": "HOPE, snapshot replay, old store (chunks, no renormalisation)",
+    "hope_finetune_hidden": "HOPE, fine-tuning, task id hidden",
+    "hope_snapshot_hidden": "HOPE, snapshot replay, task id hidden",
+    "gru_finetune": "GRU, fine-tuning",
+    "gru_snapshot": "GRU, snapshot replay",
+    "mlp_finetune": "MLP, fine-tuning",
+    "mlp_snapshot": "MLP, snapshot replay",
+}
+
+
+def ci(xs: list[float]) -> str:
+    rng = random.Random(0)
+    means = sorted(st.mean(rng.choices(xs, k=len(xs))) for _ in range(4000))
+    return f"{st.mean(xs):.2f} [{means[200]:.2f}, {means[3799]:.2f}]"
+
+
+runs: dict[str, list[dict[str, float]]] = defaultdict(list)
+for d in sorted(glob.glob("runs/*__s*/")):
+    with open(d + "perf_matrix.csv") as f:
+        rows = list(csv.reader(f))[1:]
+    m = [[float(x) if x else 0.0 for x in r[1:]] for r in rows]
+    with open(d + "metrics.json") as f:
+        metrics = json.load(f)
+    runs[d.split("/")[1].split("__")[0]].append(
+        {
+            "avg": metrics["average_performance"],
+            "forgetting": metrics["forgetting"],
+            "diag": st.mean(m[i][i] for i in range(len(m))),
+            "first": m[-1][0],
+        }
+    )
+print("| row | seeds | avg perf ↑ | forgetting ↓ | diagonal | task 1 at the end |")
+print("|---|---|---|---|---|---|")
+for key, label in LABELS.items():
+    v = runs[key]
+    cells = [ci([r[k] for r in v]) for k in ("avg", "forgetting", "diag", "first")]
+    print(f"| {label} | {len(v)} | " + " | ".join(cells) + " |")
