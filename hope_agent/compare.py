@@ -52,7 +52,7 @@ from hope_agent.html_report import (
     to_float,
 )
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
-from hope_agent.train.config import RESUMABLE_CHANGES, flatten_config
+from hope_agent.train.config import RESUMABLE_CHANGES, TrainConfig, flatten_config
 from hope_agent.train.logger import rows_to_csv
 
 METRICS: tuple[str, ...] = (
@@ -136,13 +136,23 @@ ENV_STEPS_KEY = "env_steps"
 
 
 def _read_config(run_dir: Path) -> DictConfig:
+    """A run's saved config; a trainer run's with the schema's defaults under it, so that a key
+    added to the schema after the run (its default then the run's behaviour) does not split rows
+    of runs that differ only in their code's age."""
     for name in CONFIG_FILES:
         path = run_dir / name
         if path.is_file():
             cfg = OmegaConf.load(path)
             if not isinstance(cfg, DictConfig):
                 raise ValueError(f"{path} is not a mapping; is {run_dir} a run directory?")
-            return cfg
+            if "algo" in cfg:  # an SB3 baseline's run (scripts/train_sb3.py)
+                return cfg
+            defaults = OmegaConf.to_container(
+                OmegaConf.structured(TrainConfig), enum_to_str=True, throw_on_missing=False
+            )
+            merged = OmegaConf.merge(OmegaConf.create(defaults), cfg)
+            assert isinstance(merged, DictConfig)
+            return merged
     raise FileNotFoundError(
         f"no config.yaml or .hydra/config.yaml in {run_dir}; is it a run directory?"
     )

@@ -216,13 +216,20 @@ def test_runs_are_grouped_by_setting_and_labelled_by_what_differs(tmp_path: Path
     ]
     assert rows[0].run_dirs == [tmp_path / "c0", tmp_path / "c2"]
     assert rows[0].setting == {"env_steps": 60000, "steps_per_task": 30000}
-    # A key only some runs set: the others are unset there.
+    # A key only some runs' configs hold: the others ran with the schema's default.
     other_lr = load_run(
         _write_run(tmp_path, "d", perf, seed=3, env_steps=80000, extra="ppo:\n  lr: 0.001\n")
     )
     rows = compare_runs([a, other_lr])
-    assert [r.label for r in rows] == ["ppo.lr=(unset)", "ppo.lr=0.001"]
+    assert [r.label for r in rows] == ["ppo.lr=0.0003", "ppo.lr=0.001"]
     assert "The rows differ in `ppo.lr`" in table_markdown(rows)
+    # A key added to the schema after a run, at its default, splits no row.
+    newer = load_run(
+        _write_run(
+            tmp_path, "f", perf, seed=5, env_steps=80000, extra="ppo:\n  clip_value: false\n"
+        )
+    )
+    assert [r.seeds for r in compare_runs([a, newer])] == [[0, 5]]
     # Same config, other env steps (another code version): other rows, not one mixed interval.
     fewer = load_run(_write_run(tmp_path, "e", perf, seed=4, env_steps=40960))
     assert [r.label for r in compare_runs([a, fewer])] == ["env_steps=40960", "env_steps=80000"]
