@@ -5,6 +5,7 @@ line that says why."""
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -27,13 +28,20 @@ def test_an_old_checkpoint_evaluates_to_its_run_s_own_figures(old_run: Path) -> 
     with initialize_config_module(config_module="hope_configs", version_base="1.3"):
         cfg = compose("eval", [f"run_dir={old_run}", "device=cpu", f"out_dir={old_run / 'ev'}"])
     evaluate(cfg)
-    for name in ("perf_matrix.csv", "return_matrix.csv"):
-        assert (
-            read_matrix_csv(old_run / "ev" / name).tolist()
-            == read_matrix_csv(OLD_RUN / name).tolist()
+    # Success counts exactly; returns to float32 rounding (another CPU's vector units round
+    # differently: the figures were written on another machine).
+    for name, rtol in (("perf_matrix.csv", 0.0), ("return_matrix.csv", 1e-6)):
+        np.testing.assert_allclose(
+            read_matrix_csv(old_run / "ev" / name), read_matrix_csv(OLD_RUN / name), rtol=rtol
         )
-    old_curves = (OLD_RUN / "curves.csv").read_text().splitlines()
-    assert (old_run / "ev" / "curves.csv").read_text().splitlines()[-1] == old_curves[-1]
+    old_last = (OLD_RUN / "curves.csv").read_text().splitlines()[-1].split(",")
+    new_last = (old_run / "ev" / "curves.csv").read_text().splitlines()[-1].split(",")
+    assert len(new_last) == len(old_last)
+    for new, old in zip(new_last, old_last, strict=True):
+        try:
+            assert float(new) == pytest.approx(float(old), rel=1e-6, abs=1e-9)
+        except ValueError:
+            assert new == old  # the task's name
 
 
 def test_resuming_an_old_checkpoint_is_refused_in_one_line(old_run: Path) -> None:
