@@ -7,19 +7,21 @@ decisions and the config keys.
 
 - ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the
   exponential moving average of the working weights with a decay per parameter group (slow CMS
-  levels averaged more slowly), updated after every PPO update; a consistency loss pulls the
-  working policy (mean and value) toward the stable one on the PPO minibatch and, optionally, on
-  stored observation sequences of finished tasks; the trainer evaluates the stable model.
+  levels averaged more slowly), updated after every PPO update or, on the task clock, at task
+  ends (with decay 0: a snapshot of the model as it finished its last task); a consistency loss
+  pulls the working policy (mean and value) toward the stable one on the PPO minibatch and,
+  optionally, on stored observation sequences of finished tasks; the trainer evaluates the
+  stable model unless told to evaluate the working one.
 - ``distill`` (the transient/permanent split of Anand & Precup, NeurIPS 2023): at the end of a
   stage the slow CMS levels learn to reproduce the whole model's policy mean and value on the
   stored sequences of the current and earlier tasks, with the fast levels' contribution shrunk
   (reset by default); what the fast levels had added is then gone from the model.
 
-Both keep an :class:`ObservationStore`: chunks of each finished stage's last rollout, with the
-inputs a policy needs and nothing derived from a reward. The token's previous-reward input is
-stored as 0 and sequences are replayed from a fresh backbone memory (the rollout's stored memory
-was computed from tokens that held rewards), unless ``store_rewards`` asks for both, as an
-ablation that breaks the no-old-reward rule.
+Both keep an :class:`ObservationStore`: sequences of each finished stage that begin at an
+episode's first step, with the inputs a policy needs and nothing derived from a reward (the
+previous-reward input is stored as 0, unless ``store_rewards`` asks for it, as an ablation that
+breaks the no-old-reward rule); replayed from a fresh backbone memory and through the current
+observation normaliser, they show the agent what an evaluation episode shows it.
 """
 
 from __future__ import annotations
