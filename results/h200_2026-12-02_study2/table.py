@@ -1,13 +1,15 @@
 """Per-row table of the study: average performance and forgetting as each run's metrics.json has
 them (the project's definitions, hope_agent.metrics), the diagonal (perf[i, i]) and task 1 at the
 end (perf[-1, 0]) from its perf_matrix.csv; mean over seeds with a 90% percentile bootstrap
-(4000 resamples, seed 0). Run from this folder: python table.py"""
+(4000 resamples, seed 0). Run from this folder: python table.py [FOLDER] (default runs; runs_cpu
+holds the task-heads runs of the 2-core CPU machine)."""
 
 import csv
 import glob
 import json
 import random
 import statistics as st
+import sys
 from collections import defaultdict
 
 LABELS = {
@@ -21,6 +23,8 @@ LABELS = {
     "gru_snapshot": "GRU, snapshot replay",
     "mlp_finetune": "MLP, fine-tuning",
     "mlp_snapshot": "MLP, snapshot replay",
+    "hope_heads_finetune": "HOPE with task heads, fine-tuning",
+    "hope_heads_snapshot": "HOPE with task heads, snapshot replay",
 }
 
 
@@ -31,7 +35,8 @@ def ci(xs: list[float]) -> str:
 
 
 runs: dict[str, list[dict[str, float]]] = defaultdict(list)
-for d in sorted(glob.glob("runs/*__s*/")):
+folder = sys.argv[1] if len(sys.argv) > 1 else "runs"
+for d in sorted(glob.glob(f"{folder}/*__s*/")):
     with open(d + "perf_matrix.csv") as f:
         rows = list(csv.reader(f))[1:]
     m = [[float(x) if x else 0.0 for x in r[1:]] for r in rows]
@@ -48,6 +53,8 @@ for d in sorted(glob.glob("runs/*__s*/")):
 print("| row | seeds | avg perf ↑ | forgetting ↓ | diagonal | task 1 at the end |")
 print("|---|---|---|---|---|---|")
 for key, label in LABELS.items():
-    v = runs[key]
+    v = runs.get(key)
+    if not v:
+        continue
     cells = [ci([r[k] for r in v]) for k in ("avg", "forgetting", "diag", "first")]
     print(f"| {label} | {len(v)} | " + " | ".join(cells) + " |")
