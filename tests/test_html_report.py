@@ -373,7 +373,7 @@ def test_comparison_page_renders_in_chromium(tmp_path: Path) -> None:
     assert problems == []
     assert all(u == page.resolve().as_uri() or u.startswith("data:") for u in requests)
     table = probe["comparison"]
-    assert [row[0][0] for row in table[1:]] == ["ppo.lr=(unset)", "ppo.lr=0.001"]
+    assert [row[0][0] for row in table[1:]] == ["ppo.lr=0.0003", "ppo.lr=0.001"]
     assert [row[2][0] for row in table[1:]] == ["2", "2"]
     # avg perf of the lr row: both seeds 0.5 -> the interval collapses onto it.
     assert table[2][3][0] == "0.50 [0.50, 0.50]"
