@@ -70,44 +70,19 @@ class ObservationStore:
       first rule).
 
     Args:
-        sequences_per_task: sequences kept per stage (capped by what the window or rollout
-            holds).
-        seed: seed of the draws (stage ``k`` draws with ``seed + k``).
-        store_rewards: also keep the previous-reward inputs (and in ``chunks`` the chunk-start
-            backbone memory), both derived from the rewards of the task; off, rewards read 0.
-        renormalize: keep raw observations (the rollout's normalised ones mapped back with the
-            statistics of the moment) and normalise them with the agent's statistics at each
-            replay, so that replay shows the inputs an evaluation would; off, the normalised
-            observations are replayed as stored, with the statistics of their own task.
-        sequences: ``"episodes"`` or ``"chunks"`` (above).
-        sequence_len: length of an episode sequence.
-        window: steps per env kept for the episode sequences (at least ``sequence_len``).
+        options: the store's options (:class:`StoreOptions`, checked there): how many sequences
+            per stage (``sequences_per_task``, capped by what the window or rollout holds), the
+            seed of the draws (stage ``k`` draws with ``seed + k``), ``store_rewards`` (also keep
+            the previous-reward inputs, and in ``chunks`` the chunk-start memory, both derived
+            from the task's rewards; off, rewards read 0), ``renormalize`` (keep raw
+            observations, the rollout's normalised ones mapped back with the statistics of the
+            moment, and normalise them with the agent's statistics at each replay, as an
+            evaluation would; off, replay them as normalised in their own task),
+            ``sequences`` (above), ``sequence_len`` and ``window``.
     """
 
-    def __init__(
-        self,
-        sequences_per_task: int,
-        seed: int,
-        store_rewards: bool = False,
-        renormalize: bool = True,
-        sequences: str = "episodes",
-        sequence_len: int = 128,
-        window: int = 1024,
-    ) -> None:
-        if sequences not in ("episodes", "chunks"):
-            raise ValueError(f"sequences must be 'episodes' or 'chunks', got {sequences!r}")
-        if not 1 <= sequence_len <= window:
-            raise ValueError(
-                f"need 1 <= sequence_len <= window, got sequence_len {sequence_len}, "
-                f"window {window}"
-            )
-        self.sequences_per_task = sequences_per_task
-        self.seed = seed
-        self.store_rewards = store_rewards
-        self.renormalize = renormalize
-        self.sequences = sequences
-        self.sequence_len = sequence_len
-        self.window = window
+    def __init__(self, options: StoreOptions) -> None:
+        self.options = options
         self.inputs: dict[str, Tensor] = {}
         self.memory_leaves: list[Tensor] = []
         # The last ``window`` steps of every env in the current stage, (N, W, ...) per field.
@@ -121,26 +96,26 @@ class ObservationStore:
     def _inputs_of(self, fields: Mapping[str, Tensor], agent: Agent) -> dict[str, Tensor]:
         """The stored form of rollout inputs: raw observations, rewards zeroed (as configured)."""
         new = {k: fields[k].detach() for k in _INPUTS}
-        if self.renormalize:
+        if self.options.renormalize:
             new["obs"] = agent.obs_norm.invert(new["obs"])
-        if not self.store_rewards:
+        if not self.options.store_rewards:
             new["prev_reward"] = torch.zeros_like(new["prev_reward"])
         return {k: v.cpu().clone() for k, v in new.items()}
 
     @torch.no_grad()
     def observe(self, buffer: RolloutBuffer, agent: Agent) -> None:
         """Keep the rollout's inputs in the per-env window (``episodes`` only)."""
-        if self.sequences != "episodes":
+        if self.options.sequences != "episodes":
             return
         steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in _INPUTS}, agent)
         if self.recent:
             steps = {k: torch.cat([self.recent[k], v], dim=1) for k, v in steps.items()}
-        self.recent = {k: v[:, -self.window :] for k, v in steps.items()}
+        self.recent = {k: v[:, -self.options.window :] for k, v in steps.items()}
 
     def _episode_sequences(self) -> dict[str, Tensor]:
         """A ``sequence_len`` window of ``recent`` from every episode's first step in it (the
         steps after the episode's end, or after the window's, masked out)."""
-        length = self.sequence_len
+        length = self.options.sequence_len
         padded = {
             k: torch.cat([v, v.new_zeros((v.shape[0], length, *v.shape[2:]))], dim=1)
             for k, v in self.recent.items()
@@ -161,7 +136,7 @@ class ObservationStore:
 
         ``agent`` holds the observation statistics the last rollout was normalised with.
         """
-        if self.sequences == "episodes":
+        if self.options.sequences == "episodes":
             if not self.recent and buffer is not None:
                 self.observe(buffer, agent)  # nothing observed yet: the last rollout alone
             pool = self._episode_sequences() if self.recent else {}
@@ -169,11 +144,12 @@ class ObservationStore:
             if count == 0:
                 raise ValueError(
                     f"consolidation: no episode of stage {stage} starts in its last "
-                    f"{self.window} steps per env; give a longer window, or sequences=chunks"
+                    f"{self.options.window} steps per env; give a longer window, or "
+                    "sequences=chunks"
                 )
             self.recent = {}
-            gen = torch.Generator().manual_seed(self.seed + stage)
-            rows = torch.randperm(count, generator=gen)[: self.sequences_per_task]
+            gen = torch.Generator().manual_seed(self.options.seed + stage)
+            rows = torch.randperm(count, generator=gen)[: self.options.sequences_per_task]
             new = {k: v[rows] for k, v in pool.items()}
             leaves: list[Tensor] = []
         else:
@@ -181,10 +157,11 @@ class ObservationStore:
                 raise ValueError(
                     "consolidation needs the task's last rollout buffer at the task end"
                 )
-            batch = sample_sequences(buffer, self.sequences_per_task, self.seed + stage)
+            opts = self.options
+            batch = sample_sequences(buffer, opts.sequences_per_task, opts.seed + stage)
             new = self._inputs_of(sequence_inputs(batch), agent)
             leaves = [t.detach().cpu().clone() for t in batch.memory.leaves()]
-        keep_memory = self.store_rewards and self.sequences == "chunks"
+        keep_memory = self.options.store_rewards and self.options.sequences == "chunks"
         if not self.inputs:
             self.inputs = new
             self.memory_leaves = leaves if keep_memory else []
@@ -199,7 +176,7 @@ class ObservationStore:
         """Stored sequences ``rows`` on the agent's device: ``(inputs, starting memory)``."""
         dev = agent.log_std.device
         inputs = {k: self.inputs[k][rows].to(dev) for k in _INPUTS}
-        if self.renormalize:
+        if self.options.renormalize:
             inputs["obs"] = agent.normalize_obs(inputs["obs"])
         if self.memory_leaves:
             template = agent.backbone.init_state(1, dev)
@@ -332,15 +309,7 @@ class StoreOptions:
 
     def make_store(self) -> ObservationStore:
         """An empty store with these options."""
-        return ObservationStore(
-            self.sequences_per_task,
-            self.seed,
-            self.store_rewards,
-            self.renormalize,
-            self.sequences,
-            self.sequence_len,
-            self.window,
-        )
+        return ObservationStore(self)
 
 
 @dataclass
