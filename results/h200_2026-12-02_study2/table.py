@@ -1,12 +1,14 @@
 """Per-row table of the study: average performance and forgetting as each run's metrics.json has
 them (the project's definitions, hope_agent.metrics), the diagonal (perf[i, i]) and task 1 at the
 end (perf[-1, 0]) from its perf_matrix.csv; mean over seeds with a 90% percentile bootstrap
-(4000 resamples, seed 0). Run from this folder: python table.py [FOLDER] (default runs; runs_cpu
-holds the task-heads runs of the 2-core CPU machine)."""
+(4000 resamples, seed 0). Run from this folder: python table.py [FOLDER ...] (default runs;
+runs_cpu holds the task-heads runs of the 2-core CPU machine); the runs of every folder named are
+pooled by label."""
 
 import csv
 import glob
 import json
+import os
 import random
 import statistics as st
 import sys
@@ -23,6 +25,7 @@ LABELS = {
     "gru_snapshot": "GRU, snapshot replay",
     "mlp_finetune": "MLP, fine-tuning",
     "mlp_snapshot": "MLP, snapshot replay",
+    "hope_nocms_finetune": "HOPE without CMS, fine-tuning",
     "hope_heads_finetune": "HOPE with task heads, fine-tuning",
     "hope_heads_snapshot": "HOPE with task heads, snapshot replay",
 }
@@ -35,14 +38,14 @@ def ci(xs: list[float]) -> str:
 
 
 runs: dict[str, list[dict[str, float]]] = defaultdict(list)
-folder = sys.argv[1] if len(sys.argv) > 1 else "runs"
-for d in sorted(glob.glob(f"{folder}/*__s*/")):
+folders = sys.argv[1:] or ["runs"]
+for d in sorted(d for folder in folders for d in glob.glob(f"{folder}/*__s*/")):
     with open(d + "perf_matrix.csv") as f:
         rows = list(csv.reader(f))[1:]
     m = [[float(x) if x else 0.0 for x in r[1:]] for r in rows]
     with open(d + "metrics.json") as f:
         metrics = json.load(f)
-    runs[d.split("/")[1].split("__")[0]].append(
+    runs[os.path.basename(d.rstrip("/")).split("__")[0]].append(
         {
             "avg": metrics["average_performance"],
             "forgetting": metrics["forgetting"],
