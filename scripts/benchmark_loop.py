@@ -26,6 +26,11 @@ row of the same run. The table is printed as Markdown; ``--out`` gets ``benchmar
 
     python scripts/benchmark_loop.py --preset cpu --out /tmp/bench_loop   # 2-core CPU, ~2 min
     python scripts/benchmark_loop.py --out bench_loop                     # GPU preset, ~5 min
+
+``--evaluation`` measures only the evaluation instead: for each backbone (a fresh agent), the
+seconds of one evaluation of every task of the cut curriculum, task by task
+(``Evaluator.evaluate_task`` in turn) against all tasks as one batch (``Evaluator.evaluate``),
+the median of ``--repeats`` after one untimed pass of each (CUDA-graph capture).
 """
 
 from __future__ import annotations
@@ -53,10 +58,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from hope_agent.build import build_curriculum, resolve_device
+from hope_agent.build import build_agent, build_curriculum, resolve_device
 from hope_agent.cli import train
 from hope_agent.io import atomic_write_text
 from hope_agent.rollout.vec import make_vector_env
+from hope_agent.train.evaluator import Evaluator
 from hope_agent.train.timing import PHASES
 from hope_envs.curriculum import Curriculum
 
@@ -162,6 +168,45 @@ def bench_random(args: argparse.Namespace, asynchronous: bool) -> Row:
     envs.close()
     kind = "async" if asynchronous else "sync"
     return Row(f"random actions ({kind})", batches * args.num_envs, wall, {"env_step": wall})
+
+
+def bench_evaluation(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
+    """Seconds of one evaluation of every task: task by task, and as one batch (medians)."""
+    cfg = _config(args, *_overrides(args, backbone))
+    curriculum = build_curriculum(cfg)
+    torch.manual_seed(args.seed)
+    agent = build_agent(cfg, curriculum).to(resolve_device(args.device))
+    evaluator = Evaluator(curriculum, args.eval_episodes, int(cfg.eval.seed))
+    ways: dict[str, Callable[[], object]] = {
+        "task by task": lambda: [evaluator.evaluate_task(agent, j) for j in range(len(curriculum))],
+        "one batch": lambda: evaluator.evaluate(agent),
+    }
+    seconds = {}
+    for name, run in ways.items():
+        run()
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        seconds[name] = float(np.median(times))
+    evaluator.close()
+    return {"backbone": backbone, "tasks": len(curriculum), **seconds}
+
+
+def evaluation_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: seconds per evaluation of every task, the two ways, and their ratio."""
+    lines = [
+        "| backbone | tasks | task by task (s) | one batch (s) | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["task by task"] / r["one batch"]
+        lines.append(
+            f"| {r['backbone']} | {r['tasks']} | {r['task by task']:.2f} | "
+            f"{r['one batch']:.2f} | {ratio:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def _curriculum(args: argparse.Namespace) -> Curriculum:
@@ -300,6 +345,19 @@ def _commit() -> str:
         return "unknown"
 
 
+def _machine(device: torch.device) -> dict[str, Any]:
+    """Where and when the figures were measured."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "none",
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
 def main() -> None:
     """Measure every row, print the table, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -321,6 +379,8 @@ def main() -> None:
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--evaluation", action="store_true", help="time evaluation only")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes (--evaluation)")
     parser.add_argument("--out", type=Path, default=Path("bench_loop"))
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
@@ -328,7 +388,7 @@ def main() -> None:
             setattr(args, key, value)
     problems = [
         f"--{k.replace('_', '-')} must be >= 1 (got {getattr(args, k)})"
-        for k in ("num_envs", "steps", "rollout_len", "eval_episodes", "tasks")
+        for k in ("num_envs", "steps", "rollout_len", "eval_episodes", "tasks", "repeats")
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
@@ -348,6 +408,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     args.device = device.type
+    if args.evaluation:
+        found = [bench_evaluation(args, b.partition(":")[0]) for b in backbones]
+        text = evaluation_table(found)
+        print(f"machine: {_machine(device)}\n\n{text}")
+        report = {"machine": _machine(device), "evaluation": found}
+        atomic_write_text(args.out / "benchmark_eval.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out / "benchmark_eval.md", text + "\n")
+        return
 
     rows = [bench_random(args, asynchronous=False), bench_random(args, asynchronous=True)]
     anchor = None
@@ -358,7 +426,6 @@ def main() -> None:
         rows.append(bench_ours(args, backbone, args.out))
         print(f"{rows[-1].name}: {rows[-1].whole_sps:,.0f} env steps/s", file=sys.stderr)
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none"
     setting = {
         "preset": args.preset,
         "curriculum": args.curriculum,
@@ -372,15 +439,7 @@ def main() -> None:
         "sb3_device": args.sb3_device,
         "video": args.video,
     }
-    machine = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
-        "gpu": gpu,
-        "commit": _commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    machine = _machine(device)
     text = table(rows, anchor)
     print(f"setting: {setting}\nmachine: {machine}\n\n{text}")
     report = {

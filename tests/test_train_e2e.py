@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, open_dict
 
+from hope_agent.agents.actor import sample_gaussian
 from hope_agent.build import (
     ConfigError,
     OptimizerChain,
@@ -254,6 +255,43 @@ def test_m3_optimizer_and_async_envs_run(tmp_path: Path) -> None:
     m3 = runner.ppo.optimizer.optimizers[0]
     assert isinstance(m3, MultiTimescaleOptimizer) and isinstance(m3.base, M3)
     assert any("m1" in state for state in m3.base.state.values())
+
+
+def test_all_tasks_in_one_batch_give_each_task_alone() -> None:
+    """evaluate() runs every task as one batch; each task's figures are those of its own run
+    (same seeds, same noise, its own deterministic row), up to float rounding of the batch."""
+    cfg = tiny_config(model="hope")
+    curriculum = build_curriculum(cfg)
+    agent = build_agent(cfg, curriculum)
+    evaluator = Evaluator(curriculum, 3, 0)
+    together = evaluator.evaluate(agent)
+    alone = [evaluator.evaluate_task(agent, j) for j in range(len(curriculum))]
+    assert len({r.mean_return for r in together}) == len(together)  # the tasks really differ
+    for a, b in zip(together, alone, strict=True):
+        assert (a.task, a.perf, a.perf_deterministic, a.success_rate) == (
+            b.task,
+            b.perf,
+            b.perf_deterministic,
+            b.success_rate,
+        )
+        assert a.episode_length == b.episode_length
+        np.testing.assert_allclose(
+            [a.mean_return, a.return_deterministic, a.wm_error],
+            [b.mean_return, b.return_deterministic, b.wm_error],
+            rtol=1e-6,
+        )
+
+
+def test_noise_blocks_draw_what_each_block_draws_alone() -> None:
+    mean, log_std = torch.zeros(6, 2), torch.zeros(2)
+    blocks = sample_gaussian(
+        mean, log_std, False, [torch.Generator().manual_seed(s) for s in (1, 2)]
+    )
+    for i, s in enumerate((1, 2)):
+        alone = sample_gaussian(mean[:3], log_std, False, torch.Generator().manual_seed(s))
+        assert torch.equal(blocks[3 * i : 3 * i + 3], alone)
+    with pytest.raises(ValueError, match="6 rows cannot be split into 4 equal noise blocks"):
+        sample_gaussian(mean, log_std, False, [torch.Generator() for _ in range(4)])
 
 
 def test_online_cms_adapts_a_copy_only() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,14 +88,28 @@ class ActResult:
     output: AgentOutput
 
 
+# Where action noise comes from: one CPU generator for every row, or one per equal block of rows
+# (e.g. one per task when several tasks are evaluated as one batch: each block then draws what it
+# would draw alone), or None (torch's default generator).
+NoiseSource = torch.Generator | Sequence[torch.Generator] | None
+
+
 def sample_gaussian(
-    mean: Tensor, log_std: Tensor, deterministic: bool | Tensor, generator: torch.Generator | None
+    mean: Tensor, log_std: Tensor, deterministic: bool | Tensor, generator: NoiseSource
 ) -> Tensor:
-    """``mean + std * noise`` with the noise from ``generator`` (CPU), or the mean: everywhere
-    for ``deterministic=True`` (no noise drawn), in the rows a ``(B,)`` bool tensor selects."""
+    """``mean + std * noise`` with the noise from ``generator`` (see :data:`NoiseSource`), or the
+    mean: everywhere for ``deterministic=True`` (no noise drawn), in the rows a ``(B,)`` bool
+    tensor selects."""
     if deterministic is True:
         return mean
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    if generator is None or isinstance(generator, torch.Generator):
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    else:
+        rows, blocks = mean.shape[0], len(generator)
+        if blocks == 0 or rows % blocks:
+            raise ValueError(f"{rows} rows cannot be split into {blocks} equal noise blocks")
+        shape = (rows // blocks, *mean.shape[1:])
+        noise = torch.cat([torch.randn(shape, generator=g, dtype=mean.dtype) for g in generator])
     sample = mean + torch.exp(log_std) * noise.to(mean.device)
     if isinstance(deterministic, Tensor):
         return torch.where(deterministic.to(mean.device).unsqueeze(-1), mean, sample)
@@ -151,7 +166,7 @@ class Actor(ABC):
         *,
         task: Tensor | None = None,
         deterministic: bool | Tensor = False,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
         reset: Tensor | None = None,
     ) -> tuple[AgentState, ActResult]:
         """Act for one step of ``B`` envs.
@@ -164,7 +179,7 @@ class Actor(ABC):
             task: ``(B,)`` long task indices (read only by oracle task-id actors).
             deterministic: act with the mean; a ``(B,)`` bool tensor selects rows. With
                 ``True`` no noise is drawn from ``generator``.
-            generator: a CPU generator for the action noise (reproducible rollouts).
+            generator: the action noise's CPU generator(s) (:data:`NoiseSource`).
             reset: ``(B,)`` bool, where memory restarts (default ``is_first``).
 
         Returns:

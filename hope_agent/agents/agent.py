@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs
+from hope_agent.agents.actor import Actor, AgentOutput, AgentState, NoiseSource, StepInputs
 from hope_agent.agents.normalize import ObsNormalizer, RewardScaler
 from hope_agent.models.base import Backbone
 from hope_agent.models.graphs import GraphedStep
@@ -266,7 +266,7 @@ class Agent(nn.Module, Actor):
         *,
         reward: np.ndarray | float | None = None,
         task: np.ndarray | int | None = None,
-        generator: torch.Generator | None = None,
+        generator: NoiseSource = None,
     ) -> tuple[np.ndarray, AgentState]:
         """Stable-Baselines3-style inference: raw numpy in, numpy actions in [-1, 1] out.
 
@@ -280,7 +280,7 @@ class Agent(nn.Module, Actor):
                 counts as 0); the agent infers the task in context from rewards, so pass it
                 when you have it.
             task: task index, only for agents trained with the oracle ``task_id``.
-            generator: optional CPU generator for the action noise.
+            generator: the action noise's CPU generator(s) (:data:`NoiseSource`).
 
         Returns:
             ``(action, state)``: action ``(act_dim,)`` or ``(n_envs, act_dim)``.

@@ -113,7 +113,8 @@ class EpisodeDriver:
     Args:
         actor: anything implementing :class:`~hope_agent.agents.actor.Actor`.
         envs: a next-step-autoreset vector env, or a sequence of single envs (one episode each).
-        generator: the action noise's CPU generator.
+        generator: the action noise's CPU generator, or one per equal block of rows
+            (:data:`~hope_agent.agents.actor.NoiseSource`).
         task: each row's task index until an env reports its own.
         carry: the actor's carry to continue from (default: a fresh one at :meth:`reset`).
         deterministic: act with the mean (a ``(B,)`` bool array selects rows).
@@ -128,7 +129,7 @@ class EpisodeDriver:
         actor: Actor,
         envs: gym.vector.VectorEnv | Sequence[gym.Env],
         *,
-        generator: torch.Generator,
+        generator: torch.Generator | Sequence[torch.Generator],
         task: int | np.ndarray = 0,
         carry: AgentState | None = None,
         deterministic: bool | np.ndarray = False,

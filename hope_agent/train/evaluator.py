@@ -278,8 +278,13 @@ class Evaluator:
         return out
 
     def evaluate(self, actor: Actor, reset_every_step: bool = False) -> list[TaskEvaluation]:
-        """Evaluate every task (see :meth:`evaluate_task`)."""
-        return [self.evaluate_task(actor, j, reset_every_step) for j in range(len(self.specs))]
+        """Evaluate every task, all as one batch (each task with its own seeds and noise
+        generator, so the figures are those of :meth:`evaluate_task`); with ``online_cms``, task
+        by task, each on its own adapted copy."""
+        tasks = list(range(len(self.specs)))
+        if self.online_cms is not None:
+            return [self.evaluate_task(actor, j, reset_every_step) for j in tasks]
+        return self._run(actor, tasks, reset_every_step)
 
     def evaluate_task(self, actor: Actor, j: int, reset_every_step: bool = False) -> TaskEvaluation:
         """Run task ``j``'s evaluation episodes.
@@ -287,27 +292,33 @@ class Evaluator:
         ``reset_every_step`` restarts the actor's memory at every step (the in-context-gain
         control; the token's is_first feature still marks only the true episode start).
         """
-        spec = self.specs[j]
-        envs = self._task_envs(j)
-        b = len(envs)
+        return self._run(actor, [j], reset_every_step)[0]
+
+    def _run(self, actor: Actor, tasks: list[int], reset_every_step: bool) -> list[TaskEvaluation]:
+        """The episodes of ``tasks`` side by side: rows ``[i * b, (i + 1) * b)`` are task
+        ``tasks[i]``'s ``b = episodes + 1`` episodes, its last row the deterministic one."""
+        envs = [env for j in tasks for env in self._task_envs(j)]
+        b = self.episodes + 1
         optimizer: MultiTimescaleOptimizer | None = None
         if self.online_cms is not None:
+            assert len(tasks) == 1, "online CMS adapts one copy per task"
             actor, optimizer = self.online_cms.adapt(actor)
-        deterministic = np.zeros(b, dtype=bool)
-        deterministic[-1] = True
+        deterministic = np.zeros(len(envs), dtype=bool)
+        deterministic[b - 1 :: b] = True
         driver = EpisodeDriver(
             actor,
             envs,
-            generator=torch.Generator().manual_seed(self.seed + 1000 * j),
-            task=j,
+            generator=[torch.Generator().manual_seed(self.seed + 1000 * j) for j in tasks],
+            task=np.repeat(tasks, b),
             deterministic=deterministic,
             reset_every_step=reset_every_step,
             grad=optimizer is not None,
         )
-        driver.reset(self.seed + 1000 * j)
+        driver.reset([self.seed + 1000 * j + e for j in tasks for e in range(b)])
         dev = actor.device
-        err_sum = base_sum = 0.0
-        trials = _TrialRecord(b)
+        err_sum = torch.zeros(len(envs), dtype=torch.float64)
+        base_sum = torch.zeros(len(envs), dtype=torch.float64)
+        trials = _TrialRecord(len(envs))
         while driver.running:
             step = driver.step()
             trials.add(step.infos, step.valid)
@@ -330,23 +341,44 @@ class Evaluator:
                     (obs_err.mean(-1) * live).sum().div(live.sum().clamp_min(1)).backward()
                     optimizer.step()
             base = target_delta.square().sum(-1) + reward.square()
-            err_sum += float((err.detach() * live).sum())
-            base_sum += float((base * live).sum())
+            err_sum += (err.detach() * live).double().cpu()
+            base_sum += (base * live).double().cpu()
         episodes = sorted(driver.finished, key=lambda e: e.row)
         success = np.array([e.success for e in episodes])
         returns = np.array([e.ret for e in episodes])
-        stochastic = slice(0, self.episodes) if self.episodes > 0 else slice(b - 1, b)
-        has_success = defines_success(spec)
-        refs = self.reference_dirs
+        lengths = np.array([e.length for e in episodes])
+        return [
+            self._summary(i * b, j, success, returns, lengths, err_sum, base_sum, trials)
+            for i, j in enumerate(tasks)
+        ]
+
+    def _summary(
+        self,
+        first: int,
+        j: int,
+        success: np.ndarray,
+        returns: np.ndarray,
+        lengths: np.ndarray,
+        err_sum: torch.Tensor,
+        base_sum: torch.Tensor,
+        trials: _TrialRecord,
+    ) -> TaskEvaluation:
+        """Task ``j``'s :class:`TaskEvaluation` from its rows ``[first, first + episodes + 1)``."""
+        spec, last = self.specs[j], first + self.episodes
+        stochastic = slice(first, last) if self.episodes > 0 else slice(last, last + 1)
+        rows, refs = slice(first, last + 1), self.reference_dirs
+        err, base = float(err_sum[rows].sum()), float(base_sum[rows].sum())
         return TaskEvaluation(
             task=spec.name,
             perf=task_performance(spec, success[stochastic], returns[stochastic], refs),
-            perf_deterministic=task_performance(spec, success[-1:], returns[-1:], refs),
-            success_rate=float(success[stochastic].mean()) if has_success else None,
+            perf_deterministic=task_performance(
+                spec, success[last : last + 1], returns[last : last + 1], refs
+            ),
+            success_rate=float(success[stochastic].mean()) if defines_success(spec) else None,
             mean_return=float(returns[stochastic].mean()),
-            return_deterministic=float(returns[-1]),
-            wm_error=err_sum / base_sum if base_sum > 0 else float("nan"),
-            episode_length=float(np.mean([e.length for e in episodes])),
+            return_deterministic=float(returns[last]),
+            wm_error=err / base if base > 0 else float("nan"),
+            episode_length=float(lengths[rows].mean()),
             **trials.summary(stochastic),
         )
 
