@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from torch import Tensor
 
 from hope_agent.agents.actor import Actor
-from hope_agent.agents.agent import Agent, AgentConfig
+from hope_agent.agents.agent import Agent, AgentConfig, AgentOptions
 from hope_agent.algos.ppo import PPO, PPOConfig
 from hope_agent.baselines import sb3
 from hope_agent.io import CheckpointError, load_checkpoint
@@ -236,19 +236,13 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
     kwargs = {str(k): tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
     try:
         backbone = make_backbone(str(cfg.model.name), int(cfg.model.d_model), **kwargs)
-        a = cfg.agent
         agent = Agent(
             backbone,
             AgentConfig(
                 obs_dim=curriculum.obs_dim,
                 act_dim=curriculum.act_dim,
                 num_tasks=len(curriculum),
-                task_id=bool(a.task_id),
-                task_heads=bool(a.get("task_heads", False)),
-                log_std_init=float(a.log_std_init),
-                wm_hidden=int(a.wm_hidden),
-                obs_clip=float(a.obs_clip),
-                reward_clip=float(a.reward_clip),
+                **{f.name: cfg.agent[f.name] for f in fields(AgentOptions)},
             ),
         )
     except (ValueError, TypeError) as e:

@@ -9,7 +9,7 @@ from hope_agent.agents.actor import (
     gaussian_entropy,
     gaussian_log_prob,
 )
-from hope_agent.agents.agent import Agent, AgentConfig
+from hope_agent.agents.agent import Agent, AgentConfig, AgentOptions
 
 __all__ = [
     "ActResult",
@@ -17,6 +17,7 @@ __all__ = [
     "Actor",
     "Agent",
     "AgentConfig",
+    "AgentOptions",
     "AgentOutput",
     "AgentState",
     "gaussian_entropy",

@@ -40,13 +40,10 @@ from hope_agent.models.state import State
 
 
 @dataclass
-class AgentConfig:
-    """Sizes and options of the agent's embedding and heads.
+class AgentOptions:
+    """The agent's options that a run's config sets (its ``agent`` section extends these).
 
     Attributes:
-        obs_dim: observation width (the curriculum's common, padded width).
-        act_dim: action width (actions lie in [-1, 1]^act_dim).
-        num_tasks: number of tasks; used only when ``task_id`` is true.
         task_id: oracle baseline: append a one-hot task id to every token.
         task_heads: with ``task_id``, one policy-mean and one value head per task (the
             multi-head setting of task-incremental learning): each task's answers come from its
@@ -57,15 +54,27 @@ class AgentConfig:
         reward_clip: clip of the scaled rewards.
     """
 
-    obs_dim: int
-    act_dim: int
-    num_tasks: int = 1
     task_id: bool = False
     task_heads: bool = False
     log_std_init: float = -0.5
     wm_hidden: int = 128
     obs_clip: float = 10.0
     reward_clip: float = 10.0
+
+
+@dataclass(kw_only=True)
+class AgentConfig(AgentOptions):
+    """Sizes of the agent's embedding and heads, given by the curriculum, and its options.
+
+    Attributes:
+        obs_dim: observation width (the curriculum's common, padded width).
+        act_dim: action width (actions lie in [-1, 1]^act_dim).
+        num_tasks: number of tasks; used only when ``task_id`` is true.
+    """
+
+    obs_dim: int
+    act_dim: int
+    num_tasks: int = 1
 
     def __post_init__(self) -> None:
         if self.obs_dim < 1 or self.act_dim < 1:

@@ -50,6 +50,16 @@ class Backbone(nn.Module, Generic[StateT]):
         )
         return y.squeeze(1), state
 
+    def _check_state(self, state: StateT, batch_size: int) -> None:
+        """Raise one clear error when ``state`` does not fit ``batch_size`` rows (default: none)."""
+
+    def _check_forward(self, x: Tensor, state: StateT, is_first: Tensor | None) -> bool:
+        """Check the arguments of ``forward``; true when ``x`` has no steps, where ``forward``
+        returns ``(x, state)``: an empty stream leaves the state as it is."""
+        check_input(x, self.d_model, is_first, type(self).__name__)
+        self._check_state(state, x.shape[0])
+        return x.shape[1] == 0
+
     def param_groups(self) -> list[ParamGroup]:
         """Optimizer groups, each ``{"params": [...], "period": P, "name": str}``.
 

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from hope_agent.models.base import Backbone, check_input
+from hope_agent.models.base import Backbone
 from hope_agent.models.state import State
 
 
@@ -76,11 +76,9 @@ class GRUBackbone(Backbone[GRUState]):
         self, x: Tensor, state: GRUState, is_first: Tensor | None = None
     ) -> tuple[Tensor, GRUState]:
         """Run ``x: (B, T, d_model)``; ``is_first: (B, T)`` resets rows before step t."""
-        check_input(x, self.d_model, is_first, type(self).__name__)
-        batch, steps = x.shape[:2]
-        self._check_state(state, batch)
-        if steps == 0:  # an empty stream leaves the state as it is
+        if self._check_forward(x, state, is_first):
             return x, state
+        batch, steps = x.shape[:2]
         if is_first is None:
             is_first = torch.zeros(batch, steps, dtype=torch.bool, device=x.device)
         is_first = is_first.bool()

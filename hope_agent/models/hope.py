@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hope_agent.models.base import Backbone, ParamGroup, check_input
+from hope_agent.models.base import Backbone, ParamGroup
 from hope_agent.models.cms import CMS, CMS_VARIANTS
 from hope_agent.models.state import State
 from hope_agent.models.titans import (
@@ -248,20 +248,6 @@ class HopeState(State):
     layers: tuple[MixerState, ...]
 
 
-def _check_state(name: str, layers: Sequence[State], n_layers: int, batch: int) -> None:
-    if len(layers) != n_layers:
-        raise ValueError(
-            f"{name}: state has {len(layers)} layers, the model {n_layers}; "
-            "build it with this model's init_state"
-        )
-    got = layers[0].batch_size
-    if got != batch:
-        raise ValueError(
-            f"{name}: state batch size {got} != input batch size {batch}; "
-            "call init_state(batch_size) with the input's batch size"
-        )
-
-
 def _check_step(name: str, x_t: Tensor, d_model: int, is_first: Tensor | None) -> None:
     if x_t.dim() != 2 or x_t.shape[-1] != d_model:
         raise ValueError(
@@ -312,6 +298,20 @@ class HopeStack(Backbone[HopeState]):
             layers=tuple(b.mixer.initial_state(batch_size, device) for b in self.stack.block_list())
         )
 
+    def _check_state(self, state: HopeState, batch_size: int) -> None:
+        name, n_layers = type(self).__name__, self.config.n_layers
+        if len(state.layers) != n_layers:
+            raise ValueError(
+                f"{name}: state has {len(state.layers)} layers, the model {n_layers}; "
+                "build it with this model's init_state"
+            )
+        got = state.layers[0].batch_size
+        if got != batch_size:
+            raise ValueError(
+                f"{name}: state batch size {got} != input batch size {batch_size}; "
+                "call init_state(batch_size) with the input's batch size"
+            )
+
     def _run(
         self, x: Tensor, state: HopeState, is_first: Tensor | None, step: bool
     ) -> tuple[Tensor, HopeState]:
@@ -325,10 +325,7 @@ class HopeStack(Backbone[HopeState]):
         self, x: Tensor, state: HopeState, is_first: Tensor | None = None
     ) -> tuple[Tensor, HopeState]:
         """``x (B, T, d_model)`` for any ``T``; ``is_first (B, T)`` resets rows at step t."""
-        name = type(self).__name__
-        check_input(x, self.d_model, is_first, name)
-        _check_state(name, state.layers, self.config.n_layers, x.shape[0])
-        if x.shape[1] == 0:  # an empty stream leaves the state as it is (as the baselines do)
+        if self._check_forward(x, state, is_first):
             return x, state
         return self._run(x, state, is_first, step=False)
 
@@ -336,9 +333,8 @@ class HopeStack(Backbone[HopeState]):
         self, x_t: Tensor, state: HopeState, is_first: Tensor | None = None
     ) -> tuple[Tensor, HopeState]:
         """One env step ``x_t (B, d_model)``; identical to the same token inside ``forward``."""
-        name = type(self).__name__
-        _check_step(name, x_t, self.d_model, is_first)
-        _check_state(name, state.layers, self.config.n_layers, x_t.shape[0])
+        _check_step(type(self).__name__, x_t, self.d_model, is_first)
+        self._check_state(state, x_t.shape[0])
         return self._run(x_t, state, is_first, step=True)
 
     def param_groups(self) -> list[ParamGroup]:

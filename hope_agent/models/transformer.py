@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from hope_agent.models.base import Backbone, check_input
+from hope_agent.models.base import Backbone
 from hope_agent.models.mlp import MLPBlock
 from hope_agent.models.state import State
 
@@ -212,11 +212,9 @@ class TransformerBackbone(Backbone[TransformerState]):
         self, x: Tensor, state: TransformerState, is_first: Tensor | None = None
     ) -> tuple[Tensor, TransformerState]:
         """Run ``x: (B, T, d_model)``; ``is_first: (B, T)`` hides earlier keys from t on."""
-        check_input(x, self.d_model, is_first, type(self).__name__)
-        batch, steps = x.shape[:2]
-        self._check_state(state, batch)
-        if steps == 0:  # an empty stream leaves the state as it is
+        if self._check_forward(x, state, is_first):
             return x, state
+        batch, steps = x.shape[:2]
         cached = self.config.context - 1
         if is_first is None:
             is_first = torch.zeros(batch, steps, dtype=torch.bool, device=x.device)

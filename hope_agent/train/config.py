@@ -15,6 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from hope_agent.agents.agent import AgentOptions
 from hope_agent.algos.ppo import PPOConfig
 from hope_agent.train.evaluator import VideoSettings
 from hope_agent.train.faults import FaultSettings
@@ -69,16 +70,10 @@ class ModelSection:
 
 
 @dataclass
-class AgentSection:
-    """Agent options (see :class:`hope_agent.agents.AgentConfig`)."""
+class AgentSection(AgentOptions):
+    """Agent options (see :class:`hope_agent.agents.AgentOptions`) and how the trainer
+    carries the agent's memory."""
 
-    task_id: bool = False
-    # With task_id: a policy-mean and value head per task (AgentConfig.task_heads).
-    task_heads: bool = False
-    log_std_init: float = -0.5
-    wm_hidden: int = 128
-    obs_clip: float = 10.0
-    reward_clip: float = 10.0
     # Keep the backbone memory of the envs across a task switch (the agent is never told of the
     # switch; an episode start still resets what the backbone resets at episode starts).
     carry_state_across_tasks: bool = True

@@ -35,7 +35,6 @@ import contextlib
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from types import TracebackType
 from typing import Any
 
 import gymnasium as gym
@@ -72,12 +71,7 @@ class _Phase:
     def __enter__(self) -> None:
         self._timer._enter(self._name, self._sync)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._timer._exit(self._sync)
 
 
