@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from hope_agent.io import load_checkpoint, save_checkpoint
 from hope_agent.methods import (
     Distill,
     DistillConfig,
+    SnapshotReplay,
     StableEMA,
     StableEMAConfig,
     make_method,
@@ -422,6 +424,26 @@ def test_make_method_builds_the_consolidation_methods_from_config_values() -> No
         make_method("stable_ema", {"group_decay": {"cms.5": 0.9}}).on_task_start(0, SPEC, _agent())
 
 
+def test_snapshot_replay_is_stable_ema_with_the_studies_recipe() -> None:
+    recipe = {
+        "clock": "tasks",
+        "decay": 0.0,
+        "period_exponent": 0.0,
+        "coef": 0.0,
+        "replay_coef": 5.0,
+        "replay_batch": 4,
+        "sequence_len": 100,
+        "evaluate": "working",
+    }
+    snapshot = make_method("snapshot_replay")
+    assert isinstance(snapshot, SnapshotReplay) and snapshot.name == "snapshot_replay"
+    spelled_out = make_method("stable_ema", recipe)
+    assert dataclasses.asdict(snapshot.config) == dataclasses.asdict(spelled_out.config)
+    assert make_method("snapshot_replay", {"replay_coef": 2.0}).config.replay_coef == 2.0
+    with pytest.raises(ValueError, match="clock 'updates' or 'tasks'"):
+        make_method("snapshot_replay", {"clock": "steps"})
+
+
 @pytest.mark.parametrize("name", ["stable_ema", "distill"])
 def test_hooks_in_the_trainers_order_with_ppo_and_a_task_clock_level(name: str) -> None:
     """The calls the runner is to make, in its order, around real PPO updates: the extra loss
@@ -490,6 +512,7 @@ TINY_HOPE = [
     ("name", "options"),
     [
         ("stable_ema", ["replay_coef=1.0", "replay_batch=2"]),
+        ("snapshot_replay", ["replay_batch=2"]),
         ("distill", ["steps=3", "batch_size=2", "sequences_per_task=2"]),
     ],
 )

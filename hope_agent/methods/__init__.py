@@ -7,7 +7,8 @@ Every method subclasses :class:`hope_agent.methods.base.Method` and uses only it
   (:mod:`hope_agent.methods.regularizers`);
 - ``bc_replay``: behaviour-cloning replay of stored sequences of finished tasks
   (:mod:`hope_agent.methods.replay`);
-- ``stable_ema``, ``distill``: consolidation from the fast to the slow parameters
+- ``stable_ema``, ``distill``: consolidation from the fast to the slow parameters, and
+  ``snapshot_replay``, ``stable_ema`` with the defaults of the measured recipe
   (:mod:`hope_agent.methods.consolidation`);
 - ``multitask``: the upper bound with every task interleaved (:mod:`hope_agent.methods.multitask`;
   it changes the runner's env factory, not the loss).
@@ -26,6 +27,8 @@ from hope_agent.methods.consolidation import (
     Distill,
     DistillConfig,
     ObservationStore,
+    SnapshotReplay,
+    SnapshotReplayConfig,
     StableEMA,
     StableEMAConfig,
 )
@@ -48,6 +51,7 @@ METHODS: dict[str, type[Method]] = {
     "bc_replay": BCReplay,
     "multitask": MultiTask,
     "stable_ema": StableEMA,
+    "snapshot_replay": SnapshotReplay,
     "distill": Distill,
 }
 
@@ -57,6 +61,7 @@ METHOD_CONFIGS: dict[str, type] = {
     "ewc": EWCConfig,
     "bc_replay": BCReplayConfig,
     "stable_ema": StableEMAConfig,
+    "snapshot_replay": SnapshotReplayConfig,
     "distill": DistillConfig,
 }
 
@@ -88,6 +93,8 @@ __all__ = [
     "BCReplayConfig",
     "Distill",
     "DistillConfig",
+    "SnapshotReplay",
+    "SnapshotReplayConfig",
     "EWCConfig",
     "Finetune",
     "L2Config",

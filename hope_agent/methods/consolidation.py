@@ -11,7 +11,8 @@ decisions and the config keys.
   ends (with decay 0: a snapshot of the model as it finished its last task); a consistency loss
   pulls the working policy (mean and value) toward the stable one on the PPO minibatch and,
   optionally, on stored observation sequences of finished tasks; the trainer evaluates the
-  stable model unless told to evaluate the working one.
+  stable model unless told to evaluate the working one. ``snapshot_replay`` is ``stable_ema``
+  with the defaults of the recipe the studies measured (:class:`SnapshotReplayConfig`).
 - ``distill`` (the transient/permanent split of Anand & Precup, NeurIPS 2023): at the end of a
   stage the slow CMS levels learn to reproduce the whole model's policy mean and value on the
   stored sequences of the current and earlier tasks, with the fast levels' contribution shrunk
@@ -541,6 +542,35 @@ def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- distill
+
+
+@dataclass
+class SnapshotReplayConfig(StableEMAConfig):
+    """:class:`StableEMAConfig` with the defaults of the recipe that removed forgetting on
+    ``fast`` (``results/h200_2026-12-03_study3``): the stable copy is a snapshot of the model at
+    each task end (``clock tasks``, ``decay 0``), no pull on the current minibatch (``coef 0``),
+    a KL and value pull toward the snapshot's answers on stored episode sequences of finished
+    tasks (``replay_coef 5``, ``replay_batch 4``, ``sequence_len 100``), the working model
+    evaluated."""
+
+    coef: float = 0.0
+    replay_coef: float = 5.0
+    replay_batch: int = 4
+    sequence_len: int = 100
+    decay: float = 0.0
+    period_exponent: float = 0.0
+    clock: str = "tasks"
+    evaluate: str = "working"
+
+
+class SnapshotReplay(StableEMA):
+    """``method=snapshot_replay``: :class:`StableEMA` with :class:`SnapshotReplayConfig`'s
+    defaults (every option can still be overridden, as for ``stable_ema``)."""
+
+    name = "snapshot_replay"
+
+    def __init__(self, config: SnapshotReplayConfig | None = None) -> None:
+        super().__init__(config or SnapshotReplayConfig())
 
 
 @dataclass
