@@ -90,9 +90,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--expect", type=Path, help="a fingerprint JSON to compare against")
     parser.add_argument("--out", type=Path, help="write the fingerprint JSON here")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep the runs")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        got = fingerprint(Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        got = fingerprint(args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            got = fingerprint(Path(tmp))
     text = json.dumps(got, indent=2, sort_keys=True)
     print(text)
     if args.out is not None:
