@@ -552,3 +552,18 @@ def test_compiled_fast_paths_equal_eager(mem_chunk_size: int) -> None:
             strict=True,
         ):
             torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [[False, False], [True, True], [True, False]])
+def test_row_select_takes_each_rows_side_and_leaks_no_nan(rows: list[bool]) -> None:
+    """The uniform-mask shortcut (no select when the host knows every row's side) gives what
+    the select gives, and a non-finite row that is not taken never reaches the result."""
+    mask = torch.tensor(rows)
+    a = torch.tensor([[1.0, 2.0], [float("nan"), 4.0]])
+    b = torch.tensor([[float("nan"), 6.0], [7.0, 8.0]])
+    got = titans._where_rows(mask, a, b)
+    want = torch.stack([a[i] if r else b[i] for i, r in enumerate(rows)])
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    zeroed = titans._zero_rows(mask, b)
+    assert torch.equal(zeroed.nan_to_num(), b.masked_fill(mask[:, None], 0.0).nan_to_num())

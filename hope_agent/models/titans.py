@@ -502,18 +502,38 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
+def _uniform(mask: Tensor) -> bool | None:
+    """``mask``'s value where it is the same in every row and that is cheap to know on the host
+    (a CPU tensor, outside ``torch.compile``), else ``None``. On a GPU reading it would be a
+    device sync (and would break a CUDA-graph capture), so the selects there always run."""
+    if mask.device.type != "cpu" or torch.compiler.is_compiling() or mask.numel() == 0:
+        return None
+    if not bool(mask.any()):
+        return False
+    return True if bool(mask.all()) else None
+
+
 def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Row-wise select: ``a`` where ``mask (B,)`` (or ``(B, M)``: per row and memory), else ``b``
     (``a`` may broadcast over rows).
 
     A select, not arithmetic (``lerp`` or a 0/1 product): a non-finite value in the row that is
-    not taken must not leak into the result, so that a reset recovers a diverged row.
+    not taken must not leak into the result, so that a reset recovers a diverged row. Where the
+    host knows the mask is uniform (:func:`_uniform`), the side taken is returned as it is (the
+    same values; each select over a weight-sized tensor costs about 0.1 ms on a CPU core).
     """
+    uniform = _uniform(mask)
+    if uniform is False:
+        return b
+    if uniform and a.shape == b.shape:
+        return a
     return torch.where(_rows(mask, b), a, b)
 
 
 def _zero_rows(mask: Tensor, b: Tensor) -> Tensor:
     """``b`` with the rows where ``mask (B,)`` set to zero (NaN rows included)."""
+    if _uniform(mask) is False:
+        return b
     return b.masked_fill(_rows(mask, b), 0.0)
 
 
