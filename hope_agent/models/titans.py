@@ -504,9 +504,16 @@ def _rows(mask: Tensor, like: Tensor) -> Tensor:
 
 def _uniform(mask: Tensor) -> bool | None:
     """``mask``'s value where it is the same in every row and that is cheap to know on the host
-    (a CPU tensor, outside ``torch.compile``), else ``None``. On a GPU reading it would be a
-    device sync (and would break a CUDA-graph capture), so the selects there always run."""
-    if mask.device.type != "cpu" or torch.compiler.is_compiling() or mask.numel() == 0:
+    (a CPU tensor, outside ``torch.compile``, autograd off), else ``None``. On a GPU reading it
+    would be a device sync (and would break a CUDA-graph capture); with autograd on, skipping a
+    select would change the order in which the backward sums a tensor's gradients (float
+    rounding), so training keeps its selects and stays bit-identical."""
+    if (
+        mask.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or mask.numel() == 0
+    ):
         return None
     if not bool(mask.any()):
         return False
