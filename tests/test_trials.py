@@ -42,6 +42,18 @@ def test_trial_record_reads_success_at_each_sub_episode_end() -> None:
     assert _TrialRecord(2).summary(slice(0, 2)) == {}
 
 
+def test_rows_without_trials_report_none_beside_rows_with_them() -> None:
+    """A batch that evaluates an adapt task beside a task of another family: only the adapt
+    rows have a trial summary."""
+    record = _TrialRecord(4)
+    infos = _infos([0, 0, 0, 0], [True, True, False, False], [True, False, False, False])
+    for key in ("trial_episode", "sub_episode_end", "success"):
+        infos[f"_{key}"] = np.array([True, True, False, False])
+    record.add(infos, np.ones(4, bool))
+    assert record.summary(slice(2, 4)) == {}
+    np.testing.assert_allclose(record.summary(slice(0, 2))["sub_episode_success"], [0.5])
+
+
 def test_an_adapt_run_reports_the_trial_gain(tmp_path: Path) -> None:
     cfg = tiny_config("curriculum=adapt", "steps_per_task=128", "model=mlp", "eval.every=0")
     train(cfg, tmp_path)

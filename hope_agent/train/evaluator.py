@@ -164,11 +164,15 @@ class _TrialRecord:
                 self.success[(int(i), k)] = bool(infos.get("success", [False] * self.rows)[i])
 
     def summary(self, rows: slice) -> dict[str, list[float] | None]:
-        if not self.success:
+        """Per-sub-episode success and the trial gain of ``rows``; empty when none of them
+        played trials (a task of another family evaluated in the same batch)."""
+        wanted = set(range(self.rows)[rows])
+        found = {key: ok for key, ok in self.success.items() if key[0] in wanted}
+        if not found:
             return {}
-        k_count = 1 + max(k for _, k in self.success)
+        k_count = 1 + max(k for _, k in found)
         table = np.zeros((self.rows, k_count))
-        for (i, k), ok in self.success.items():
+        for (i, k), ok in found.items():
             table[i, k] = float(ok)
         table = table[rows]
         gain = table[:, -1] - table[:, 0]

@@ -1,27 +1,47 @@
-"""HOPE Agent.policy latency on the CPU: default agent (d64, 1 layer, 4 heads, C=8), 8 rows, no
-resets, one torch thread; mean of 200 steps after 20, then a profile of 16. Run from the
-repository root: python results/cpu_2026-12-03_step/probe_step.py"""
-import time, torch
-from hope_agent.models.factory import make_backbone
+"""HOPE ``Agent.policy`` latency on the CPU.
+
+The default agent (d64, 1 layer, 4 heads, C=8) with 8 rows and no episode starts, one torch
+thread; the mean of 200 steps after 20 untimed ones, then a profile of 16 steps. Run from the
+repository root: ``python results/cpu_2026-12-03_step/probe_step.py``.
+"""
+
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from hope_agent.agents.actor import AgentState
 from hope_agent.agents.agent import Agent, AgentConfig
-torch.manual_seed(0); torch.set_num_threads(1)
-bb = make_backbone("hope", 64, n_layers=1, n_heads=4, chunk_size=8, cms_periods=(1, 16, 256))
-agent = Agent(bb, AgentConfig(obs_dim=4, act_dim=2))
-B = 8
-carry = agent.init_carry(B)
-g = torch.Generator().manual_seed(0)
-obs = torch.randn(B, 4); pr = torch.zeros(B); isf = torch.zeros(B, dtype=torch.bool)
-task = torch.zeros(B, dtype=torch.long)
+from hope_agent.models.factory import make_backbone
+
+ROWS = 8
+
+
 @torch.no_grad()
-def run(n):
-    c = carry
-    for _ in range(n):
-        c, res = agent.policy(c, obs, pr, isf, task=task, generator=g)
-    return c
-run(20)
-t0 = time.perf_counter(); run(200); dt = (time.perf_counter() - t0) / 200
-print(f"policy step ms {dt*1e3:.3f}")
-from torch.profiler import profile, ProfilerActivity
-with profile(activities=[ProfilerActivity.CPU]) as p:
-    run(16)
-print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+def run(agent: Agent, carry: AgentState, steps: int) -> AgentState:
+    """``steps`` policy steps from ``carry`` on fixed inputs."""
+    generator = torch.Generator().manual_seed(0)
+    obs, reward = torch.randn(ROWS, 4), torch.zeros(ROWS)
+    first, task = torch.zeros(ROWS, dtype=torch.bool), torch.zeros(ROWS, dtype=torch.long)
+    for _ in range(steps):
+        carry, _ = agent.policy(carry, obs, reward, first, task=task, generator=generator)
+    return carry
+
+
+def main() -> None:
+    """Print the mean step latency and the profile's top ops."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    backbone = make_backbone("hope", 64, n_layers=1, n_heads=4, chunk_size=8)
+    agent = Agent(backbone, AgentConfig(obs_dim=4, act_dim=2))
+    carry = run(agent, agent.init_carry(ROWS), 20)
+    start = time.perf_counter()
+    run(agent, carry, 200)
+    print(f"policy step ms {(time.perf_counter() - start) / 200 * 1e3:.3f}")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(agent, carry, 16)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
