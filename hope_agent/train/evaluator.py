@@ -1,7 +1,8 @@
 """Evaluation of an agent on every curriculum task, without any training step.
 
 The protocol (CONTINUAL_RL.md): per task, ``episodes`` stochastic episodes plus one deterministic
-episode, all run side by side as one batch; fresh memory at each episode start; the env of
+episode, the episodes of every task run side by side as one batch; fresh memory at each episode
+start; the env of
 episode e of task j always starts from seed ``seed + 1000 * j + e`` and the action noise of task
 j comes from a generator seeded with ``seed + 1000 * j``, so every checkpoint meets the same
 starts and an evaluation is a deterministic function of the checkpoint. Normalisers stay
