@@ -40,7 +40,10 @@ class PointAdaptEnv(PointMassEnv):
     `Box(-inf, inf, (5,), float64)`: x, y position (m), x, y velocity (m/s), and the phase of the
     sub-episode, `steps taken in it / sub_episode_steps` (0 at a start pose; it falls back to 0
     at each boundary, which marks the new sub-episode). The goal is not observed: for the same
-    seed and actions the observations are the same whichever goal was drawn.
+    seed and actions the observations are the same whichever goal was drawn. With
+    `outcome_hint=True` (a control, off by default) a sixth entry says whether the previous
+    sub-episode of the trial reached the goal (0 in sub-episode 0): what a memory would have to
+    carry across the boundary, given as an input, so `Box(6,)`.
 
     ## Rewards
     `reward = reward_distance + reward_goal + reward_ctrl`, each term also in `info`:
@@ -84,6 +87,7 @@ class PointAdaptEnv(PointMassEnv):
     | `sub_episode_steps` | int                  | 40                       | steps of each    |
     | `distance_weight`   | float                | 1.0                      | set shaping      |
     | `goal_bonus`        | float                | 1.0                      | at the live goal |
+    | `outcome_hint`      | bool                 | False                    | control input    |
     | `ctrl_cost_weight`  | float                | 0.05                     | control penalty  |
     | `success_radius`    | float                | 0.1                      | success distance |
     | `reset_noise_scale` | float                | 0.05                     | start half-width |
@@ -101,6 +105,7 @@ class PointAdaptEnv(PointMassEnv):
         sub_episode_steps: int = 40,
         distance_weight: float = 1.0,
         goal_bonus: float = 1.0,
+        outcome_hint: bool = False,
         **kwargs: Any,
     ) -> None:
         """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
@@ -109,6 +114,9 @@ class PointAdaptEnv(PointMassEnv):
         self._sub_episode_steps = _count(sub_episode_steps, "sub_episode_steps")
         self._distance_weight = distance_weight
         self._goal_bonus = goal_bonus
+        self._outcome_hint = bool(outcome_hint)
+        # Whether the previous sub-episode of this trial reached the goal (the hint's value).
+        self._previous_reached = False
         self._goal_index = 0
         # The goal index `reset(options=...)` pins for the coming trial, if any.
         self._pinned: int | None = None
@@ -121,8 +129,9 @@ class PointAdaptEnv(PointMassEnv):
             "sub_episode_steps": sub_episode_steps,
             "distance_weight": distance_weight,
             "goal_bonus": goal_bonus,
+            "outcome_hint": outcome_hint,
         }
-        super().__init__(arguments=arguments, observation_size=5, **kwargs)
+        super().__init__(arguments=arguments, observation_size=5 + self._outcome_hint, **kwargs)
         self._goals = self._candidates(goals)
         self._show_goal(self._goals[0])
 
@@ -196,6 +205,7 @@ class PointAdaptEnv(PointMassEnv):
         self._goal_index = drawn if self._pinned is None else self._pinned
         self._show_goal(self._goals[self._goal_index])
         self._trial_episode, self._sub_step, self._reached = 0, 0, False
+        self._previous_reached = False
         self._reset_body()
         return self._get_obs()
 
@@ -225,6 +235,7 @@ class PointAdaptEnv(PointMassEnv):
         }
         truncated = end and self._trial_episode == self._trial_episodes - 1
         if end and not truncated:
+            self._previous_reached = self._reached
             self._trial_episode, self._sub_step, self._reached = self._trial_episode + 1, 0, False
             self._reset_body()
         if self.render_mode == "human":
@@ -232,8 +243,10 @@ class PointAdaptEnv(PointMassEnv):
         return self._get_obs(), float(sum(reward_info.values())), False, truncated, info
 
     def _get_obs(self) -> NDArray[np.float64]:
-        phase = self._sub_step / self._sub_episode_steps
-        return np.append(self._body_obs(), phase)
+        extra = [self._sub_step / self._sub_episode_steps]
+        if self._outcome_hint:
+            extra.append(float(self._previous_reached))
+        return np.append(self._body_obs(), extra)
 
     def _get_reset_info(self) -> dict[str, Any]:
         return {

@@ -245,3 +245,44 @@ def test_bad_reset_options_raise_one_clear_error() -> None:
         env.reset(seed=0, options={"goal_index": 2})
     with pytest.raises(ValueError, match="take only 'goal_index'"):
         env.reset(seed=0, options={"goal": [0.6, 0.0]})
+
+
+def test_the_outcome_hint_is_the_previous_sub_episodes_success_and_makes_inference_memoryless() -> (
+    None
+):
+    """The control input (`outcome_hint=True`): 0 in sub-episode 0, then whether the previous
+    sub-episode reached the goal; a policy of the observation alone then earns what memory
+    earns (switch candidates after a miss), which no memoryless policy can without it."""
+    env = gym.make(ADAPT, outcome_hint=True)
+    assert env.observation_space.shape == (6,)
+    assert gym.make(ADAPT).observation_space.shape == (5,)
+    base = cast(PointAdaptEnv, env.unwrapped)
+    first, second = base.goals
+
+    def switch_on_a_miss(env: gym.Env) -> Controller:
+        # Sub-episode 0 tries the first candidate; after it the hint alone decides: keep the
+        # candidate after a hit, take the other after a miss.
+        state = {"k": 0, "target": first}
+
+        def act(obs: np.ndarray, reward: float, new: bool) -> np.ndarray:
+            if new and state["k"] > 0 and obs[5] == 0.0:
+                state["target"] = second if state["target"] is first else first
+            state["k"] += int(new)
+            return toward(state["target"], obs)
+
+        return act
+
+    hints: list[float] = []
+    obs, _ = env.reset(seed=0)
+    hints.append(float(obs[5]))
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(toward(base.goal, obs))
+        if info["sub_episode_end"] and not truncated:
+            assert obs[5] == float(info["success"])  # the next start pose carries the outcome
+            hints.append(float(obs[5]))
+        done = terminated or truncated
+    assert hints == [0.0, 1.0, 1.0]
+    np.testing.assert_array_equal(
+        success_per_sub_episode(env, switch_on_a_miss, range(20))[1:], [1.0, 1.0]
+    )
