@@ -556,8 +556,8 @@ def test_compiled_fast_paths_equal_eager(mem_chunk_size: int) -> None:
 
 @pytest.mark.parametrize("rows", [[False, False], [True, True], [True, False]])
 def test_row_select_takes_each_rows_side_and_leaks_no_nan(rows: list[bool]) -> None:
-    """The uniform-mask shortcut (no select when the host knows every row's side) gives what
-    the select gives, and a non-finite row that is not taken never reaches the result."""
+    """The row selects take each row's side, and a non-finite row that is not taken never
+    reaches the result."""
     mask = torch.tensor(rows)
     a = torch.tensor([[1.0, 2.0], [float("nan"), 4.0]])
     b = torch.tensor([[float("nan"), 6.0], [7.0, 8.0]])
@@ -568,3 +568,18 @@ def test_row_select_takes_each_rows_side_and_leaks_no_nan(rows: list[bool]) -> N
     assert torch.equal(got.isnan(), want.isnan())
     assert torch.equal(got.nan_to_num(), want.nan_to_num())
     assert torch.equal(zeroed.nan_to_num(), b.masked_fill(mask[:, None], 0.0).nan_to_num())
+
+
+@pytest.mark.parametrize("done", [[False, False], [True, True], [True, False]])
+def test_the_chunk_end_swap_without_autograd_equals_the_select(done: list[bool]) -> None:
+    """``_advanced`` skips its selects where the host knows ``done`` is uniform (CPU, no
+    autograd); the memory it returns is the one the selects give."""
+    g = torch.Generator().manual_seed(0)
+    mem = titans.FastMemoryState(*(torch.randn(2, 3, 4, generator=g) for _ in range(6)))
+    new = [torch.randn(2, 3, 4, generator=g) for _ in range(4)]
+    mask = torch.tensor(done)
+    with torch.no_grad():
+        fast = titans._advanced(mem, mask, *new)
+    with torch.enable_grad():
+        selected = titans._advanced(mem, mask, *new)
+    assert all(torch.equal(a, b) for a, b in zip(fast.leaves(), selected.leaves(), strict=True))

@@ -541,9 +541,6 @@ def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
         b.copy_(buffers[name])
 
 
-# ----------------------------------------------------------------------------- distill
-
-
 @dataclass
 class SnapshotReplayConfig(StableEMAConfig):
     """:class:`StableEMAConfig` with the defaults of the recipe that removed forgetting on
@@ -571,6 +568,9 @@ class SnapshotReplay(StableEMA):
 
     def __init__(self, config: SnapshotReplayConfig | None = None) -> None:
         super().__init__(config or SnapshotReplayConfig())
+
+
+# ----------------------------------------------------------------------------- distill
 
 
 @dataclass

@@ -525,22 +525,13 @@ def _where_rows(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     (``a`` may broadcast over rows).
 
     A select, not arithmetic (``lerp`` or a 0/1 product): a non-finite value in the row that is
-    not taken must not leak into the result, so that a reset recovers a diverged row. Where the
-    host knows the mask is uniform (:func:`_uniform`), the side taken is returned as it is (the
-    same values; each select over a weight-sized tensor costs about 0.1 ms on a CPU core).
+    not taken must not leak into the result, so that a reset recovers a diverged row.
     """
-    uniform = _uniform(mask)
-    if uniform is False:
-        return b
-    if uniform and a.shape == b.shape:
-        return a
     return torch.where(_rows(mask, b), a, b)
 
 
 def _zero_rows(mask: Tensor, b: Tensor) -> Tensor:
     """``b`` with the rows where ``mask (B,)`` set to zero (NaN rows included)."""
-    if _uniform(mask) is False:
-        return b
     return b.masked_fill(_rows(mask, b), 0.0)
 
 
@@ -548,14 +539,15 @@ def _advanced(
     mem: FastMemoryState, done: Tensor, w_in: Tensor, s_in: Tensor, w_out: Tensor, s_out: Tensor
 ) -> FastMemoryState:
     """``mem`` with new running weights and momenta; the chunk-start weights take the running
-    ones where a chunk completed (``done``)."""
+    ones where a chunk completed (``done``). Where :func:`_uniform` knows ``done`` is the same
+    in every row, the side taken is kept as it is instead of two weight-sized selects."""
+    uniform = _uniform(done)
+    if uniform is None:
+        start_in, start_out = _where_rows(done, w_in, mem.w_in), _where_rows(done, w_out, mem.w_out)
+    else:
+        start_in, start_out = (w_in, w_out) if uniform else (mem.w_in, mem.w_out)
     return FastMemoryState(
-        w_in=_where_rows(done, w_in, mem.w_in),
-        w_out=_where_rows(done, w_out, mem.w_out),
-        w_in_run=w_in,
-        w_out_run=w_out,
-        s_in=s_in,
-        s_out=s_out,
+        w_in=start_in, w_out=start_out, w_in_run=w_in, w_out_run=w_out, s_in=s_in, s_out=s_out
     )
 
 
@@ -968,7 +960,8 @@ class SelfModifyingTitans(nn.Module):
 
         Returns ``M_mem(q) (B, H, 1, d)`` and the new memories, positions and conv buffer.
         """
-        if rows is not None:
+        # No reset work in a step where the host knows no row starts an episode (:func:`_uniform`).
+        if rows is not None and _uniform(rows) is not False:
             mem = self._reset(mem, self._init_weights(), rows)
             pos = pos.masked_fill(rows.unsqueeze(1), 0)
             conv = _zero_rows(rows, conv)

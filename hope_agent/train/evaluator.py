@@ -321,8 +321,9 @@ class Evaluator:
         )
         driver.reset([self.seed + 1000 * j + e for j in tasks for e in range(b)])
         dev = actor.device
-        err_sum = torch.zeros(len(envs), dtype=torch.float64)
-        base_sum = torch.zeros(len(envs), dtype=torch.float64)
+        # Per-row sums, kept where the actor computes: one host copy at the end, not per step.
+        err_sum = torch.zeros(len(envs), dtype=torch.float64, device=dev)
+        base_sum = torch.zeros(len(envs), dtype=torch.float64, device=dev)
         trials = _TrialRecord(len(envs))
         while driver.running:
             step = driver.step()
@@ -346,14 +347,15 @@ class Evaluator:
                     (obs_err.mean(-1) * live).sum().div(live.sum().clamp_min(1)).backward()
                     optimizer.step()
             base = target_delta.square().sum(-1) + reward.square()
-            err_sum += (err.detach() * live).double().cpu()
-            base_sum += (base * live).double().cpu()
+            err_sum += (err.detach() * live).double()
+            base_sum += (base.detach() * live).double()
         episodes = sorted(driver.finished, key=lambda e: e.row)
         success = np.array([e.success for e in episodes])
         returns = np.array([e.ret for e in episodes])
         lengths = np.array([e.length for e in episodes])
+        err_rows, base_rows = err_sum.cpu(), base_sum.cpu()
         return [
-            self._summary(i * b, j, success, returns, lengths, err_sum, base_sum, trials)
+            self._summary(i * b, j, success, returns, lengths, err_rows, base_rows, trials)
             for i, j in enumerate(tasks)
         ]
 
