@@ -41,17 +41,20 @@ class PointAdaptEnv(PointMassEnv):
     sub-episode, `steps taken in it / sub_episode_steps` (0 at a start pose; it falls back to 0
     at each boundary, which marks the new sub-episode). The goal is not observed: for the same
     seed and actions the observations are the same whichever goal was drawn. With
-    `outcome_hint=True` (a control, off by default) a sixth entry says whether the previous
-    sub-episode of the trial reached the goal (0 in sub-episode 0): what a memory would have to
-    carry across the boundary, given as an input, so `Box(6,)`.
+    `goal_hint=True` (a control, off by default) two more entries give the live goal's x, y (m):
+    the oracle, which makes the task memoryless, so `Box(7,)`; what a policy learns with it is
+    the most that inference could earn at the same budget.
 
     ## Rewards
     `reward = reward_distance + reward_goal + reward_ctrl`, each term also in `info`:
-    - `reward_distance = -distance_weight * min_c ||p - c||` over the task's candidates `c`:
-      shaping toward the candidate set, the same whichever goal is live, so it says nothing about
-      which one it is,
-    - `reward_goal = goal_bonus` at a step within `success_radius` of the live goal, else 0: the
-      only term that tells the candidates apart,
+    - `reward_distance = -distance_weight * min_c ||p - c||` over the task's candidates `c`
+      (`shaping="set"`, the default): shaping toward the candidate set, the same whichever goal
+      is live, so it says nothing about which one it is; with `shaping="goal"`,
+      `-distance_weight * ||p - g||` to the live goal `g`: a dense signal that tells the
+      candidates apart as soon as the body moves (the 2D-navigation reward of MAML; the set's
+      shaping is the sparse regime, meta-RL's hard case),
+    - `reward_goal = goal_bonus` at a step within `success_radius` of the live goal, else 0: with
+      the set's shaping, the only term that tells the candidates apart,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
     ## Info (every reset and step)
@@ -85,9 +88,10 @@ class PointAdaptEnv(PointMassEnv):
     | `goals`             | sequence of 2-lists  | ((0.6, 0.0), (0.0, 0.6)) | candidate goals  |
     | `trial_episodes`    | int                  | 3                        | K, sub-episodes  |
     | `sub_episode_steps` | int                  | 40                       | steps of each    |
-    | `distance_weight`   | float                | 1.0                      | set shaping      |
+    | `distance_weight`   | float                | 1.0                      | shaping weight   |
     | `goal_bonus`        | float                | 1.0                      | at the live goal |
-    | `outcome_hint`      | bool                 | False                    | control input    |
+    | `shaping`           | "set" or "goal"      | "set"                    | distance to what |
+    | `goal_hint`         | bool                 | False                    | oracle input     |
     | `ctrl_cost_weight`  | float                | 0.05                     | control penalty  |
     | `success_radius`    | float                | 0.1                      | success distance |
     | `reset_noise_scale` | float                | 0.05                     | start half-width |
@@ -105,7 +109,8 @@ class PointAdaptEnv(PointMassEnv):
         sub_episode_steps: int = 40,
         distance_weight: float = 1.0,
         goal_bonus: float = 1.0,
-        outcome_hint: bool = False,
+        goal_hint: bool = False,
+        shaping: str = "set",
         **kwargs: Any,
     ) -> None:
         """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
@@ -114,9 +119,13 @@ class PointAdaptEnv(PointMassEnv):
         self._sub_episode_steps = _count(sub_episode_steps, "sub_episode_steps")
         self._distance_weight = distance_weight
         self._goal_bonus = goal_bonus
-        self._outcome_hint = bool(outcome_hint)
-        # Whether the previous sub-episode of this trial reached the goal (the hint's value).
-        self._previous_reached = False
+        self._goal_hint = bool(goal_hint)
+        if shaping not in ("set", "goal"):
+            raise ValueError(
+                f"PointAdapt shaping must be 'set' (distance to the nearest candidate) or 'goal' "
+                f"(distance to the live goal), got {shaping!r}."
+            )
+        self._shape_to_goal = shaping == "goal"
         self._goal_index = 0
         # The goal index `reset(options=...)` pins for the coming trial, if any.
         self._pinned: int | None = None
@@ -129,9 +138,10 @@ class PointAdaptEnv(PointMassEnv):
             "sub_episode_steps": sub_episode_steps,
             "distance_weight": distance_weight,
             "goal_bonus": goal_bonus,
-            "outcome_hint": outcome_hint,
+            "goal_hint": goal_hint,
+            "shaping": shaping,
         }
-        super().__init__(arguments=arguments, observation_size=5 + self._outcome_hint, **kwargs)
+        super().__init__(arguments=arguments, observation_size=5 + 2 * self._goal_hint, **kwargs)
         self._goals = self._candidates(goals)
         self._show_goal(self._goals[0])
 
@@ -205,7 +215,6 @@ class PointAdaptEnv(PointMassEnv):
         self._goal_index = drawn if self._pinned is None else self._pinned
         self._show_goal(self._goals[self._goal_index])
         self._trial_episode, self._sub_step, self._reached = 0, 0, False
-        self._previous_reached = False
         self._reset_body()
         return self._get_obs()
 
@@ -218,9 +227,13 @@ class PointAdaptEnv(PointMassEnv):
         distance = self._distance_to(self._goals[self._goal_index])
         at_goal = distance < self._success_radius
         self._reached = self._reached or at_goal
-        nearest = min(self._distance_to(candidate) for candidate in self._goals)
+        shaped = (
+            distance
+            if self._shape_to_goal
+            else min(self._distance_to(candidate) for candidate in self._goals)
+        )
         reward_info = {
-            "reward_distance": -self._distance_weight * nearest,
+            "reward_distance": -self._distance_weight * shaped,
             "reward_goal": self._goal_bonus if at_goal else 0.0,
             "reward_ctrl": self._ctrl_cost(action),
         }
@@ -235,7 +248,6 @@ class PointAdaptEnv(PointMassEnv):
         }
         truncated = end and self._trial_episode == self._trial_episodes - 1
         if end and not truncated:
-            self._previous_reached = self._reached
             self._trial_episode, self._sub_step, self._reached = self._trial_episode + 1, 0, False
             self._reset_body()
         if self.render_mode == "human":
@@ -244,8 +256,8 @@ class PointAdaptEnv(PointMassEnv):
 
     def _get_obs(self) -> NDArray[np.float64]:
         extra = [self._sub_step / self._sub_episode_steps]
-        if self._outcome_hint:
-            extra.append(float(self._previous_reached))
+        if self._goal_hint:
+            extra.extend(self._goals[self._goal_index])
         return np.append(self._body_obs(), extra)
 
     def _get_reset_info(self) -> dict[str, Any]:

@@ -247,42 +247,44 @@ def test_bad_reset_options_raise_one_clear_error() -> None:
         env.reset(seed=0, options={"goal": [0.6, 0.0]})
 
 
-def test_the_outcome_hint_is_the_previous_sub_episodes_success_and_makes_inference_memoryless() -> (
-    None
-):
-    """The control input (`outcome_hint=True`): 0 in sub-episode 0, then whether the previous
-    sub-episode reached the goal; a policy of the observation alone then earns what memory
-    earns (switch candidates after a miss), which no memoryless policy can without it."""
-    env = gym.make(ADAPT, outcome_hint=True)
-    assert env.observation_space.shape == (6,)
-    assert gym.make(ADAPT).observation_space.shape == (5,)
+def test_the_goal_hint_is_the_live_goal_and_makes_the_task_memoryless() -> None:
+    """The oracle control (`goal_hint=True`): the live goal's x, y in the observation at every
+    step, so a function of the observation alone succeeds in every sub-episode."""
+    env = gym.make(ADAPT, goal_hint=True)
+    assert env.observation_space.shape == (7,)
     base = cast(PointAdaptEnv, env.unwrapped)
-    first, second = base.goals
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while not done:
+            np.testing.assert_array_equal(obs[5:], base.goal)
+            obs, _, terminated, truncated, _ = env.step(toward(obs[5:], obs))
+            done = terminated or truncated
 
-    def switch_on_a_miss(env: gym.Env) -> Controller:
-        # Sub-episode 0 tries the first candidate; after it the hint alone decides: keep the
-        # candidate after a hit, take the other after a miss.
-        state = {"k": 0, "target": first}
+    def reads_the_hint(env: gym.Env) -> Controller:
+        return lambda obs, reward, new: toward(obs[5:], obs)
 
-        def act(obs: np.ndarray, reward: float, new: bool) -> np.ndarray:
-            if new and state["k"] > 0 and obs[5] == 0.0:
-                state["target"] = second if state["target"] is first else first
-            state["k"] += int(new)
-            return toward(state["target"], obs)
-
-        return act
-
-    hints: list[float] = []
-    obs, _ = env.reset(seed=0)
-    hints.append(float(obs[5]))
-    done = False
-    while not done:
-        obs, _, terminated, truncated, info = env.step(toward(base.goal, obs))
-        if info["sub_episode_end"] and not truncated:
-            assert obs[5] == float(info["success"])  # the next start pose carries the outcome
-            hints.append(float(obs[5]))
-        done = terminated or truncated
-    assert hints == [0.0, 1.0, 1.0]
     np.testing.assert_array_equal(
-        success_per_sub_episode(env, switch_on_a_miss, range(20))[1:], [1.0, 1.0]
+        success_per_sub_episode(env, reads_the_hint, range(20)), [1.0, 1.0, 1.0]
     )
+
+
+def test_goal_shaping_is_the_distance_to_the_live_goal_and_set_shaping_hides_it() -> None:
+    """`shaping="goal"`: the distance term is minus the distance to the live goal, so the reward
+    tells the candidates apart; `"set"` (the default) gives the same term whichever is live."""
+    terms: dict[str, list[list[float]]] = {"set": [], "goal": []}
+    for shaping, rows in terms.items():
+        env = gym.make(ADAPT, shaping=shaping)
+        for goal_index in (0, 1):
+            env.reset(seed=3, options={"goal_index": goal_index})
+            row = []
+            for _ in range(10):
+                _, _, _, _, info = env.step(np.array([1.0, 0.0], dtype=np.float32))
+                row.append(info["reward_distance"])
+                if shaping == "goal":
+                    assert info["reward_distance"] == pytest.approx(-info["distance"])
+            rows.append(row)
+    assert terms["set"][0] == terms["set"][1]
+    assert terms["goal"][0] != terms["goal"][1]
+    with pytest.raises(ValueError, match="shaping must be 'set'"):
+        PointAdaptEnv(shaping="nearest")
