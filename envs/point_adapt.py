@@ -47,14 +47,13 @@ class PointAdaptEnv(PointMassEnv):
 
     ## Rewards
     `reward = reward_distance + reward_goal + reward_ctrl`, each term also in `info`:
-    - `reward_distance = -distance_weight * min_c ||p - c||` over the task's candidates `c`
-      (`shaping="set"`, the default): shaping toward the candidate set, the same whichever goal
-      is live, so it says nothing about which one it is; with `shaping="goal"`,
-      `-distance_weight * ||p - g||` to the live goal `g`: a dense signal that tells the
-      candidates apart as soon as the body moves (the 2D-navigation reward of MAML; the set's
-      shaping is the sparse regime, meta-RL's hard case),
-    - `reward_goal = goal_bonus` at a step within `success_radius` of the live goal, else 0: with
-      the set's shaping, the only term that tells the candidates apart,
+    - `reward_distance = -distance_weight * ||p - g||` to the live goal `g` (`shaping="goal"`,
+      the default): a dense signal that tells the candidates apart as soon as the body moves
+      (the 2D-navigation reward of MAML); with `shaping="set"`, `-distance_weight * min_c
+      ||p - c||` over the task's candidates `c`: the same whichever goal is live, so only the
+      bonus tells them apart (the sparse regime; PPO does not learn this task then, not even
+      with the goal observed: `results/cpu_2026-12-03_adapt_probes2/`),
+    - `reward_goal = goal_bonus` at a step within `success_radius` of the live goal, else 0,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
     ## Info (every reset and step)
@@ -90,7 +89,7 @@ class PointAdaptEnv(PointMassEnv):
     | `sub_episode_steps` | int                  | 40                       | steps of each    |
     | `distance_weight`   | float                | 1.0                      | shaping weight   |
     | `goal_bonus`        | float                | 1.0                      | at the live goal |
-    | `shaping`           | "set" or "goal"      | "set"                    | distance to what |
+    | `shaping`           | "goal" or "set"      | "goal"                   | distance to what |
     | `goal_hint`         | bool                 | False                    | oracle input     |
     | `ctrl_cost_weight`  | float                | 0.05                     | control penalty  |
     | `success_radius`    | float                | 0.1                      | success distance |
@@ -110,7 +109,7 @@ class PointAdaptEnv(PointMassEnv):
         distance_weight: float = 1.0,
         goal_bonus: float = 1.0,
         goal_hint: bool = False,
-        shaping: str = "set",
+        shaping: str = "goal",
         **kwargs: Any,
     ) -> None:
         """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
@@ -122,8 +121,8 @@ class PointAdaptEnv(PointMassEnv):
         self._goal_hint = bool(goal_hint)
         if shaping not in ("set", "goal"):
             raise ValueError(
-                f"PointAdapt shaping must be 'set' (distance to the nearest candidate) or 'goal' "
-                f"(distance to the live goal), got {shaping!r}."
+                f"PointAdapt shaping must be 'goal' (distance to the live goal) or 'set' "
+                f"(distance to the nearest candidate), got {shaping!r}."
             )
         self._shape_to_goal = shaping == "goal"
         self._goal_index = 0

@@ -286,5 +286,5 @@ def test_goal_shaping_is_the_distance_to_the_live_goal_and_set_shaping_hides_it(
             rows.append(row)
     assert terms["set"][0] == terms["set"][1]
     assert terms["goal"][0] != terms["goal"][1]
-    with pytest.raises(ValueError, match="shaping must be 'set'"):
+    with pytest.raises(ValueError, match="shaping must be .goal."):
         PointAdaptEnv(shaping="nearest")
