@@ -12,7 +12,7 @@ in other directions), so a continual curriculum over them can forget.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -109,7 +109,7 @@ class PointAdaptEnv(PointMassEnv):
         distance_weight: float = 1.0,
         goal_bonus: float = 1.0,
         goal_hint: bool = False,
-        shaping: str = "goal",
+        shaping: Literal["goal", "set"] = "goal",
         **kwargs: Any,
     ) -> None:
         """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
