@@ -23,12 +23,14 @@ run() {  # run LABEL NPROC OVERRIDES...
       "hydra.run.dir=/tmp/runs/$label" >"/tmp/runs/$label.log" 2>&1
     echo "$label rc=$? wall=$(( $(date +%s) - start ))s" >>/tmp/runs/status.txt ) &
 }
-# The runs: one line each, "LABEL NPROC OVERRIDES..." in $RUNS_FILE; a run whose folder was
-# carried in under runs/ resumes there (the same number of ranks).
+# The runs: one line each, "LABEL NPROC OVERRIDES..." in $RUNS_FILE; a run whose folder is still
+# in /tmp/runs (an earlier call on the same warm machine) or was carried in under runs/ resumes
+# there (the same number of ranks).
 while read -r label n rest; do
   [ -n "$label" ] || continue
+  [ -d "/tmp/runs/$label" ] || [ ! -d "runs/$label" ] || cp -r "runs/$label" /tmp/runs/
   # shellcheck disable=SC2086
-  if [ -d "runs/$label" ]; then cp -r "runs/$label" /tmp/runs/; run "$label" "$n" $rest resume=true;
+  if [ -d "/tmp/runs/$label" ]; then run "$label" "$n" $rest resume=true;
   else run "$label" "$n" $rest; fi
 done <"$RUNS_FILE"
 wait
