@@ -4,7 +4,9 @@ Metric keys are namespaced the cleanrl way (``charts/episodic_return``, ``losses
 ``eval/<task>/perf``, ``faults/nonfinite_updates``); the loop's throughput and clock
 (``charts/SPS``, ``charts/wall_time``, ``time/<phase>``) come from
 :class:`hope_agent.train.timing.LoopTimer`. The CSV is kept in memory and rewritten
-atomically at each :meth:`flush`, so a crash never leaves a half-written row. A resumed run
+atomically at each :meth:`flush` (the runner's, at evaluations and checkpoints, and at least
+every ``flush_every_s`` of logging), so a crash never leaves a half-written row and a killed
+run keeps its rows up to the last half minute. A resumed run
 (:meth:`Logger.restore`) cuts the CSV back to the rows its checkpoint had written and tells
 TensorBoard to drop the events logged after it (``purge_step``), so no step appears twice. The
 restored rows keep the wall-clock figures they were logged with.
@@ -79,6 +81,7 @@ class Logger:
         tensorboard: write TensorBoard events.
         progress: show a progress bar (task, steps/s, ETA) on the console.
         console: where the bar and the summary go (default: stderr-aware rich console).
+        flush_every_s: :meth:`log` also flushes when this long has passed since the last flush.
     """
 
     def __init__(
@@ -88,8 +91,11 @@ class Logger:
         tensorboard: bool = True,
         progress: bool = True,
         console: Console | None = None,
+        flush_every_s: float = 30.0,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.flush_every_s = flush_every_s
+        self._flushed_at = time.monotonic()
         self.console = console or Console()
         self.rows: list[dict[str, object]] = []
         self.columns: list[str] = []  # first-seen order of every key, the CSV's header
@@ -164,9 +170,12 @@ class Logger:
                 self._column_set.add(key)
                 self.columns.append(key)
         self.rows.append(row)
+        if time.monotonic() - self._flushed_at >= self.flush_every_s:
+            self.flush()
 
     def flush(self) -> None:
         """Rewrite ``train.csv`` atomically and flush TensorBoard."""
+        self._flushed_at = time.monotonic()
         if self.rows:
             atomic_write_text(self.run_dir / "train.csv", rows_to_csv(self.rows, self.columns))
         if self._writer is not None:
