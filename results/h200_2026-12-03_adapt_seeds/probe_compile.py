@@ -6,6 +6,7 @@ Usage: python probe_compile.py [--profile]
 
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -15,7 +16,7 @@ from hope_agent.models import make_backbone
 B, T = 16, 120  # a minibatch of PPO windows in the adapt runs (64 envs a rank, 4 minibatches)
 
 
-def _call(compiled: bool) -> tuple[torch.nn.Module, object]:
+def _call(compiled: bool) -> Callable[[], None]:
     torch.manual_seed(0)
     m = make_backbone("hope", 64, n_layers=1, n_heads=4, chunk_size=8, cms_periods=[1, 16, 256])
     if compiled:
@@ -29,20 +30,20 @@ def _call(compiled: bool) -> tuple[torch.nn.Module, object]:
         y, _ = m(x, state, first)
         y.square().mean().backward()
 
-    return m, once
+    return once
 
 
 def main() -> None:
     torch.set_num_threads(1)
     if "--profile" in sys.argv:
-        _, once = _call(False)
+        once = _call(False)
         once()
         with profile(activities=[ProfilerActivity.CPU]) as p:
             once()
         print(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
         return
     for compiled in (False, True, False):
-        _, once = _call(compiled)
+        once = _call(compiled)
         t0 = time.perf_counter()
         once()
         first = time.perf_counter() - t0
