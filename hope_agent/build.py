@@ -365,6 +365,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         async_envs=bool(cfg.ppo.async_envs),
         eval_every=int(cfg.eval.every),
         checkpoint_every=int(cfg.checkpoint.every),
+        anneal_lr=bool(cfg.ppo.anneal_lr),
         carry_state_across_tasks=bool(cfg.agent.carry_state_across_tasks),
         in_context_gain=bool(cfg.eval.in_context_gain),
         smooth_last=cfg.eval.smooth_last,

@@ -21,6 +21,8 @@ from conftest import TINY_PPO, TWO_TASKS
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from hope_agent.algos.buffer import RolloutBuffer
+from hope_agent.algos.ppo import PPO
 from hope_agent.build import ConfigError, resume_point
 from hope_agent.cli import check_resume_dir, evaluate, record, train
 from hope_agent.io import META_FILE, TENSORS_FILE, CheckpointError, load_checkpoint
@@ -197,6 +199,33 @@ def test_resume_works_with_hope_multi_timescale_state(
     assert multitimescale["calls"] == 4 and multitimescale["grad_sum"]
     train(config("resume=true", base=base), tmp_path / "run")
     assert_same_results(tmp_path / "run", tmp_path / "reference")
+
+
+def test_anneal_lr_decays_within_each_task_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = [*TINY, "ppo.anneal_lr=true", "ppo.lr=0.001"]
+    seen: list[list[float]] = []
+    update = PPO.update
+
+    def recording(self: PPO, buffer: RolloutBuffer) -> dict[str, float]:
+        seen.append([g["lr"] for g in self.optimizer.param_groups])
+        return update(self, buffer)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PPO, "update", recording)
+        train(config(base=base), tmp_path / "reference")
+    # 4 updates per task: the rate before update k of a task is lr x (1 - k/4), every group.
+    expected = [1e-3 * (1 - k / 4) for k in range(4)] * 2
+    assert [[lr - e for lr in lrs] for lrs, e in zip(seen, expected, strict=True)] == [
+        pytest.approx([0.0] * len(seen[0]), abs=1e-12)
+    ] * 8
+    # A resume from step 384 (update 6 of 8) recomputes the rate from the restored position.
+    crash_after(monkeypatch, 7, config(base=base), tmp_path / "run")
+    train(config("resume=true", base=base), tmp_path / "run")
+    assert_same_results(tmp_path / "run", tmp_path / "reference")
+    with open(tmp_path / "reference" / "train.csv") as f:
+        assert len({r["losses/policy"] for r in csv.DictReader(f)}) > 1
 
 
 def test_a_checkpoint_holds_everything(reference: Path) -> None:

@@ -104,6 +104,9 @@ class PPOSection(PPOConfig):
     async_envs: bool = False
     optimizer: OptimizerName = OptimizerName.adamw
     lr: float = 3e-4
+    # Linear decay of every group's learning rate within each task, from its value at the task's
+    # first update to near 0 at its last (CleanRL's anneal_lr, restarted at every task).
+    anneal_lr: bool = False
     weight_decay: float = 0.0
     m3: M3Section = field(default_factory=M3Section)
     # Clock, period and learning-rate scale per parameter group, by name (docs/consolidation.md):

@@ -152,6 +152,7 @@ class RunnerSettings:
     async_envs: bool = False
     eval_every: int = 0
     checkpoint_every: int = 0
+    anneal_lr: bool = False
     carry_state_across_tasks: bool = True
     in_context_gain: bool = False
     smooth_last: int | None = None
@@ -251,6 +252,8 @@ class CurriculumRunner:
             self.device,
         )
         self.faults = FaultCounters()
+        # Each group's learning rate as configured (with its lr_scale), the base of the anneal.
+        self._base_lrs = [float(g["lr"]) for g in self.ppo.optimizer.param_groups]
         # Position in the curriculum: the stage, env steps into it, whether its end-of-stage
         # work (task-end evaluation, method hook, stage checkpoint) is done.
         self.global_step = 0
@@ -359,6 +362,8 @@ class CurriculumRunner:
                 with self.timer.phase("rollout_inference"):
                     self._rollout(driver)
                 steps = s.rollout_len * n * self.world.size
+                if s.anneal_lr:
+                    self._anneal_lr(self.task_step / spec.steps)
                 self.task_step += steps
                 previous = self.global_step
                 self.global_step += steps
@@ -488,6 +493,13 @@ class CurriculumRunner:
             (e.ret, float(e.length), float(e.success)) for e in driver.finished if not e.faulty
         ]
         driver.finished.clear()
+
+    def _anneal_lr(self, done: float) -> None:
+        """Set every group's learning rate to its base x the rollback scale x ``1 - done``
+        (``done``: the fraction of the task's steps taken before this update)."""
+        scale = self.faults.lr_scale * max(0.0, 1.0 - done)
+        for group, base in zip(self.ppo.optimizer.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * scale
 
     def _update(self, stage: int) -> None:
         f = self.settings.faults
