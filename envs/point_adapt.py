@@ -52,7 +52,12 @@ class PointAdaptEnv(PointMassEnv):
       (the 2D-navigation reward of MAML); with `shaping="set"`, `-distance_weight * min_c
       ||p - c||` over the task's candidates `c`: the same whichever goal is live, so only the
       bonus tells them apart (the sparse regime; PPO does not learn this task then, not even
-      with the goal observed: `results/cpu_2026-12-03_adapt_probes2/`),
+      with the goal observed: `results/cpu_2026-12-03_adapt_probes2/`); with `shaping="end"`,
+      `-distance_weight * sub_episode_steps * ||p - g||` at the last step of each sub-episode
+      and 0 before it, so no reward within a sub-episode depends on the goal until the body
+      reaches it (the goal-shaped reward lets a policy read the live goal off one step's reward
+      and its position, and then steer to it within the first sub-episode:
+      `results/cpu_2026-12-03_hope_memory_ablation/`),
     - `reward_goal = goal_bonus` at a step within `success_radius` of the live goal, else 0,
     - `reward_ctrl = -ctrl_cost_weight * ||a||^2`.
 
@@ -89,7 +94,7 @@ class PointAdaptEnv(PointMassEnv):
     | `sub_episode_steps` | int                  | 40                       | steps of each    |
     | `distance_weight`   | float                | 1.0                      | shaping weight   |
     | `goal_bonus`        | float                | 1.0                      | at the live goal |
-    | `shaping`           | "goal" or "set"      | "goal"                   | distance to what |
+    | `shaping`           | "goal", "set", "end" | "goal"                   | distance to what |
     | `goal_hint`         | bool                 | False                    | oracle input     |
     | `ctrl_cost_weight`  | float                | 0.05                     | control penalty  |
     | `success_radius`    | float                | 0.1                      | success distance |
@@ -109,7 +114,7 @@ class PointAdaptEnv(PointMassEnv):
         distance_weight: float = 1.0,
         goal_bonus: float = 1.0,
         goal_hint: bool = False,
-        shaping: Literal["goal", "set"] = "goal",
+        shaping: Literal["goal", "set", "end"] = "goal",
         **kwargs: Any,
     ) -> None:
         """`kwargs`: `ctrl_cost_weight`, `success_radius`, `reset_noise_scale` (see the table;
@@ -119,12 +124,13 @@ class PointAdaptEnv(PointMassEnv):
         self._distance_weight = distance_weight
         self._goal_bonus = goal_bonus
         self._goal_hint = bool(goal_hint)
-        if shaping not in ("set", "goal"):
+        if shaping not in ("set", "goal", "end"):
             raise ValueError(
-                f"PointAdapt shaping must be 'goal' (distance to the live goal) or 'set' "
-                f"(distance to the nearest candidate), got {shaping!r}."
+                f"PointAdapt shaping must be 'goal' (distance to the live goal), 'set' "
+                f"(distance to the nearest candidate) or 'end' (distance to the live goal at "
+                f"each sub-episode's end only), got {shaping!r}."
             )
-        self._shape_to_goal = shaping == "goal"
+        self._shaping = shaping
         self._goal_index = 0
         # The goal index `reset(options=...)` pins for the coming trial, if any.
         self._pinned: int | None = None
@@ -226,17 +232,18 @@ class PointAdaptEnv(PointMassEnv):
         distance = self._distance_to(self._goals[self._goal_index])
         at_goal = distance < self._success_radius
         self._reached = self._reached or at_goal
-        shaped = (
-            distance
-            if self._shape_to_goal
-            else min(self._distance_to(candidate) for candidate in self._goals)
-        )
+        end = self._sub_step == self._sub_episode_steps
+        if self._shaping == "goal":
+            shaped = distance
+        elif self._shaping == "set":
+            shaped = min(self._distance_to(candidate) for candidate in self._goals)
+        else:
+            shaped = self._sub_episode_steps * distance if end else 0.0
         reward_info = {
             "reward_distance": -self._distance_weight * shaped,
             "reward_goal": self._goal_bonus if at_goal else 0.0,
             "reward_ctrl": self._ctrl_cost(action),
         }
-        end = self._sub_step == self._sub_episode_steps
         info = {
             "trial_episode": self._trial_episode,
             "sub_episode_step": self._sub_step,

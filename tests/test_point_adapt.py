@@ -82,16 +82,20 @@ def random_actions(env: gym.Env) -> Controller:
     return lambda obs, reward, new: rng.uniform(-1.0, 1.0, size=2).astype(np.float32)
 
 
-def test_a_controller_that_knows_the_goal_succeeds_and_random_actions_do_not() -> None:
-    env = gym.make(ADAPT)
+@pytest.mark.parametrize("shaping", ["goal", "end"])
+def test_a_controller_that_knows_the_goal_succeeds_and_random_actions_do_not(shaping: str) -> None:
+    env = gym.make(ADAPT, shaping=shaping)
     np.testing.assert_array_equal(
         success_per_sub_episode(env, knows_the_goal, range(30)), [1.0, 1.0, 1.0]
     )
     assert success_per_sub_episode(env, random_actions, range(30)).max() <= 0.05
 
 
-def test_inference_from_reward_pays_in_later_sub_episodes_and_memorylessness_does_not() -> None:
-    env = gym.make(ADAPT)
+@pytest.mark.parametrize("shaping", ["goal", "end"])
+def test_inference_from_reward_pays_in_later_sub_episodes_and_memorylessness_does_not(
+    shaping: str,
+) -> None:
+    env = gym.make(ADAPT, shaping=shaping)
     seeds = range(40)
     fixed = success_per_sub_episode(env, memoryless, seeds)
     inferring = success_per_sub_episode(env, infers_from_reward, seeds)
@@ -288,3 +292,34 @@ def test_goal_shaping_is_the_distance_to_the_live_goal_and_set_shaping_hides_it(
     assert terms["goal"][0] != terms["goal"][1]
     with pytest.raises(ValueError, match="shaping must be .goal."):
         PointAdaptEnv(shaping="nearest")
+
+
+def test_end_shaping_pays_nothing_that_depends_on_the_goal_before_a_sub_episode_ends() -> None:
+    """`shaping="end"`: with the same seed and actions (the body heads between the candidates and
+    reaches neither), the rewards of the two goals differ only at the sub-episodes' last steps,
+    where the distance term is minus `sub_episode_steps` times the distance; with `"goal"` they
+    differ from the first step on (one step's reward and position give the goal away)."""
+    action = np.array([0.3, 0.3], dtype=np.float32)
+    for shaping in ("goal", "end"):
+        rewards, ends = [], []
+        for goal_index in (0, 1):
+            env = gym.make(ADAPT, shaping=shaping)
+            env.reset(seed=5, options={"goal_index": goal_index})
+            row, done = [], False
+            while not done:
+                _, reward, _, truncated, info = env.step(action)
+                assert info["reward_goal"] == 0.0
+                if shaping == "end":
+                    steps = env.unwrapped.sub_episode_steps
+                    expected = -steps * info["distance"] if info["sub_episode_end"] else 0.0
+                    assert info["reward_distance"] == pytest.approx(expected)
+                row.append(float(reward))
+                ends.append(info["sub_episode_end"])
+                done = truncated
+            rewards.append(np.array(row))
+        differs = rewards[0] != rewards[1]
+        end_steps = np.array(ends[: len(differs)])
+        if shaping == "end":
+            np.testing.assert_array_equal(differs, end_steps)
+        else:
+            assert differs.all()
