@@ -20,14 +20,16 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from hope_agent.agents.actor import Actor, ActResult, AgentState, NoiseSource, StepInputs
+from hope_agent.agents.actor import Actor, ActResult, AgentOutput, AgentState, StepInputs
 from hope_agent.agents.agent import Agent
 from hope_agent.build import build_evaluator, load_trained_agent
 from hope_agent.models.hope import HopeState
+from hope_agent.models.state import State
 from hope_agent.models.titans import FastMemoryState, TitansState
 
 PHASE = 4  # PointAdapt's observation entry: steps into the sub-episode / its length (0 at start)
@@ -103,20 +105,11 @@ class PartReset(Actor):
     def predict_world(self, features: Tensor, env_action: Tensor) -> tuple[Tensor, Tensor]:
         return self.agent.predict_world(features, env_action)
 
-    def step_heads(self, carry: AgentState, step: StepInputs):  # type: ignore[no-untyped-def]
+    def step_heads(self, carry: AgentState, step: StepInputs) -> tuple[AgentOutput, State]:
         return self.agent.step_heads(carry, step)
 
     def policy(  # type: ignore[override]
-        self,
-        carry: AgentState,
-        obs: Tensor,
-        prev_reward: Tensor,
-        is_first: Tensor,
-        *,
-        task: Tensor | None = None,
-        deterministic: bool | Tensor = False,
-        generator: NoiseSource = None,
-        reset: Tensor | None = None,
+        self, carry: AgentState, obs: Tensor, prev_reward: Tensor, is_first: Tensor, **kw: Any
     ) -> tuple[AgentState, ActResult]:
         if self.when == "step":
             mask = torch.ones_like(is_first)
@@ -131,16 +124,7 @@ class PartReset(Actor):
             for c, i in zip(memory.layers, init.layers, strict=True)  # type: ignore[arg-type]
         )
         carry = AgentState(memory=HopeState(layers=layers), prev_action=carry.prev_action)
-        return super().policy(
-            carry,
-            obs,
-            prev_reward,
-            is_first,
-            task=task,
-            deterministic=deterministic,
-            generator=generator,
-            reset=reset,
-        )
+        return super().policy(carry, obs, prev_reward, is_first, **kw)
 
 
 def main() -> None:
