@@ -28,7 +28,9 @@ from hope_agent.algos.ppo import PPO, PPOConfig
 from hope_agent.baselines import sb3
 from hope_agent.io import CheckpointError, load_checkpoint
 from hope_agent.methods import METHODS, make_method
+from hope_agent.models.base import Backbone
 from hope_agent.models.factory import BACKBONES, make_backbone
+from hope_agent.models.hope import Hope
 from hope_agent.optim import M3, MultiTimescaleOptimizer, apply_group_settings, split_matrix_params
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
 from hope_agent.train.config import (
@@ -251,6 +253,17 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
     return agent
 
 
+def compile_backbone(backbone: Backbone[Any], device: torch.device) -> None:
+    """``compile=true``: HOPE's fast paths through ``torch.compile``, the training segments
+    replayed from CUDA graphs on CUDA; one :class:`ConfigError` for a backbone without them."""
+    if not isinstance(backbone, Hope):
+        raise ConfigError(
+            f"compile=true applies to the HOPE backbones (model=hope, hope_no_cms); "
+            f"{type(backbone).__name__} has no compiled path: drop compile=true"
+        )
+    backbone.compile_fast_paths("reduce-overhead" if device.type == "cuda" else None)
+
+
 def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | OptimizerChain:
     """The outer optimizer over the agent's groups; each group updates on its own period."""
     ppo = cfg.ppo
@@ -333,6 +346,8 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         raise ConfigError(str(e)) from e
     torch.manual_seed(int(cfg.seed))
     agent = build_agent(cfg, curriculum).to(device)
+    if cfg.get("compile", False):
+        compile_backbone(agent.backbone, device)
     options = OmegaConf.to_container(cfg.method_options, resolve=True)
     assert isinstance(options, dict)
     try:

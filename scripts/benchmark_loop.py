@@ -129,13 +129,18 @@ def _overrides(args: argparse.Namespace, backbone: str) -> list[str]:
 
 
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
-    """One ``hope-train`` run of ``spec`` (a model config, ``:eager`` for ``cuda_graphs=false``);
-    the breakdown from its ``metrics.json``."""
+    """One ``hope-train`` run of ``spec`` (a model config, ``:eager`` for ``cuda_graphs=false``,
+    ``:compile`` for ``compile=true``); the breakdown from its ``metrics.json``."""
     backbone, _, mode = spec.partition(":")
     graphs = mode != "eager"
     run_dir = out / "runs" / spec.replace(":", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = _config(args, *_overrides(args, backbone), f"cuda_graphs={str(graphs).lower()}")
+    cfg = _config(
+        args,
+        *_overrides(args, backbone),
+        f"cuda_graphs={str(graphs).lower()}",
+        f"compile={str(mode == 'compile').lower()}",
+    )
     run_dir.mkdir(parents=True)
     # The run's tables go to a file: the benchmark's own table is the output.
     with open(run_dir / "stdout.txt", "w") as f, contextlib.redirect_stdout(f):
@@ -145,7 +150,7 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     # The runner's wall time: the loop from its first env to its last file, without building
     # the agent (SB3's row leaves out building its model likewise).
     wall = summary.wall_time_s
-    name = f"ppo {backbone}" + ("" if graphs else " (eager)")
+    name = f"ppo {backbone}" + {"eager": " (eager)", "compile": " (compiled)"}.get(mode, "")
     note = f"device {args.device}" + (", CUDA graphs" if graphs and args.device == "cuda" else "")
     return Row(name, summary.env_steps, wall, seconds, note=note)
 
@@ -374,7 +379,8 @@ def main() -> None:
     parser.add_argument(
         "--backbones",
         default="mlp,gru,hope",
-        help="model configs; NAME:eager acts without CUDA graphs (cuda_graphs=false)",
+        help="model configs; NAME:eager acts without CUDA graphs (cuda_graphs=false), "
+        "NAME:compile compiles HOPE's fast paths (compile=true)",
     )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
@@ -392,9 +398,9 @@ def main() -> None:
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
-    modes = sorted({b.partition(":")[2] for b in backbones} - {"", "eager"})
+    modes = sorted({b.partition(":")[2] for b in backbones} - {"", "eager", "compile"})
     if modes:
-        problems.append(f"--backbones: unknown mode(s) {modes} (NAME or NAME:eager)")
+        problems.append(f"--backbones: unknown mode(s) {modes} (NAME, NAME:eager or NAME:compile)")
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
         ("--backbones", "model", [b.partition(":")[0] for b in backbones]),

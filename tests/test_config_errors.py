@@ -83,6 +83,13 @@ def test_bad_values_fail_at_build_with_one_line(tmp_path: Path, override: str, n
     assert not any(tmp_path.iterdir())
 
 
+def test_compile_refuses_a_backbone_without_a_compiled_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_runner(_compose("config", *TINY, "model=gru", "compile=true"), tmp_path)
+    assert "compile=true applies to the HOPE backbones" in _one_line(error)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [

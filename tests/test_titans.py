@@ -544,7 +544,9 @@ def test_compiled_fast_paths_equal_eager(mem_chunk_size: int) -> None:
             y_t, s = model.step(u[:, t].detach(), s, first[:, t])
             steps.append(y_t)
         grads = [p.grad for p in model.parameters()]
-        outs.append((y, state.leaves(), x.grad, torch.stack(steps, 1), grads))
+        with torch.no_grad():  # the segment iteration compiled for inference
+            y_infer, _ = model(u, model.initial_state(3), first)
+        outs.append((y, state.leaves(), x.grad, torch.stack(steps, 1), grads, y_infer))
     for got, ref in zip(outs[0], outs[1], strict=True):
         for a, c in zip(
             got if isinstance(got, list) else [got],

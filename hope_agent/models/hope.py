@@ -366,12 +366,12 @@ class Hope(HopeStack):
     def __init__(self, config: HopeConfig) -> None:
         super().__init__(config, lambda c: SelfModifyingTitans(c.titans))
 
-    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+    def compile_fast_paths(self, segment_mode: str | None = None) -> None:
         """``torch.compile`` every layer's segment iteration and step core (see
         :meth:`SelfModifyingTitans.compile_fast_paths`); the rest stays eager."""
         for block in self.stack.block_list():
             assert isinstance(block.mixer, SelfModifyingTitans)
-            block.mixer.compile_fast_paths(**compile_kwargs)
+            block.mixer.compile_fast_paths(segment_mode)
 
 
 class HopeAttention(HopeStack):

@@ -612,23 +612,37 @@ class SelfModifyingTitans(nn.Module):
             "chunk_sizes", torch.tensor([self.chunk_size, self.mem_chunk_size]), persistent=False
         )
         self.register_buffer("memory_group", torch.tensor([0] * m + [1]), persistent=False)
-        # opt-in torch.compile'd versions of the segment iteration and of the step core
+        # opt-in torch.compile'd versions of the segment iteration (with and without autograd)
+        # and of the step core
         self._compiled_segment: Callable[..., tuple[Tensor, FastMemoryState, Tensor | None]]
+        self._training_segment: Callable[..., tuple[Tensor, FastMemoryState, Tensor | None]]
         self._compiled_segment = self._segment
+        self._training_segment = self._segment
         self._compiled_step: Callable[..., tuple[Tensor, FastMemoryState, Tensor, Tensor]]
         self._compiled_step = self._step_core
 
-    def compile_fast_paths(self, **compile_kwargs: Any) -> None:
+    def compile_fast_paths(self, segment_mode: str | None = None) -> None:
         """Run the segment iteration of ``forward`` and the core of ``step`` through
-        ``torch.compile(..., dynamic=False, **compile_kwargs)`` from now on.
+        ``torch.compile(..., dynamic=False)`` from now on.
 
         Both are fixed-shape chains of small ops (per segment: reads, conv, inner gradients,
         decays, the closed-form update; per step: the reset, reads and the update), which the
         compiler fuses into fewer kernels with fewer passes over the weight-sized state. The
         results equal the eager ones to fp32 rounding; the first call of each shape compiles.
+
+        ``segment_mode`` is the compile mode of the segment iteration while autograd is on (the
+        training path); ``"reduce-overhead"`` replays each compiled segment, forward and backward,
+        from CUDA graphs (CUDA only). Without autograd the segment runs in the default mode, and
+        the step core always does, so that :class:`~hope_agent.models.graphs.GraphedStep` can
+        capture it.
         """
-        self._compiled_segment = torch.compile(self._segment, dynamic=False, **compile_kwargs)
-        self._compiled_step = torch.compile(self._step_core, dynamic=False, **compile_kwargs)
+        self._compiled_segment = torch.compile(self._segment, dynamic=False)
+        self._training_segment = (
+            self._compiled_segment
+            if segment_mode is None
+            else torch.compile(self._segment, dynamic=False, mode=segment_mode)
+        )
+        self._compiled_step = torch.compile(self._step_core, dynamic=False)
 
     # ------------------------------------------------------------------ state
 
@@ -814,16 +828,18 @@ class SelfModifyingTitans(nn.Module):
         positions ``(B,)`` and the conv buffer.
         """
         seg = segment_layout(pos0, packed.shape[1], chunk, first)
-        ps = seg.gather(packed).transpose(2, 3)  # (B, n, H, C, F)
+        # segment-major and contiguous, so that each iteration's inputs have strides that do not
+        # depend on the number of segments (a compiled segment is specialised on its strides)
+        ps = seg.gather(packed).permute(1, 0, 3, 2, 4).contiguous()  # (n, B, H, C, F)
+        valid, done = seg.valid.transpose(0, 1).contiguous(), seg.done.transpose(0, 1).contiguous()
         outs: list[Tensor] = []
+        segment = self._training_segment if torch.is_grad_enabled() else self._compiled_segment
         for i in range(seg.n):
             if seg.any_reset[i]:
                 rows = seg.reset[:, i]
                 mem = self._reset(mem, init, rows)
                 conv = None if conv is None else _zero_rows(rows, conv)
-            out, mem, conv = self._compiled_segment(
-                mem, conv, ps[:, i], seg.valid[:, i], seg.done[:, i], body
-            )
+            out, mem, conv = segment(mem, conv, ps[i], valid[i], done[i], body)
             outs.append(out)
         return seg.scatter(torch.stack(outs, 1).transpose(2, 3)), mem, seg.end_pos, conv
 

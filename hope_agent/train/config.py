@@ -205,6 +205,10 @@ class TrainConfig:
     # On CUDA, act (rollouts, evaluation, video) by replaying the backbone's step from a CUDA
     # graph: the same kernels, one launch (hope_agent.models.graphs); ignored on the CPU.
     cuda_graphs: bool = True
+    # torch.compile HOPE's segment iteration and step core (fused kernels; on CUDA the training
+    # segments also replay from CUDA graphs): same results to fp32 rounding, minutes of compiling
+    # per shape on first use, so it pays on long runs. HOPE backbones only.
+    compile: bool = False
     # Continue the run in the run directory from its newest valid checkpoint (a fresh start when
     # it has none); without it, a run directory that already holds checkpoints is refused.
     resume: bool = False
@@ -247,7 +251,15 @@ class RecordConfig:
 
 
 # Keys a resumed run may change: they alter where and how it runs, not what it computes.
-RESUMABLE_CHANGES = ("resume", "device", "torch_threads", "cuda_graphs", "logger", "faults")
+RESUMABLE_CHANGES = (
+    "resume",
+    "device",
+    "torch_threads",
+    "cuda_graphs",
+    "compile",
+    "logger",
+    "faults",
+)
 
 
 def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:

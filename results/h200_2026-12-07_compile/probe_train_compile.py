@@ -1,0 +1,169 @@
+"""HOPE forward+backward at PPO's minibatch shapes: eager against ``torch.compile`` of the
+segment iteration, default mode and ``mode="reduce-overhead"`` (CUDA-graph trees), with a cuDNN
+GRU / LSTM of the same width as the anchor of the same run, and the equality check of each
+compiled path against eager (outputs and every parameter's gradient, fresh random inputs).
+
+Usage: python probe_train_compile.py [--device cuda] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from hope_agent.models import make_backbone
+from hope_agent.models.hope import Hope
+
+
+def _model(d: int, chunk: int, layers: int, device: torch.device) -> Hope:
+    torch.manual_seed(0)
+    m = make_backbone(
+        "hope", d, n_layers=layers, n_heads=4, chunk_size=chunk, cms_periods=[1, 16, 256]
+    )
+    assert isinstance(m, Hope)
+    return m.to(device)
+
+
+def _inputs(b: int, t: int, d: int, device: torch.device, seed: int) -> tuple[Any, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, d, generator=g).to(device)
+    first = torch.rand(b, t, generator=g) < 1.0 / 120  # an episode start about once a window
+    first[:, 0] = True
+    return x, first.to(device)
+
+
+def _fwd_bwd(m: torch.nn.Module, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    m.zero_grad(set_to_none=True)
+    state = m.init_state(x.shape[0], x.device)
+    y, _ = m(x, state, first)
+    # a fixed random readout: the square of the final RMSNorm's output would be about constant,
+    # and its tiny gradients would be rounding noise
+    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device)
+    (y * r).mean().backward()
+    return y.detach()
+
+
+def _time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench(
+    d: int,
+    chunk: int,
+    layers: int,
+    b: int,
+    t: int,
+    device: torch.device,
+    reps: int,
+    modes: list[str],
+) -> list[dict]:
+    rows = []
+    ref = _model(d, chunk, layers, device)
+    for label in ("gru", "lstm"):
+        torch.manual_seed(0)
+        a = make_backbone(label, d) if label == "gru" else torch.nn.LSTM(d, d, batch_first=True)
+        a = a.to(device)
+        x, first = _inputs(b, t, d, device, 0)
+        if label == "gru":
+            run = lambda a=a, x=x, first=first: _fwd_bwd(a, x, first)  # noqa: E731
+        else:
+
+            def run(a=a, x=x) -> None:
+                a.zero_grad(set_to_none=True)
+                a(x)[0].square().mean().backward()
+
+        run()
+        sec = _time(run, device, reps)
+        rows.append(
+            dict(
+                shape=f"d{d} C{chunk} L{layers} B{b} T{t}",
+                path=f"anchor {label}",
+                compile_s=0.0,
+                ms=sec * 1e3,
+                tokens_s=b * t / sec,
+                rel_y=0.0,
+                rel_g=0.0,
+            )
+        )
+    for mode in modes:
+        m = _model(d, chunk, layers, device)
+        if mode != "eager":
+            m.compile_fast_paths(None if mode == "default" else mode)
+        x, first = _inputs(b, t, d, device, 1)
+        t0 = time.perf_counter()
+        _fwd_bwd(m, x, first)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        first_s = time.perf_counter() - t0
+        # fresh inputs (other reset pattern) for the check: both paths must agree on any input
+        errs_y, errs_g = [], []
+        for seed in (2, 3):
+            xc, fc = _inputs(b, t, d, device, seed)
+            y = _fwd_bwd(m, xc, fc).clone()
+            g = [p.grad.clone() for p in m.parameters() if p.grad is not None]
+            y_ref = _fwd_bwd(ref, xc, fc)
+            g_ref = [p.grad for p in ref.parameters() if p.grad is not None]
+            errs_y.append(_rel(y, y_ref))
+            errs_g.append(max(_rel(a, r) for a, r in zip(g, g_ref, strict=True)))
+        sec = _time(lambda m=m, x=x, first=first: _fwd_bwd(m, x, first), device, reps)
+        rows.append(
+            dict(
+                shape=f"d{d} C{chunk} L{layers} B{b} T{t}",
+                path=f"hope {mode}",
+                compile_s=first_s,
+                ms=sec * 1e3,
+                tokens_s=b * t / sec,
+                rel_y=max(errs_y),
+                rel_g=max(errs_g),
+            )
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--modes", default="eager,default,reduce-overhead")
+    ap.add_argument("--shapes", default="64:8:1:16:120,64:8:1:128:120,256:64:1:16:1024")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    rows: list[dict] = []
+    for spec in args.shapes.split(","):
+        d, c, layers, b, t = (int(v) for v in spec.split(":"))
+        rows += bench(d, c, layers, b, t, dev, args.reps, args.modes.split(","))
+    print("| shape | path | first call s | ms | tokens/s | rel err y | rel err grads |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['shape']} | {r['path']} | {r['compile_s']:.1f} | {r['ms']:.1f} | "
+            f"{r['tokens_s']:,.0f} | {r['rel_y']:.1e} | {r['rel_g']:.1e} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
