@@ -17,7 +17,7 @@ A method sees the curriculum only through these hooks, so regularisers (L2, EWC)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -34,6 +34,13 @@ def require_keys(method: str, state: dict[str, Any], keys: Sequence[str]) -> Non
     missing = sorted(set(keys) - set(state))
     if missing:
         raise ValueError(f"{method} state misses {missing}: not a {method} state")
+
+
+def check_rules(what: str, rules: Mapping[str, bool], config: object) -> None:
+    """Raise ``ValueError`` ``"<what>: need <rules broken> (got <config>)"`` if any rule fails."""
+    bad = [rule for rule, ok in rules.items() if not ok]
+    if bad:
+        raise ValueError(f"{what}: need {', '.join(bad)} (got {config})")
 
 
 class Method:

@@ -39,10 +39,11 @@ from torch import Tensor, nn
 
 from hope_agent.agents.agent import Agent, AgentOutput
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
-from hope_agent.algos.ppo import masked_mean
-from hope_agent.methods.base import Method, require_keys
+from hope_agent.methods.base import Method, check_rules, require_keys
 from hope_agent.methods.replay import (
-    gaussian_kl,
+    PolicyTargets,
+    consistency_loss,
+    loss_mask,
     sample_sequences,
     sequence_inputs,
     sequence_outputs,
@@ -186,6 +187,16 @@ class ObservationStore:
             memory = agent.backbone.init_state(int(rows.shape[0]), dev)
         return inputs, memory
 
+    @torch.no_grad()
+    def answers(self, model: Agent, agent: Agent, batch: int = 64) -> PolicyTargets:
+        """``model``'s answers on every stored sequence (on the CPU), the inputs normalised as
+        ``agent`` normalises them."""
+        parts = []
+        for start in range(0, self.size, batch):
+            inputs, memory = self.rows(agent, torch.arange(start, min(start + batch, self.size)))
+            parts.append(PolicyTargets.of(sequence_outputs(model, inputs, memory)))
+        return PolicyTargets.cat(parts)
+
     def state_dict(self) -> dict[str, Any]:
         """The stored inputs and memories, and the current stage's window."""
         return {
@@ -208,51 +219,6 @@ class ObservationStore:
         self.recent = {k: v.cpu() for k, v in dict(state.get("recent", {})).items()}
 
 
-@dataclass
-class PolicyTargets:
-    """What one model answered on a batch of sequences: the targets of a consistency loss."""
-
-    mean: Tensor  # (B, L, act_dim)
-    log_std: Tensor  # (B, L, act_dim)
-    value: Tensor  # (B, L)
-
-    @classmethod
-    def of(cls, out: AgentOutput) -> PolicyTargets:
-        """The detached policy and value of ``out``."""
-        return cls(out.mean.detach(), out.log_std.detach(), out.value.detach())
-
-    def rows(self, rows: Tensor, device: torch.device) -> PolicyTargets:
-        """The targets of sequences ``rows``, on ``device``."""
-        return PolicyTargets(
-            self.mean[rows].to(device), self.log_std[rows].to(device), self.value[rows].to(device)
-        )
-
-    @classmethod
-    def cat(cls, parts: list[PolicyTargets]) -> PolicyTargets:
-        """The targets of ``parts`` one after the other (on the CPU)."""
-        return cls(
-            *(torch.cat([getattr(p, k).cpu() for p in parts]) for k in ("mean", "log_std", "value"))
-        )
-
-
-def consistency_loss(
-    target: PolicyTargets, out: AgentOutput, mask: Tensor, value_coef: float
-) -> Tensor:
-    """``KL(π_target ‖ π_out) + value_coef · (V_out − V_target)²``, averaged over ``mask``."""
-    kl = gaussian_kl(target.mean, target.log_std, out.mean, out.log_std)
-    loss = masked_mean(kl, mask)
-    if value_coef > 0:
-        loss = loss + value_coef * masked_mean((out.value - target.value).square(), mask)
-    return loss
-
-
-def loss_mask(valid: Tensor, burn_in: int) -> Tensor:
-    """``valid`` without the first ``burn_in`` steps of each sequence (memory warm-up)."""
-    mask = valid.clone()
-    mask[:, :burn_in] = False
-    return mask
-
-
 def named_groups(agent: Agent) -> dict[str, str]:
     """Parameter name -> name of its optimizer group in ``agent.param_groups()``."""
     group_of = {
@@ -261,12 +227,6 @@ def named_groups(agent: Agent) -> dict[str, str]:
         for p in g["params"]
     }
     return {n: group_of[id(p)] for n, p in agent.named_parameters() if id(p) in group_of}
-
-
-def _check(name: str, rules: Mapping[str, bool], config: object) -> None:
-    bad = [rule for rule, ok in rules.items() if not ok]
-    if bad:
-        raise ValueError(f"{name} options: need {', '.join(bad)} (got {config})")
 
 
 # ----------------------------------------------------------------------------- stable_ema
@@ -346,8 +306,8 @@ class StableEMAConfig(StoreOptions):
     evaluate: str = "stable"
 
     def __post_init__(self) -> None:
-        _check(
-            "stable_ema",
+        check_rules(
+            "stable_ema options",
             {
                 "coef >= 0": self.coef >= 0,
                 "replay_coef >= 0": self.replay_coef >= 0,
@@ -482,21 +442,14 @@ class StableEMA(Method):
             if self.config.clock == "tasks":
                 self.replay_targets = self._answers(agent)
 
-    @torch.no_grad()
-    def _answers(self, agent: Agent, batch: int = 64) -> PolicyTargets:
+    def _answers(self, agent: Agent) -> PolicyTargets:
         """The stable model's answers on every stored sequence, with the normaliser of now.
 
         On the ``tasks`` clock the stable model is fixed until the next task end, so its answers
         are computed once, here; they keep what it did with the statistics it had (the working
         model's normaliser moves on with the next task).
         """
-        stable = self.stable_agent(agent)
-        parts = []
-        for start in range(0, self.store.size, batch):
-            rows = torch.arange(start, min(start + batch, self.store.size))
-            inputs, memory = self.store.rows(agent, rows)
-            parts.append(PolicyTargets.of(sequence_outputs(stable, inputs, memory)))
-        return PolicyTargets.cat(parts)
+        return self.store.answers(self.stable_agent(agent), agent)
 
     def evaluation_agent(self, agent: Agent) -> Agent:
         """The stable model (``evaluate: stable``) with the working normalisers, else ``agent``."""
@@ -604,8 +557,8 @@ class DistillConfig(StoreOptions):
         self.fast_levels = [str(n) for n in self.fast_levels]
         if self.slow_levels is not None:
             self.slow_levels = [str(n) for n in self.slow_levels]
-        _check(
-            "distill",
+        check_rules(
+            "distill options",
             {
                 "fast_levels not empty": bool(self.fast_levels),
                 "slow_levels null or not empty": self.slow_levels is None or bool(self.slow_levels),
@@ -718,27 +671,14 @@ class Distill(Method):
             self.history.append(self.consolidate(agent, stage))
 
     def targets(self, agent: Agent) -> PolicyTargets:
-        """The whole model's answers on every stored sequence."""
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, self.store.size, 64):
-                rows = torch.arange(start, min(start + 64, self.store.size))
-                inputs, memory = self.store.rows(agent, rows)
-                chunks.append(PolicyTargets.of(sequence_outputs(agent, inputs, memory)))
-        return PolicyTargets(
-            torch.cat([c.mean for c in chunks]),
-            torch.cat([c.log_std for c in chunks]),
-            torch.cat([c.value for c in chunks]),
-        )
+        """The whole model's answers on every stored sequence (on the CPU)."""
+        return self.store.answers(agent, agent)
 
     def loss(self, agent: Agent, targets: PolicyTargets, rows: Tensor) -> Tensor:
         """Distillation loss of ``agent`` against ``targets`` on stored sequences ``rows``."""
         inputs, memory = self.store.rows(agent, rows)
         out = sequence_outputs(agent, inputs, memory)
-        dev_rows = rows.to(targets.mean.device)
-        target = PolicyTargets(
-            targets.mean[dev_rows], targets.log_std[dev_rows], targets.value[dev_rows]
-        )
+        target = targets.rows(rows.to(targets.mean.device), agent.device)
         return consistency_loss(
             target, out, loss_mask(inputs["valid"], self.config.burn_in), self.config.value_coef
         )
