@@ -26,9 +26,7 @@ Outputs: ``comparison.csv``, ``comparison.md``, ``comparison.png`` (:func:`write
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import warnings
@@ -54,6 +52,7 @@ from hope_agent.html_report import (
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
 from hope_agent.train.config import RESUMABLE_CHANGES, TrainConfig, flatten_config
 from hope_agent.train.logger import rows_to_csv
+from hope_agent.train.report import read_matrix_csv as read_perf_csv
 
 METRICS: tuple[str, ...] = (
     "average_performance",
@@ -195,13 +194,6 @@ def _finite(value: Any) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
-
-
-def read_perf_csv(path: Path) -> np.ndarray:
-    """The matrix of a ``perf_matrix.csv`` (header of task names, one row per stage; an empty
-    cell is NaN). Task names may hold commas: the file is parsed as quoted CSV."""
-    lines = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
-    return np.array([[float(c) if c else np.nan for c in line[1:]] for line in lines if line])
 
 
 def load_run(run_dir: PathLike) -> RunResult:

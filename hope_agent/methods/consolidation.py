@@ -1,28 +1,17 @@
 """Consolidation: knowledge flows from the fast to the slow parameters (HOPE.md section 3c).
 
-Two methods, each a :class:`~hope_agent.methods.base.Method` chosen by ``method=...``; neither
-reads the task id (beyond feeding it to an oracle agent built with ``task_id``, whose input it
-is) nor any reward of a finished task. See ``docs/consolidation.md`` for the equations, the
-decisions and the config keys.
+Two methods, neither reading the task id (beyond an oracle agent's input) nor any reward of a
+finished task; equations, decisions and config keys in ``docs/consolidation.md``:
 
-- ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the
-  exponential moving average of the working weights with a decay per parameter group (slow CMS
-  levels averaged more slowly), updated after every PPO update or, on the task clock, at task
-  ends (with decay 0: a snapshot of the model as it finished its last task); a consistency loss
-  pulls the working policy (mean and value) toward the stable one on the PPO minibatch and,
-  optionally, on stored observation sequences of finished tasks; the trainer evaluates the
-  stable model unless told to evaluate the working one. ``snapshot_replay`` is ``stable_ema``
-  with the defaults of the recipe the studies measured (:class:`SnapshotReplayConfig`).
-- ``distill`` (the transient/permanent split of Anand & Precup, NeurIPS 2023): at the end of a
-  stage the slow CMS levels learn to reproduce the whole model's policy mean and value on the
-  stored sequences of the current and earlier tasks, with the fast levels' contribution shrunk
-  (reset by default); what the fast levels had added is then gone from the model.
+- ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the EMA of
+  the working weights with a decay per parameter group, moved after every PPO update or at task
+  ends; a consistency loss pulls the working policy toward it, on the PPO minibatch and
+  optionally on stored sequences of finished tasks. ``snapshot_replay`` is ``stable_ema`` with
+  the defaults of the measured recipe (:class:`SnapshotReplayConfig`).
+- ``distill`` (after Anand & Precup, NeurIPS 2023): at a stage end the slow CMS levels learn to
+  reproduce the whole model on stored sequences, then the fast levels are shrunk (reset).
 
-Both keep an :class:`ObservationStore`: sequences of each finished stage that begin at an
-episode's first step, with the inputs a policy needs and nothing derived from a reward (the
-previous-reward input is stored as 0, unless ``store_rewards`` asks for it, as an ablation that
-breaks the no-old-reward rule); replayed from a fresh backbone memory and through the current
-observation normaliser, they show the agent what an evaluation episode shows it.
+Both keep an :class:`ObservationStore` of reward-free input sequences of finished stages.
 """
 
 from __future__ import annotations
@@ -41,6 +30,7 @@ from hope_agent.agents.agent import Agent, AgentOutput
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.methods.base import Method, check_rules, require_keys
 from hope_agent.methods.replay import (
+    INPUTS,
     PolicyTargets,
     consistency_loss,
     loss_mask,
@@ -53,34 +43,15 @@ from hope_agent.models.cms import CMSLevel
 from hope_agent.models.state import State
 from hope_envs.curriculum import TaskSpec
 
-_INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
-
 
 class ObservationStore:
     """Reward-free input sequences of finished stages, for replay through any agent.
 
-    Two ways to cut the sequences (``sequences``):
-
-    - ``"episodes"`` (default): sequences that begin at an episode's first step and run for
-      ``sequence_len`` steps (the rest of a shorter episode is masked out), drawn from the last
-      ``window`` steps of every env (:meth:`observe` keeps them after each update). A fresh
-      backbone memory is then exactly the memory the agent had there, so replay shows the agent
-      the inputs an evaluation episode does.
-    - ``"chunks"``: ``seq_len`` chunks of the task's last rollout, wherever they start in an
-      episode, replayed from a fresh memory unless ``store_rewards`` keeps the rollout's
-      chunk-start memory (the memory an agent had mid-episode is missing: the ablation of the
-      first rule).
-
-    Args:
-        options: the store's options (:class:`StoreOptions`, checked there): how many sequences
-            per stage (``sequences_per_task``, capped by what the window or rollout holds), the
-            seed of the draws (stage ``k`` draws with ``seed + k``), ``store_rewards`` (also keep
-            the previous-reward inputs, and in ``chunks`` the chunk-start memory, both derived
-            from the task's rewards; off, rewards read 0), ``renormalize`` (keep raw
-            observations, the rollout's normalised ones mapped back with the statistics of the
-            moment, and normalise them with the agent's statistics at each replay, as an
-            evaluation would; off, replay them as normalised in their own task),
-            ``sequences`` (above), ``sequence_len`` and ``window``.
+    Two ways to cut the sequences (``sequences``): ``"episodes"`` (default), sequences that begin
+    at an episode's first step, drawn from the last ``window`` steps of every env, so that a
+    fresh backbone memory is the memory the agent had there; ``"chunks"``, rollout chunks
+    replayed from a fresh memory unless ``store_rewards`` keeps the chunk-start memory (an
+    ablation). The other options are :class:`StoreOptions`'.
     """
 
     def __init__(self, options: StoreOptions) -> None:
@@ -97,7 +68,7 @@ class ObservationStore:
 
     def _inputs_of(self, fields: Mapping[str, Tensor], agent: Agent) -> dict[str, Tensor]:
         """The stored form of rollout inputs: raw observations, rewards zeroed (as configured)."""
-        new = {k: fields[k].detach() for k in _INPUTS}
+        new = {k: fields[k].detach() for k in INPUTS}
         if self.options.renormalize:
             new["obs"] = agent.obs_norm.invert(new["obs"])
         if not self.options.store_rewards:
@@ -109,7 +80,7 @@ class ObservationStore:
         """Keep the rollout's inputs in the per-env window (``episodes`` only)."""
         if self.options.sequences != "episodes":
             return
-        steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in _INPUTS}, agent)
+        steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in INPUTS}, agent)
         if self.recent:
             steps = {k: torch.cat([self.recent[k], v], dim=1) for k, v in steps.items()}
         self.recent = {k: v[:, -self.options.window :] for k, v in steps.items()}
@@ -168,7 +139,7 @@ class ObservationStore:
             self.inputs = new
             self.memory_leaves = leaves if keep_memory else []
             return
-        self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in _INPUTS}
+        self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in INPUTS}
         if keep_memory:
             self.memory_leaves = [
                 torch.cat([old, t]) for old, t in zip(self.memory_leaves, leaves, strict=True)
@@ -177,7 +148,7 @@ class ObservationStore:
     def rows(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State]:
         """Stored sequences ``rows`` on the agent's device: ``(inputs, starting memory)``."""
         dev = agent.log_std.device
-        inputs = {k: self.inputs[k][rows].to(dev) for k in _INPUTS}
+        inputs = {k: self.inputs[k][rows].to(dev) for k in INPUTS}
         if self.options.renormalize:
             inputs["obs"] = agent.normalize_obs(inputs["obs"])
         if self.memory_leaves:
@@ -209,10 +180,10 @@ class ObservationStore:
         """Restore :meth:`state_dict` (a state saved before windows existed has none)."""
         inputs = dict(state["inputs"])
         for name, fields in (("inputs", inputs), ("recent", dict(state.get("recent", {})))):
-            if fields and set(fields) != set(_INPUTS):
+            if fields and set(fields) != set(INPUTS):
                 raise ValueError(
                     f"observation store {name} hold fields {sorted(fields)}, expected "
-                    f"{sorted(_INPUTS)}"
+                    f"{sorted(INPUTS)}"
                 )
         self.inputs = {k: v.cpu() for k, v in inputs.items()}
         self.memory_leaves = [t.cpu() for t in state["memory_leaves"]]

@@ -41,7 +41,7 @@ from hope_agent.models.state import State
 from hope_envs.curriculum import TaskSpec
 
 # The stored inputs of a sequence, in SequenceBatch's field names.
-_INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
+INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
 _TARGETS = ("mean", "log_std", "value")
 
 
@@ -223,7 +223,7 @@ class BCReplay(Method):
         dev = agent.log_std.device
         template = agent.backbone.init_state(1, dev)
         memory = state_from_leaves(template, [t[rows].to(dev) for t in self.memory_leaves])
-        inputs = {k: self.store[k][rows].to(dev) for k in _INPUTS}
+        inputs = {k: self.store[k][rows].to(dev) for k in INPUTS}
         if self.config.renormalize:
             inputs["obs"] = agent.normalize_obs(inputs["obs"])
         targets = PolicyTargets(*(self.store[k][rows].to(dev) for k in _TARGETS))
@@ -259,16 +259,16 @@ class BCReplay(Method):
         self.memory_leaves = list(state["memory_leaves"])
         self.source_task = state["source_task"]
         self.generator.set_state(state["generator"].cpu())
-        if self.source_task is not None and set(self.store) != {*_INPUTS, *_TARGETS}:
+        if self.source_task is not None and set(self.store) != {*INPUTS, *_TARGETS}:
             raise ValueError(
                 f"bc_replay state holds fields {sorted(self.store)}, expected "
-                f"{sorted({*_INPUTS, *_TARGETS})}"
+                f"{sorted({*INPUTS, *_TARGETS})}"
             )
 
 
 def sequence_inputs(batch: SequenceBatch) -> dict[str, Tensor]:
     """The token inputs and ``valid`` mask of a batch of sequences, by field name."""
-    return {name: getattr(batch, name) for name in _INPUTS}
+    return {name: getattr(batch, name) for name in INPUTS}
 
 
 def sequence_outputs(agent: Agent, inputs: Mapping[str, Tensor], memory: State) -> AgentOutput:
