@@ -1,27 +1,15 @@
 """Compare runs: one table and one plot of every method over seeds, on one curriculum.
 
-Each run directory (of ``scripts/train_curriculum.py`` or ``scripts/train_sb3.py``) holds its
-resolved config (``config.yaml``, else Hydra's ``.hydra/config.yaml``), ``metrics.json`` and
-``perf_matrix.csv``. Runs are grouped into rows by their whole config less the seed (and less
-what changes where or how a run runs, :data:`IGNORED_KEYS`) and by their env steps: the seeds of
-one setting share a row. Each row is labelled by the keys in which its setting differs from the
-other rows' (e.g. ``model.kwargs.cms_periods=[1,4,16]``, :func:`row_labels`), and the tables
-name the keys that vary; each run also has a short name ``<method>+<model>`` (``+task_id`` for
-the oracle). Only runs that cannot share a table are refused: runs of different curricula or
-task lists.
-
-For each row and each metric (average performance, forgetting, backward and forward transfer)
-the table gives the mean over seeds and a percentile-bootstrap confidence interval
-(:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000 resamples, as Continual World reports). A
-metric a run could not compute (forward transfer without a reference AUC) is left out of that
-run's row; a row where no run has it shows an empty cell.
-
-Forward transfer can also be computed here from single-task reference runs
-(:func:`load_references`, ``--reference`` of ``scripts/compare.py``): ``AUC_ref`` of each task
-is the mean AUC of its reference runs.
-
-Outputs: ``comparison.csv``, ``comparison.md``, ``comparison.png`` (:func:`write_comparison`) and
-``comparison.html`` (:func:`write_comparison_report`).
+Each run directory holds its resolved config (``config.yaml``, else Hydra's
+``.hydra/config.yaml``), ``metrics.json`` and ``perf_matrix.csv``. Runs are grouped into rows by
+their whole config less the seed (and less :data:`IGNORED_KEYS`) and by their env steps; each row
+is labelled by the keys in which its setting differs from the other rows' (:func:`row_labels`).
+Runs of different curricula or task lists are refused. Per row and metric the table gives the
+mean over seeds and a percentile-bootstrap interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%,
+4000 resamples, as Continual World reports); forward transfer may come from single-task
+reference runs (:func:`load_references`). Outputs: ``comparison.{csv,md,png}``
+(:func:`write_comparison`) and ``comparison.html`` (:func:`write_comparison_report`); see
+``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -551,14 +539,7 @@ def table_markdown(
     """A Markdown table: one row per setting, ``mean [low, high]`` per metric, and the notes of
     :func:`table_notes`; ``reference`` names the single-task reference runs' ``<method>+<model>``
     when forward transfer was computed from them."""
-    head = [
-        "setting",
-        "method",
-        "model",
-        "task id",
-        "seeds",
-        *(METRIC_TITLES[k] for k in METRICS),
-    ]
+    head = ["setting", "method", "model", "task id", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
