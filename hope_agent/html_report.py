@@ -1,20 +1,10 @@
 """One self-contained HTML page per run (``report.html``) and per comparison (``comparison.html``).
 
-A page needs no network and no server: it holds no script, its style is inline, its figures are
-SVG drawn here (:mod:`hope_agent.viz`) and embedded as ``data:`` URIs, and its heatmaps are HTML
-tables coloured cell by cell, so that their numbers can be read, selected and searched.
-
-Rollout videos (``videos/stage_XX/*.mp4|gif``) are embedded as ``data:`` URIs too, so that the
-page is one file that can be copied out of the run directory, mailed or attached to an issue and
-still play: at the recorder's default size (128 x 96) an mp4 is about 5 KB, so even a 20-task
-curriculum (20 stages x 21 files) stays a few MB. Past ``max_video_bytes`` in all (a run
-recorded at a large size) the page links them by relative path instead, and says so: a page of
-hundreds of MB would load slowly, and the run directory holds the files anyway.
-
-Entry points: :func:`write_run_report` (into a finished or partial run directory; the trainer
-calls it once a run's last results and videos are written; ``python -m hope_agent.html_report
-RUN_DIR`` for any run directory); :func:`hope_agent.compare.write_comparison_report` builds the
-comparison page from the same parts.
+A page needs no network and no server: no script, inline style, SVG figures and rollout videos
+embedded as ``data:`` URIs, heatmaps as HTML tables whose numbers can be read and searched. Past
+``max_video_bytes`` of video in all, the page links the videos by relative path instead, and
+says so. Entry points: :func:`write_run_report` (also ``python -m hope_agent.html_report
+RUN_DIR``) and :func:`hope_agent.compare.write_comparison_report`; see ``docs/report.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
 """Environment-side fault handling: simulator blow-ups and crashed env workers.
 
-- :class:`EnvFaultGuard` wraps one env. A step that raises a simulator error, returns a
-  non-finite or huge observation or reward, or makes MuJoCo count an instability warning (MuJoCo
-  then silently resets the simulation itself) ends the episode as *truncated*, with the last good
-  observation and a zero reward, and sets ``info["env_fault"]``. The vector env's next-step
-  autoreset then resets that env; the others keep running.
-- :class:`RestartingVectorEnv` wraps a vector env. A step that raises (a dead
-  ``AsyncVectorEnv`` worker surfaces as ``BrokenPipeError`` or ``EOFError``, an error inside a
-  worker as its own type) or returns non-finite values closes it, builds a new one and resets
-  it; every env reports a truncation, then the reset observation on the following
-  (autoreset) step, exactly like Gymnasium's next-step autoreset, so the trainer needs no
-  special case.
+- :class:`EnvFaultGuard` wraps one env: a step that blows up ends the episode as truncated
+  (``info["env_fault"]``), and the vector env's next-step autoreset resets that env.
+- :class:`RestartingVectorEnv` wraps a vector env: a step that raises (a dead worker) or returns
+  non-finite values rebuilds it, reported as a truncation of every env followed by an autoreset
+  step, so the trainer needs no special case.
 
-The trainer's own checks (non-finite weights and updates) live in :mod:`hope_agent.train.faults`;
-see ``docs/reliability.md``.
+The trainer's own checks live in :mod:`hope_agent.train.faults`; see ``docs/reliability.md``.
 """
 
 from __future__ import annotations

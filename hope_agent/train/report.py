@@ -1,26 +1,17 @@
 """Results of a curriculum run: the evaluation table, the matrices, the metrics and their files.
 
-One evaluation event evaluates every task; :class:`RunRecord` keeps one row per (event, task).
-Stage i's *window* is the events taken while training task i, the last of which is its task-end
-evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation, or, with
-``smooth_last=k``, the mean of the window's last k evaluations (Continual World's smoothing).
+:class:`RunRecord` keeps one :class:`EvalEvent` (every task evaluated) per evaluation. Stage i's
+*window* is the events taken while training task i, the last its task-end evaluation;
+``perf[i, j]`` is task j's performance there, or with ``smooth_last=k`` the mean of the window's
+last k evaluations (Continual World's smoothing).
 
 Each task is normalised one way for the whole run (``metrics.json`` key ``normalisation``):
-``success`` (its success rate) where the task defines success, else ``reference`` (stored
-reference returns, :func:`hope_envs.curriculum.reference_returns`), else ``run``: the evaluator
-leaves such a task's performance NaN, and the record fills it from the raw mean returns with
-``R_random``, the random-policy return the run measured at its start
-(:attr:`RunRecord.random_returns`), and the task's own best evaluation in the run as the
-reference (:func:`hope_agent.metrics.run_normalized_score`). "Best in the run" is only known at
-the end, so every matrix, curve and metric is computed from the raw returns whenever they are
-written.
-
-Files (all written atomically): ``perf_matrix.csv`` (always the task-end matrix),
-``perf_matrix_smoothed.csv`` (with ``smooth_last``: the matrix the metrics used),
-``perf_matrix_deterministic.csv``, ``wm_error_matrix.csv``, ``return_matrix.csv``,
-``in_context_perf_matrix.csv`` (when measured), ``curves.csv``, ``metrics.json`` and the plots
-``plots/perf_matrix.png`` (``plots/perf_matrix_smoothed.png`` with ``smooth_last``),
-``plots/curves.png``, ``plots/wm_error_matrix.png``, ``plots/wm_error_curves.png``.
+``success``, ``reference`` (stored reference returns) or ``run``: the record fills such a task's
+performance from its raw returns with ``R_random`` measured at the run start
+(:attr:`RunRecord.random_returns`) and the task's best evaluation in the run as the reference.
+The best is only known at the end, so everything is recomputed from the raw returns whenever it
+is written. Files (atomic): the ``*matrix*.csv`` files, ``curves.csv``, ``metrics.json`` and
+the plots under ``plots/`` (:func:`write_results`).
 """
 
 from __future__ import annotations
