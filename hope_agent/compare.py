@@ -29,25 +29,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
 from hope_agent.html_report import (
+    curve_values,
     escape,
     html_page,
     markdown_code,
     read_curves,
     stage_starts,
     svg_figure,
-    to_float,
 )
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
 from hope_agent.train.config import RESUMABLE_CHANGES, TrainConfig, flatten_config
 from hope_agent.train.logger import rows_to_csv
+from hope_agent.train.report import METRICS
 from hope_agent.train.report import read_matrix_csv as read_perf_csv
 
-METRICS: tuple[str, ...] = (
-    "average_performance",
-    "forgetting",
-    "backward_transfer",
-    "forward_transfer",
-)
 # Short column titles, with the better direction.
 METRIC_TITLES: dict[str, str] = {
     "average_performance": "avg perf ↑",
@@ -605,19 +600,14 @@ def _overlaid_curves(
     axes = fig.subplots(n_rows, cols, sharex=True, squeeze=False).ravel()
     boundaries: dict[int, list[float]] = {}
     for k, row in enumerate(rows):
-        by_step: dict[int, list[list[float]]] = {}
+        by_step: dict[int, list[np.ndarray]] = {}
         for run_dir in row.run_dirs:
             if not (run_dir / "curves.csv").is_file():
                 continue
-            events: dict[int, list[float]] = {}
             curves = read_curves(run_dir / "curves.csv")
             if curves:
                 boundaries.setdefault(k, stage_starts(curves))
-            for r in curves:
-                values = events.setdefault(int(r["global_step"]), [math.nan] * len(tasks))
-                if int(r["task_index"]) < len(tasks):
-                    values[int(r["task_index"])] = to_float(r.get(column))
-            for step, values in events.items():
+            for step, values in zip(*curve_values(curves, len(tasks), column), strict=True):
                 by_step.setdefault(step, []).append(values)
         if not by_step:
             continue

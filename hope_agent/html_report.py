@@ -239,18 +239,27 @@ def stage_starts(curves: Sequence[Mapping[str, str]]) -> list[float]:
     return [0.0] + [float(ends.get(i, last)) for i in range(n_stages - 1)]
 
 
+def curve_values(
+    curves: Sequence[Mapping[str, str]], n_tasks: int, column: str
+) -> tuple[list[int], np.ndarray]:
+    """The sorted evaluation steps of a ``curves.csv`` and the ``(steps, n_tasks)`` values of its
+    ``column`` (NaN where missing)."""
+    steps = sorted({int(r["global_step"]) for r in curves})
+    index = {s: t for t, s in enumerate(steps)}
+    values = np.full((len(steps), n_tasks), np.nan)
+    for r in curves:
+        t, j = index[int(r["global_step"])], int(r["task_index"])
+        if j < n_tasks:
+            values[t, j] = to_float(r.get(column))
+    return steps, values
+
+
 def _curves_figure(
     curves: Sequence[Mapping[str, str]], tasks: Sequence[str], column: str, ylabel: str, key: str
 ) -> str:
     """Per-task curves of ``column`` over env steps with the stage boundaries
     (:func:`stage_starts`)."""
-    steps = sorted({int(r["global_step"]) for r in curves})
-    index = {s: t for t, s in enumerate(steps)}
-    values = np.full((len(steps), len(tasks)), np.nan)
-    for r in curves:
-        t, j = index[int(r["global_step"])], int(r["task_index"])
-        if j < len(tasks):
-            values[t, j] = to_float(r.get(column))
+    steps, values = curve_values(curves, len(tasks), column)
     starts = stage_starts(curves)
     n_stages = len(starts)
     if not np.any(np.isfinite(values)):
@@ -406,7 +415,8 @@ def write_run_report(run_dir: PathLike, max_video_bytes: int = MAX_VIDEO_BYTES) 
         if (run / name).is_file():
             rows, columns, matrix = read_matrix(run / name)
             body.append(_heatmap(element_id, rows, columns, matrix, caption, normalisation))
-    if (run / "curves.csv").is_file() and (curves := read_curves(run / "curves.csv")):
+    curves = read_curves(run / "curves.csv") if (run / "curves.csv").is_file() else []
+    if curves:
         body.append("<h2>Curves</h2>")
         body.append(_curves_figure(curves, tasks, "perf", "performance", "curves-perf"))
         body.append(_curves_figure(curves, tasks, "mean_return", "return", "curves-return"))
@@ -431,7 +441,7 @@ def write_run_report(run_dir: PathLike, max_video_bytes: int = MAX_VIDEO_BYTES) 
                 "world-model prediction error after each task (lower is better)",
             )
         )
-    if (run / "curves.csv").is_file() and (curves := read_curves(run / "curves.csv")):
+    if curves:
         body.append(
             _curves_figure(curves, tasks, "wm_error", "world-model error", "curves-wm-error")
         )

@@ -34,6 +34,9 @@ from hope_agent.train.evaluator import TaskEvaluation
 from hope_agent.train.logger import rows_to_csv
 from hope_agent.viz import plot_curves, plot_perf_matrix
 
+# The continual-learning metrics of a run, as metrics.json names them.
+METRICS = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
+
 
 @dataclass
 class EvalEvent:
@@ -216,8 +219,7 @@ def compute_metrics(
         for name, n in zip(record.task_names, norms, strict=False)
         if n is not None
     }
-    keys = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
-    out.update(dict.fromkeys(keys))
+    out.update(dict.fromkeys(METRICS))
     out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
     out["perf_matrix"] = _json_matrix(record.matrix("perf"))
     if smooth_last is not None:
