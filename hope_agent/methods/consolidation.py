@@ -411,16 +411,9 @@ class StableEMA(Method):
         if self.config.replay_coef > 0:
             self.store.add(stage, buffer, agent)
             if self.config.clock == "tasks":
-                self.replay_targets = self._answers(agent)
-
-    def _answers(self, agent: Agent) -> PolicyTargets:
-        """The stable model's answers on every stored sequence, with the normaliser of now.
-
-        On the ``tasks`` clock the stable model is fixed until the next task end, so its answers
-        are computed once, here; they keep what it did with the statistics it had (the working
-        model's normaliser moves on with the next task).
-        """
-        return self.store.answers(self.stable_agent(agent), agent)
+                # The stable model is fixed until the next task end: its answers (with the
+                # normaliser of now) are computed once, here.
+                self.replay_targets = self.store.answers(self.stable_agent(agent), agent)
 
     def evaluation_agent(self, agent: Agent) -> Agent:
         """The stable model (``evaluate: stable``) with the working normalisers, else ``agent``."""

@@ -187,10 +187,6 @@ def _num(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def compute_metrics(
     record: RunRecord,
     smooth_last: int | None = None,
@@ -311,7 +307,7 @@ def compute_metrics(
 
 
 def _json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
-    return [[_finite_or_none(float(v)) for v in row] for row in matrix]
+    return [[float(v) if math.isfinite(v) else None for v in row] for row in matrix]
 
 
 def matrix_csv(matrix: np.ndarray, task_names: Sequence[str]) -> str:
