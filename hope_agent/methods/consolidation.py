@@ -552,19 +552,10 @@ class Consolidation:
 
 
 class Distill(Method):
-    """Distillation of the whole model into its slow CMS levels at stage ends, then a reset of
-    the fast levels (see the module docstring).
-
-    Parameters, for a HOPE agent with ``cms_periods=(1, 16, 256)`` and the defaults:
-
-    - fast (transient): every parameter of CMS level ``cms.0`` in every layer; their branch's
-      output weights and bias (``fc2``) are multiplied by ``fast_scale`` after distillation;
-    - slow (permanent): the parameters of ``cms.1`` and ``cms.2``, the only ones distillation
-      trains;
-    - shared: everything else (embedding, Titans memories and projections, norms, policy and
-      value heads, log-std); PPO trains them as before and distillation leaves them unchanged,
-      so the heads need no slow copy: the slow-only model is the whole model minus the fast
-      levels' branches.
+    """Distillation of the whole model into its slow CMS levels at stage ends, then a shrink of
+    the fast levels' output weights (``fc2``, by ``fast_scale``). Distillation trains only the
+    slow levels; everything shared (embedding, Titans, norms, heads) is left to PPO, so the
+    slow-only model is the whole model minus the fast levels' branches (docs/consolidation.md).
     """
 
     name = "distill"

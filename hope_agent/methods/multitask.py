@@ -27,12 +27,9 @@ from hope_envs.curriculum import TaskSpec, make_env
 class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """One env slot that plays a different task of the curriculum at each episode.
 
-    Each task's env is built on first use with :func:`hope_envs.curriculum.make_env` (common
-    spaces, the task's own time limit) and wrapped in an
-    :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that episode
-    (``info["env_fault"]``) and the next reset moves on. ``reset(seed=s)`` reseeds the task order
-    and, on their next first use, the task envs; ``info["task_index"]`` names the current
-    episode's task.
+    Each task's env is built on first use (common spaces, its own time limit) inside an
+    :class:`~hope_agent.rollout.guard.EnvFaultGuard`. ``reset(seed=s)`` reseeds the task order
+    and, on their next first use, the task envs; ``info["task_index"]`` names the episode's task.
 
     Args:
         specs: the curriculum's tasks.
