@@ -40,12 +40,10 @@ class EnvRestartError(RuntimeError):
 class EnvFaultGuard(gym.Wrapper[Any, Any, Any, Any]):
     """Ends an episode whose simulation blew up instead of letting NaNs into training.
 
-    A step is a fault when the wrapped env raises one of :data:`SIMULATOR_ERRORS`, returns a
-    non-finite observation or reward, an observation entry above ``obs_limit`` in absolute value,
-    or when a MuJoCo env counted an instability warning (bad qpos, qvel or qacc: MuJoCo then
-    resets ``mjData`` on its own, so the episode would continue from a teleported state). The
-    faulty step returns the last good observation, reward 0, ``truncated=True`` and
-    ``info["env_fault"] = True``; the next ``reset`` (a vector env's autoreset) restores the env.
+    A step is a fault when the env raises one of :data:`SIMULATOR_ERRORS`, returns a non-finite
+    observation or reward or one above ``obs_limit`` in absolute value, or when MuJoCo counted
+    an instability warning (it then resets ``mjData`` itself). The faulty step returns the last
+    good observation, reward 0, ``truncated=True`` and ``info["env_fault"] = True``.
 
     Args:
         env: the env to guard.

@@ -293,16 +293,13 @@ def compute_metrics(
         out["in_context_gain"] = M.in_context_gain(final, reset[-1])
     elif not np.any(np.isfinite(reset)):
         notes.append("in-context gain not measured (set eval.in_context_gain=true)")
-    gains = [r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None]
-    if gains:
+    trials = [r for r in ends[-1].results[:k] if r.trial_gain is not None]
+    if trials:
         # Trials of K sub-episodes: how much later attempts gain on the first, at the end.
-        out["trial_gain"] = float(np.mean([g[0] for g in gains]))
-        out["trial_gain_per_task"] = {
-            r.task: r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None
-        }
-        out["sub_episode_success"] = {
-            r.task: r.sub_episode_success for r in ends[-1].results[:k] if r.trial_gain is not None
-        }
+        gains = [r.trial_gain[0] for r in trials if r.trial_gain is not None]
+        out["trial_gain"] = float(np.mean(gains))
+        out["trial_gain_per_task"] = {r.task: r.trial_gain for r in trials}
+        out["sub_episode_success"] = {r.task: r.sub_episode_success for r in trials}
     return out
 
 
