@@ -1,34 +1,20 @@
 """Compare runs: one table and one plot of every method over seeds, on one curriculum.
 
-Each run directory (of ``scripts/train_curriculum.py`` or ``scripts/train_sb3.py``) holds its
-resolved config (``config.yaml``, else Hydra's ``.hydra/config.yaml``), ``metrics.json`` and
-``perf_matrix.csv``. Runs are grouped into rows by their whole config less the seed (and less
-what changes where or how a run runs, :data:`IGNORED_KEYS`) and by their env steps: the seeds of
-one setting share a row. Each row is labelled by the keys in which its setting differs from the
-other rows' (e.g. ``model.kwargs.cms_periods=[1,4,16]``, :func:`row_labels`), and the tables
-name the keys that vary; each run also has a short name ``<method>+<model>`` (``+task_id`` for
-the oracle). Only runs that cannot share a table are refused: runs of different curricula or
-task lists.
-
-For each row and each metric (average performance, forgetting, backward and forward transfer)
-the table gives the mean over seeds and a percentile-bootstrap confidence interval
-(:func:`hope_agent.metrics.bootstrap_ci`; 90%, 4000 resamples, as Continual World reports). A
-metric a run could not compute (forward transfer without a reference AUC) is left out of that
-run's row; a row where no run has it shows an empty cell.
-
-Forward transfer can also be computed here from single-task reference runs
-(:func:`load_references`, ``--reference`` of ``scripts/compare.py``): ``AUC_ref`` of each task
-is the mean AUC of its reference runs.
-
-Outputs: ``comparison.csv``, ``comparison.md``, ``comparison.png`` (:func:`write_comparison`) and
-``comparison.html`` (:func:`write_comparison_report`).
+Each run directory holds its resolved config (``config.yaml``, else Hydra's
+``.hydra/config.yaml``), ``metrics.json`` and ``perf_matrix.csv``. Runs are grouped into rows by
+their whole config less the seed (and less :data:`IGNORED_KEYS`) and by their env steps; each row
+is labelled by the keys in which its setting differs from the other rows' (:func:`row_labels`).
+Runs of different curricula or task lists are refused. Per row and metric the table gives the
+mean over seeds and a percentile-bootstrap interval (:func:`hope_agent.metrics.bootstrap_ci`; 90%,
+4000 resamples, as Continual World reports); forward transfer may come from single-task
+reference runs (:func:`load_references`). Outputs: ``comparison.{csv,md,png}``
+(:func:`write_comparison`) and ``comparison.html`` (:func:`write_comparison_report`); see
+``docs/report.md``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import warnings
@@ -43,24 +29,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from hope_agent import metrics as M
 from hope_agent.html_report import (
+    curve_values,
     escape,
     html_page,
     markdown_code,
     read_curves,
     stage_starts,
     svg_figure,
-    to_float,
 )
 from hope_agent.io import PathLike, atomic_path, atomic_write_text
 from hope_agent.train.config import RESUMABLE_CHANGES, TrainConfig, flatten_config
 from hope_agent.train.logger import rows_to_csv
+from hope_agent.train.report import METRICS
+from hope_agent.train.report import read_matrix_csv as read_perf_csv
 
-METRICS: tuple[str, ...] = (
-    "average_performance",
-    "forgetting",
-    "backward_transfer",
-    "forward_transfer",
-)
 # Short column titles, with the better direction.
 METRIC_TITLES: dict[str, str] = {
     "average_performance": "avg perf ↑",
@@ -195,13 +177,6 @@ def _finite(value: Any) -> float | None:
         return None
     v = float(value)
     return v if math.isfinite(v) else None
-
-
-def read_perf_csv(path: Path) -> np.ndarray:
-    """The matrix of a ``perf_matrix.csv`` (header of task names, one row per stage; an empty
-    cell is NaN). Task names may hold commas: the file is parsed as quoted CSV."""
-    lines = list(csv.reader(io.StringIO(Path(path).read_text())))[1:]
-    return np.array([[float(c) if c else np.nan for c in line[1:]] for line in lines if line])
 
 
 def load_run(run_dir: PathLike) -> RunResult:
@@ -559,14 +534,7 @@ def table_markdown(
     """A Markdown table: one row per setting, ``mean [low, high]`` per metric, and the notes of
     :func:`table_notes`; ``reference`` names the single-task reference runs' ``<method>+<model>``
     when forward transfer was computed from them."""
-    head = [
-        "setting",
-        "method",
-        "model",
-        "task id",
-        "seeds",
-        *(METRIC_TITLES[k] for k in METRICS),
-    ]
+    head = ["setting", "method", "model", "task id", "seeds", *(METRIC_TITLES[k] for k in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [
@@ -632,19 +600,14 @@ def _overlaid_curves(
     axes = fig.subplots(n_rows, cols, sharex=True, squeeze=False).ravel()
     boundaries: dict[int, list[float]] = {}
     for k, row in enumerate(rows):
-        by_step: dict[int, list[list[float]]] = {}
+        by_step: dict[int, list[np.ndarray]] = {}
         for run_dir in row.run_dirs:
             if not (run_dir / "curves.csv").is_file():
                 continue
-            events: dict[int, list[float]] = {}
             curves = read_curves(run_dir / "curves.csv")
             if curves:
                 boundaries.setdefault(k, stage_starts(curves))
-            for r in curves:
-                values = events.setdefault(int(r["global_step"]), [math.nan] * len(tasks))
-                if int(r["task_index"]) < len(tasks):
-                    values[int(r["task_index"])] = to_float(r.get(column))
-            for step, values in events.items():
+            for step, values in zip(*curve_values(curves, len(tasks), column), strict=True):
                 by_step.setdefault(step, []).append(values)
         if not by_step:
             continue

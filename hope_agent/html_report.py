@@ -1,20 +1,10 @@
 """One self-contained HTML page per run (``report.html``) and per comparison (``comparison.html``).
 
-A page needs no network and no server: it holds no script, its style is inline, its figures are
-SVG drawn here (:mod:`hope_agent.viz`) and embedded as ``data:`` URIs, and its heatmaps are HTML
-tables coloured cell by cell, so that their numbers can be read, selected and searched.
-
-Rollout videos (``videos/stage_XX/*.mp4|gif``) are embedded as ``data:`` URIs too, so that the
-page is one file that can be copied out of the run directory, mailed or attached to an issue and
-still play: at the recorder's default size (128 x 96) an mp4 is about 5 KB, so even a 20-task
-curriculum (20 stages x 21 files) stays a few MB. Past ``max_video_bytes`` in all (a run
-recorded at a large size) the page links them by relative path instead, and says so: a page of
-hundreds of MB would load slowly, and the run directory holds the files anyway.
-
-Entry points: :func:`write_run_report` (into a finished or partial run directory; the trainer
-calls it once a run's last results and videos are written; ``python -m hope_agent.html_report
-RUN_DIR`` for any run directory); :func:`hope_agent.compare.write_comparison_report` builds the
-comparison page from the same parts.
+A page needs no network and no server: no script, inline style, SVG figures and rollout videos
+embedded as ``data:`` URIs, heatmaps as HTML tables whose numbers can be read and searched. Past
+``max_video_bytes`` of video in all, the page links the videos by relative path instead, and
+says so. Entry points: :func:`write_run_report` (also ``python -m hope_agent.html_report
+RUN_DIR``) and :func:`hope_agent.compare.write_comparison_report`; see ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -249,18 +239,27 @@ def stage_starts(curves: Sequence[Mapping[str, str]]) -> list[float]:
     return [0.0] + [float(ends.get(i, last)) for i in range(n_stages - 1)]
 
 
+def curve_values(
+    curves: Sequence[Mapping[str, str]], n_tasks: int, column: str
+) -> tuple[list[int], np.ndarray]:
+    """The sorted evaluation steps of a ``curves.csv`` and the ``(steps, n_tasks)`` values of its
+    ``column`` (NaN where missing)."""
+    steps = sorted({int(r["global_step"]) for r in curves})
+    index = {s: t for t, s in enumerate(steps)}
+    values = np.full((len(steps), n_tasks), np.nan)
+    for r in curves:
+        t, j = index[int(r["global_step"])], int(r["task_index"])
+        if j < n_tasks:
+            values[t, j] = to_float(r.get(column))
+    return steps, values
+
+
 def _curves_figure(
     curves: Sequence[Mapping[str, str]], tasks: Sequence[str], column: str, ylabel: str, key: str
 ) -> str:
     """Per-task curves of ``column`` over env steps with the stage boundaries
     (:func:`stage_starts`)."""
-    steps = sorted({int(r["global_step"]) for r in curves})
-    index = {s: t for t, s in enumerate(steps)}
-    values = np.full((len(steps), len(tasks)), np.nan)
-    for r in curves:
-        t, j = index[int(r["global_step"])], int(r["task_index"])
-        if j < len(tasks):
-            values[t, j] = to_float(r.get(column))
+    steps, values = curve_values(curves, len(tasks), column)
     starts = stage_starts(curves)
     n_stages = len(starts)
     if not np.any(np.isfinite(values)):
@@ -416,7 +415,8 @@ def write_run_report(run_dir: PathLike, max_video_bytes: int = MAX_VIDEO_BYTES) 
         if (run / name).is_file():
             rows, columns, matrix = read_matrix(run / name)
             body.append(_heatmap(element_id, rows, columns, matrix, caption, normalisation))
-    if (run / "curves.csv").is_file() and (curves := read_curves(run / "curves.csv")):
+    curves = read_curves(run / "curves.csv") if (run / "curves.csv").is_file() else []
+    if curves:
         body.append("<h2>Curves</h2>")
         body.append(_curves_figure(curves, tasks, "perf", "performance", "curves-perf"))
         body.append(_curves_figure(curves, tasks, "mean_return", "return", "curves-return"))
@@ -441,7 +441,7 @@ def write_run_report(run_dir: PathLike, max_video_bytes: int = MAX_VIDEO_BYTES) 
                 "world-model prediction error after each task (lower is better)",
             )
         )
-    if (run / "curves.csv").is_file() and (curves := read_curves(run / "curves.csv")):
+    if curves:
         body.append(
             _curves_figure(curves, tasks, "wm_error", "world-model error", "curves-wm-error")
         )

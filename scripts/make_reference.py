@@ -1,26 +1,19 @@
 """Measure a curriculum's reference returns: a random policy and single-task SB3 PPO.
 
-The curriculum is given as training takes it: a shipped one by name (`--curriculum fast`, or the
-override `curriculum=fast`) or any task list (`'curriculum.tasks=[{id:Swimmer-v5},...]'`), with
-the other training overrides (`steps_per_task=N`) composed into the training config; `--steps`
-overrides the per-task budget, which defaults to the config's `steps_per_task` (the budget a run
-trains for, as CONTINUAL_RL.md wants of R_reference). For every task this stores:
-- R_random: the mean return of uniform random actions,
-- R_reference: the mean return of SB3 PPO (`MlpPolicy`) trained on that task alone for the run's
-  per-task budget, averaged over the given seeds. Its actions are sampled (stochastic policy), as
-  in the curriculum's evaluation protocol; the deterministic return is stored beside it,
-with the command, budget, seeds, date, machine, library versions and each task's PPO preset.
-Continual-learning runs normalise returns as (R - R_random) / (R_reference - R_random) through
-`hope_envs.curriculum.reference_returns`. The file goes to `--out` if given; else with
-`eval.reference_dir=DIR` to `DIR/<curriculum>__<budget>.json`, which a run given the same
-`eval.reference_dir=DIR` reads; else, for a shipped curriculum as shipped, to
-`envs/reference/<curriculum>.json`. Tasks are built exactly as a run builds them
-(`make_env`, actions in [-1, 1]), each with its own widths. If a reference policy does not beat
-random actions (too small a budget), nothing is written: such a reference cannot normalise.
+The curriculum is given as training takes it (`--curriculum fast`, `curriculum=fast` or a task
+list `'curriculum.tasks=[...]'`, with other training overrides); `--steps` overrides the per-task
+budget, by default the config's `steps_per_task` (what a run trains for, as CONTINUAL_RL.md
+wants of R_reference). Per task it stores R_random (the mean return of uniform random actions)
+and R_reference (the mean sampled-action return of SB3 PPO trained on that task alone, over the
+seeds; the deterministic return beside it), with the command, budget, seeds, date, machine,
+library versions and PPO preset. Runs normalise returns as (R - R_random) / (R_reference -
+R_random) (`hope_envs.curriculum.reference_returns`). The file goes to `--out`; else with
+`eval.reference_dir=DIR` to `DIR/<curriculum>__<budget>.json`; else, for a shipped curriculum,
+to `envs/reference/<curriculum>.json`. A reference that does not beat random actions writes
+nothing.
 
     python scripts/make_reference.py --curriculum fast --steps 30000 --seeds 0 1 2
     python scripts/make_reference.py --curriculum locomotion --steps 1000000 --workers 15
-    python scripts/make_reference.py --curriculum gym_mixed --steps 50000 --seeds 0 1
     python scripts/make_reference.py 'curriculum.tasks=[{id:Swimmer-v5},{id:Reacher-v5}]' \
         steps_per_task=30000 eval.reference_dir=refs
 """

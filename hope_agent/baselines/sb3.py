@@ -1,25 +1,14 @@
 """Stable-Baselines3 baselines on our curricula: PPO and SAC with MLP policies, fine-tuned task
-after task, evaluated by our evaluator into the same matrices, metrics, plots and videos.
+after task (SB3's own training, nothing reimplemented), evaluated by our evaluator into the same
+matrices, metrics, plots and videos (``docs/baselines.md``).
 
-Training is SB3's own (``stable_baselines3.PPO`` / ``SAC`` with ``MlpPolicy``, nothing
-reimplemented): one model learns every task in turn on the curriculum's envs
-(:func:`hope_envs.curriculum.make_env`, the same common spaces as our agent), never told of a
-switch. ``VecNormalize`` (optional, on by default) keeps updating its statistics across tasks, as
-our agent's normalisers do. SAC empties its replay buffer at each task switch by default
-(Continual World's fine-tuning setting; ``reset_buffer_on_task_change``).
-
-Evaluation is ours: :class:`SB3Actor` implements the acting contract
-:class:`~hope_agent.agents.actor.Actor` for an SB3 policy, so the evaluator and the video
-recorder drive it through the same episode driver, seeds, episodes and performance definition
-as our agent. An MLP policy has no memory and no world model: its carry holds no memory and its
-world-model error is NaN (reported as unavailable).
-
-:func:`run_sb3_curriculum` writes what :class:`~hope_agent.train.runner.CurriculumRunner` writes
-(through :func:`hope_agent.train.report.write_results`): ``perf_matrix.csv``, ``curves.csv``,
-``metrics.json``, plots, videos of every task after each stage, and pickle-free checkpoints of
-the policy and normaliser statistics (:func:`hope_agent.io.save_checkpoint`), reloadable with
-:func:`load_sb3_agent`; ``hope-evaluate`` and ``hope-record`` load them too
-(:func:`hope_agent.build.load_trained_agent` dispatches on the checkpoint's format).
+``VecNormalize`` (on by default) keeps its statistics across tasks, as our agent's normalisers
+do; SAC empties its replay buffer at each task switch by default (Continual World's setting).
+:class:`SB3Actor` implements the acting contract :class:`~hope_agent.agents.actor.Actor` for an
+SB3 policy, so evaluation and videos drive it through the same episode driver as our agent (no
+memory, and a NaN world-model error). :func:`run_sb3_curriculum` writes what
+:class:`~hope_agent.train.runner.CurriculumRunner` writes, with pickle-free checkpoints that
+:func:`load_actor` (and ``hope-evaluate``, ``hope-record``) reload.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """Continual-learning methods as trainer plug-ins (``method=...`` in the training config).
 
 Every method subclasses :class:`hope_agent.methods.base.Method` and uses only its hooks:
-
-- ``finetune``: plain sequential training, the baseline;
-- ``l2``, ``ewc``: quadratic pulls towards the weights of finished tasks
-  (:mod:`hope_agent.methods.regularizers`);
-- ``bc_replay``: behaviour-cloning replay of stored sequences of finished tasks
-  (:mod:`hope_agent.methods.replay`);
-- ``stable_ema``, ``distill``: consolidation from the fast to the slow parameters, and
-  ``snapshot_replay``, ``stable_ema`` with the defaults of the measured recipe
-  (:mod:`hope_agent.methods.consolidation`);
-- ``multitask``: the upper bound with every task interleaved (:mod:`hope_agent.methods.multitask`;
-  it changes the runner's env factory, not the loss).
-
-:func:`make_method` builds one by name from an options mapping and rejects unknown options and
-values of the wrong type.
+``finetune`` (the baseline), ``l2`` and ``ewc`` (:mod:`~hope_agent.methods.regularizers`),
+``bc_replay`` (:mod:`~hope_agent.methods.replay`), ``stable_ema``, ``snapshot_replay`` and
+``distill`` (:mod:`~hope_agent.methods.consolidation`), ``multitask`` (the upper bound, with its
+own envs: :mod:`~hope_agent.methods.multitask`). :func:`make_method` builds one by name from an
+options mapping, rejecting unknown options and values of the wrong type.
 """
 
 from __future__ import annotations

@@ -1,23 +1,16 @@
 """The contract of continual-learning methods: trainer plug-ins.
 
-A method sees the curriculum only through these hooks, so regularisers (L2, EWC), replay
-(behaviour cloning), consolidation or multi-task training plug in without touching the runner
-(which calls them through its :class:`hope_agent.train.runner.TrainingMethod` protocol):
-
-- :meth:`Method.on_task_start` / :meth:`Method.on_task_end`: called around each stage (e.g. to
-  snapshot weights or compute a Fisher matrix at a task end);
-- :meth:`Method.extra_loss`: a loss added to every PPO minibatch;
-- :meth:`Method.after_update`: called after every PPO update (e.g. to move averaged weights);
-- :meth:`Method.evaluation_agent`: the agent that evaluations and videos measure;
-- :meth:`Method.env_factory`: the method's own training envs, when it needs them (multi-task);
-- :meth:`Method.state_dict` / :meth:`Method.load_state_dict`: saved in every checkpoint.
-
-``finetune`` (plain sequential training) is the baseline every other method is measured against.
+A method sees the curriculum only through the hooks of :class:`Method` (around each stage, a
+loss on every PPO minibatch, after every update, the agent to evaluate, its own training envs,
+its checkpoint state), so regularisers, replay, consolidation or multi-task training plug in
+without touching the runner, which calls them through its
+:class:`hope_agent.train.runner.TrainingMethod` protocol. ``finetune`` (plain sequential
+training) is the baseline every other method is measured against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -34,6 +27,13 @@ def require_keys(method: str, state: dict[str, Any], keys: Sequence[str]) -> Non
     missing = sorted(set(keys) - set(state))
     if missing:
         raise ValueError(f"{method} state misses {missing}: not a {method} state")
+
+
+def check_rules(what: str, rules: Mapping[str, bool], config: object) -> None:
+    """Raise ``ValueError`` ``"<what>: need <rules broken> (got <config>)"`` if any rule fails."""
+    bad = [rule for rule, ok in rules.items() if not ok]
+    if bad:
+        raise ValueError(f"{what}: need {', '.join(bad)} (got {config})")
 
 
 class Method:

@@ -1,28 +1,17 @@
 """Consolidation: knowledge flows from the fast to the slow parameters (HOPE.md section 3c).
 
-Two methods, each a :class:`~hope_agent.methods.base.Method` chosen by ``method=...``; neither
-reads the task id (beyond feeding it to an oracle agent built with ``task_id``, whose input it
-is) nor any reward of a finished task. See ``docs/consolidation.md`` for the equations, the
-decisions and the config keys.
+Two methods, neither reading the task id (beyond an oracle agent's input) nor any reward of a
+finished task; equations, decisions and config keys in ``docs/consolidation.md``:
 
-- ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the
-  exponential moving average of the working weights with a decay per parameter group (slow CMS
-  levels averaged more slowly), updated after every PPO update or, on the task clock, at task
-  ends (with decay 0: a snapshot of the model as it finished its last task); a consistency loss
-  pulls the working policy (mean and value) toward the stable one on the PPO minibatch and,
-  optionally, on stored observation sequences of finished tasks; the trainer evaluates the
-  stable model unless told to evaluate the working one. ``snapshot_replay`` is ``stable_ema``
-  with the defaults of the recipe the studies measured (:class:`SnapshotReplayConfig`).
-- ``distill`` (the transient/permanent split of Anand & Precup, NeurIPS 2023): at the end of a
-  stage the slow CMS levels learn to reproduce the whole model's policy mean and value on the
-  stored sequences of the current and earlier tasks, with the fast levels' contribution shrunk
-  (reset by default); what the fast levels had added is then gone from the model.
+- ``stable_ema`` (after CLS-ER, Arani et al., ICLR 2022): a *stable* copy of the agent, the EMA of
+  the working weights with a decay per parameter group, moved after every PPO update or at task
+  ends; a consistency loss pulls the working policy toward it, on the PPO minibatch and
+  optionally on stored sequences of finished tasks. ``snapshot_replay`` is ``stable_ema`` with
+  the defaults of the measured recipe (:class:`SnapshotReplayConfig`).
+- ``distill`` (after Anand & Precup, NeurIPS 2023): at a stage end the slow CMS levels learn to
+  reproduce the whole model on stored sequences, then the fast levels are shrunk (reset).
 
-Both keep an :class:`ObservationStore`: sequences of each finished stage that begin at an
-episode's first step, with the inputs a policy needs and nothing derived from a reward (the
-previous-reward input is stored as 0, unless ``store_rewards`` asks for it, as an ablation that
-breaks the no-old-reward rule); replayed from a fresh backbone memory and through the current
-observation normaliser, they show the agent what an evaluation episode shows it.
+Both keep an :class:`ObservationStore` of reward-free input sequences of finished stages.
 """
 
 from __future__ import annotations
@@ -39,10 +28,12 @@ from torch import Tensor, nn
 
 from hope_agent.agents.agent import Agent, AgentOutput
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
-from hope_agent.algos.ppo import masked_mean
-from hope_agent.methods.base import Method, require_keys
+from hope_agent.methods.base import Method, check_rules, require_keys
 from hope_agent.methods.replay import (
-    gaussian_kl,
+    INPUTS,
+    PolicyTargets,
+    consistency_loss,
+    loss_mask,
     sample_sequences,
     sequence_inputs,
     sequence_outputs,
@@ -52,34 +43,15 @@ from hope_agent.models.cms import CMSLevel
 from hope_agent.models.state import State
 from hope_envs.curriculum import TaskSpec
 
-_INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
-
 
 class ObservationStore:
     """Reward-free input sequences of finished stages, for replay through any agent.
 
-    Two ways to cut the sequences (``sequences``):
-
-    - ``"episodes"`` (default): sequences that begin at an episode's first step and run for
-      ``sequence_len`` steps (the rest of a shorter episode is masked out), drawn from the last
-      ``window`` steps of every env (:meth:`observe` keeps them after each update). A fresh
-      backbone memory is then exactly the memory the agent had there, so replay shows the agent
-      the inputs an evaluation episode does.
-    - ``"chunks"``: ``seq_len`` chunks of the task's last rollout, wherever they start in an
-      episode, replayed from a fresh memory unless ``store_rewards`` keeps the rollout's
-      chunk-start memory (the memory an agent had mid-episode is missing: the ablation of the
-      first rule).
-
-    Args:
-        options: the store's options (:class:`StoreOptions`, checked there): how many sequences
-            per stage (``sequences_per_task``, capped by what the window or rollout holds), the
-            seed of the draws (stage ``k`` draws with ``seed + k``), ``store_rewards`` (also keep
-            the previous-reward inputs, and in ``chunks`` the chunk-start memory, both derived
-            from the task's rewards; off, rewards read 0), ``renormalize`` (keep raw
-            observations, the rollout's normalised ones mapped back with the statistics of the
-            moment, and normalise them with the agent's statistics at each replay, as an
-            evaluation would; off, replay them as normalised in their own task),
-            ``sequences`` (above), ``sequence_len`` and ``window``.
+    Two ways to cut the sequences (``sequences``): ``"episodes"`` (default), sequences that begin
+    at an episode's first step, drawn from the last ``window`` steps of every env, so that a
+    fresh backbone memory is the memory the agent had there; ``"chunks"``, rollout chunks
+    replayed from a fresh memory unless ``store_rewards`` keeps the chunk-start memory (an
+    ablation). The other options are :class:`StoreOptions`'.
     """
 
     def __init__(self, options: StoreOptions) -> None:
@@ -96,7 +68,7 @@ class ObservationStore:
 
     def _inputs_of(self, fields: Mapping[str, Tensor], agent: Agent) -> dict[str, Tensor]:
         """The stored form of rollout inputs: raw observations, rewards zeroed (as configured)."""
-        new = {k: fields[k].detach() for k in _INPUTS}
+        new = {k: fields[k].detach() for k in INPUTS}
         if self.options.renormalize:
             new["obs"] = agent.obs_norm.invert(new["obs"])
         if not self.options.store_rewards:
@@ -108,7 +80,7 @@ class ObservationStore:
         """Keep the rollout's inputs in the per-env window (``episodes`` only)."""
         if self.options.sequences != "episodes":
             return
-        steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in _INPUTS}, agent)
+        steps = self._inputs_of({k: getattr(buffer, k).transpose(0, 1) for k in INPUTS}, agent)
         if self.recent:
             steps = {k: torch.cat([self.recent[k], v], dim=1) for k, v in steps.items()}
         self.recent = {k: v[:, -self.options.window :] for k, v in steps.items()}
@@ -167,7 +139,7 @@ class ObservationStore:
             self.inputs = new
             self.memory_leaves = leaves if keep_memory else []
             return
-        self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in _INPUTS}
+        self.inputs = {k: torch.cat([self.inputs[k], new[k]]) for k in INPUTS}
         if keep_memory:
             self.memory_leaves = [
                 torch.cat([old, t]) for old, t in zip(self.memory_leaves, leaves, strict=True)
@@ -176,7 +148,7 @@ class ObservationStore:
     def rows(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State]:
         """Stored sequences ``rows`` on the agent's device: ``(inputs, starting memory)``."""
         dev = agent.log_std.device
-        inputs = {k: self.inputs[k][rows].to(dev) for k in _INPUTS}
+        inputs = {k: self.inputs[k][rows].to(dev) for k in INPUTS}
         if self.options.renormalize:
             inputs["obs"] = agent.normalize_obs(inputs["obs"])
         if self.memory_leaves:
@@ -185,6 +157,16 @@ class ObservationStore:
         else:
             memory = agent.backbone.init_state(int(rows.shape[0]), dev)
         return inputs, memory
+
+    @torch.no_grad()
+    def answers(self, model: Agent, agent: Agent, batch: int = 64) -> PolicyTargets:
+        """``model``'s answers on every stored sequence (on the CPU), the inputs normalised as
+        ``agent`` normalises them."""
+        parts = []
+        for start in range(0, self.size, batch):
+            inputs, memory = self.rows(agent, torch.arange(start, min(start + batch, self.size)))
+            parts.append(PolicyTargets.of(sequence_outputs(model, inputs, memory)))
+        return PolicyTargets.cat(parts)
 
     def state_dict(self) -> dict[str, Any]:
         """The stored inputs and memories, and the current stage's window."""
@@ -198,59 +180,14 @@ class ObservationStore:
         """Restore :meth:`state_dict` (a state saved before windows existed has none)."""
         inputs = dict(state["inputs"])
         for name, fields in (("inputs", inputs), ("recent", dict(state.get("recent", {})))):
-            if fields and set(fields) != set(_INPUTS):
+            if fields and set(fields) != set(INPUTS):
                 raise ValueError(
                     f"observation store {name} hold fields {sorted(fields)}, expected "
-                    f"{sorted(_INPUTS)}"
+                    f"{sorted(INPUTS)}"
                 )
         self.inputs = {k: v.cpu() for k, v in inputs.items()}
         self.memory_leaves = [t.cpu() for t in state["memory_leaves"]]
         self.recent = {k: v.cpu() for k, v in dict(state.get("recent", {})).items()}
-
-
-@dataclass
-class PolicyTargets:
-    """What one model answered on a batch of sequences: the targets of a consistency loss."""
-
-    mean: Tensor  # (B, L, act_dim)
-    log_std: Tensor  # (B, L, act_dim)
-    value: Tensor  # (B, L)
-
-    @classmethod
-    def of(cls, out: AgentOutput) -> PolicyTargets:
-        """The detached policy and value of ``out``."""
-        return cls(out.mean.detach(), out.log_std.detach(), out.value.detach())
-
-    def rows(self, rows: Tensor, device: torch.device) -> PolicyTargets:
-        """The targets of sequences ``rows``, on ``device``."""
-        return PolicyTargets(
-            self.mean[rows].to(device), self.log_std[rows].to(device), self.value[rows].to(device)
-        )
-
-    @classmethod
-    def cat(cls, parts: list[PolicyTargets]) -> PolicyTargets:
-        """The targets of ``parts`` one after the other (on the CPU)."""
-        return cls(
-            *(torch.cat([getattr(p, k).cpu() for p in parts]) for k in ("mean", "log_std", "value"))
-        )
-
-
-def consistency_loss(
-    target: PolicyTargets, out: AgentOutput, mask: Tensor, value_coef: float
-) -> Tensor:
-    """``KL(π_target ‖ π_out) + value_coef · (V_out − V_target)²``, averaged over ``mask``."""
-    kl = gaussian_kl(target.mean, target.log_std, out.mean, out.log_std)
-    loss = masked_mean(kl, mask)
-    if value_coef > 0:
-        loss = loss + value_coef * masked_mean((out.value - target.value).square(), mask)
-    return loss
-
-
-def loss_mask(valid: Tensor, burn_in: int) -> Tensor:
-    """``valid`` without the first ``burn_in`` steps of each sequence (memory warm-up)."""
-    mask = valid.clone()
-    mask[:, :burn_in] = False
-    return mask
 
 
 def named_groups(agent: Agent) -> dict[str, str]:
@@ -261,12 +198,6 @@ def named_groups(agent: Agent) -> dict[str, str]:
         for p in g["params"]
     }
     return {n: group_of[id(p)] for n, p in agent.named_parameters() if id(p) in group_of}
-
-
-def _check(name: str, rules: Mapping[str, bool], config: object) -> None:
-    bad = [rule for rule, ok in rules.items() if not ok]
-    if bad:
-        raise ValueError(f"{name} options: need {', '.join(bad)} (got {config})")
 
 
 # ----------------------------------------------------------------------------- stable_ema
@@ -346,8 +277,8 @@ class StableEMAConfig(StoreOptions):
     evaluate: str = "stable"
 
     def __post_init__(self) -> None:
-        _check(
-            "stable_ema",
+        check_rules(
+            "stable_ema options",
             {
                 "coef >= 0": self.coef >= 0,
                 "replay_coef >= 0": self.replay_coef >= 0,
@@ -480,23 +411,9 @@ class StableEMA(Method):
         if self.config.replay_coef > 0:
             self.store.add(stage, buffer, agent)
             if self.config.clock == "tasks":
-                self.replay_targets = self._answers(agent)
-
-    @torch.no_grad()
-    def _answers(self, agent: Agent, batch: int = 64) -> PolicyTargets:
-        """The stable model's answers on every stored sequence, with the normaliser of now.
-
-        On the ``tasks`` clock the stable model is fixed until the next task end, so its answers
-        are computed once, here; they keep what it did with the statistics it had (the working
-        model's normaliser moves on with the next task).
-        """
-        stable = self.stable_agent(agent)
-        parts = []
-        for start in range(0, self.store.size, batch):
-            rows = torch.arange(start, min(start + batch, self.store.size))
-            inputs, memory = self.store.rows(agent, rows)
-            parts.append(PolicyTargets.of(sequence_outputs(stable, inputs, memory)))
-        return PolicyTargets.cat(parts)
+                # The stable model is fixed until the next task end: its answers (with the
+                # normaliser of now) are computed once, here.
+                self.replay_targets = self.store.answers(self.stable_agent(agent), agent)
 
     def evaluation_agent(self, agent: Agent) -> Agent:
         """The stable model (``evaluate: stable``) with the working normalisers, else ``agent``."""
@@ -604,8 +521,8 @@ class DistillConfig(StoreOptions):
         self.fast_levels = [str(n) for n in self.fast_levels]
         if self.slow_levels is not None:
             self.slow_levels = [str(n) for n in self.slow_levels]
-        _check(
-            "distill",
+        check_rules(
+            "distill options",
             {
                 "fast_levels not empty": bool(self.fast_levels),
                 "slow_levels null or not empty": self.slow_levels is None or bool(self.slow_levels),
@@ -635,19 +552,10 @@ class Consolidation:
 
 
 class Distill(Method):
-    """Distillation of the whole model into its slow CMS levels at stage ends, then a reset of
-    the fast levels (see the module docstring).
-
-    Parameters, for a HOPE agent with ``cms_periods=(1, 16, 256)`` and the defaults:
-
-    - fast (transient): every parameter of CMS level ``cms.0`` in every layer; their branch's
-      output weights and bias (``fc2``) are multiplied by ``fast_scale`` after distillation;
-    - slow (permanent): the parameters of ``cms.1`` and ``cms.2``, the only ones distillation
-      trains;
-    - shared: everything else (embedding, Titans memories and projections, norms, policy and
-      value heads, log-std); PPO trains them as before and distillation leaves them unchanged,
-      so the heads need no slow copy: the slow-only model is the whole model minus the fast
-      levels' branches.
+    """Distillation of the whole model into its slow CMS levels at stage ends, then a shrink of
+    the fast levels' output weights (``fc2``, by ``fast_scale``). Distillation trains only the
+    slow levels; everything shared (embedding, Titans, norms, heads) is left to PPO, so the
+    slow-only model is the whole model minus the fast levels' branches (docs/consolidation.md).
     """
 
     name = "distill"
@@ -718,27 +626,14 @@ class Distill(Method):
             self.history.append(self.consolidate(agent, stage))
 
     def targets(self, agent: Agent) -> PolicyTargets:
-        """The whole model's answers on every stored sequence."""
-        chunks = []
-        with torch.no_grad():
-            for start in range(0, self.store.size, 64):
-                rows = torch.arange(start, min(start + 64, self.store.size))
-                inputs, memory = self.store.rows(agent, rows)
-                chunks.append(PolicyTargets.of(sequence_outputs(agent, inputs, memory)))
-        return PolicyTargets(
-            torch.cat([c.mean for c in chunks]),
-            torch.cat([c.log_std for c in chunks]),
-            torch.cat([c.value for c in chunks]),
-        )
+        """The whole model's answers on every stored sequence (on the CPU)."""
+        return self.store.answers(agent, agent)
 
     def loss(self, agent: Agent, targets: PolicyTargets, rows: Tensor) -> Tensor:
         """Distillation loss of ``agent`` against ``targets`` on stored sequences ``rows``."""
         inputs, memory = self.store.rows(agent, rows)
         out = sequence_outputs(agent, inputs, memory)
-        dev_rows = rows.to(targets.mean.device)
-        target = PolicyTargets(
-            targets.mean[dev_rows], targets.log_std[dev_rows], targets.value[dev_rows]
-        )
+        target = targets.rows(rows.to(targets.mean.device), agent.device)
         return consistency_loss(
             target, out, loss_mask(inputs["valid"], self.config.burn_in), self.config.value_coef
         )

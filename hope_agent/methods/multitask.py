@@ -1,21 +1,11 @@
 """Multi-task upper bound: every task of the curriculum interleaved, for the same total budget.
 
-No runner change is needed: the runner takes its vector-env factory as an argument, and
-:func:`multitask_env_factory` returns one whose every env slot is a :class:`MultiTaskEnv` that runs
-the curriculum's tasks in turn, a new task at each episode (each slot cycles through a fresh
-random permutation of the tasks, so every task gets the same share of episodes). The runner still
-runs one stage per task with that task's step budget, so the total budget, the evaluation
-schedule and the performance matrix keep their meaning: row i is the performance after
-``i + 1`` stages' worth of interleaved training, and the last row is the upper bound that the
-sequential methods are compared against (its "forgetting" only measures noise between rows).
-
-Selecting it: ``method=multitask`` names :class:`MultiTask` (a method with no hooks), and the
-builder passes ``make_envs=multitask_env_factory(specs, faults.obs_limit)`` to the runner. Each
-task env of a slot is wrapped in its own :class:`~hope_agent.train.faults.EnvFaultGuard`, as
-:func:`hope_agent.rollout.vec.make_vector_env` wraps each env of a stage: the guard watches one
-simulation, so it sits inside the slot, around the task env that owns it. With the oracle task id
-(``agent.task_id=true``) the runner gives each step the task of its episode, read from
-``info["task_index"]``, instead of the stage index.
+``method=multitask`` (:class:`MultiTask`) brings its own env factory
+(:func:`multitask_env_factory`): every env slot is a :class:`MultiTaskEnv` that plays a new task
+at each episode, from a fresh random permutation of the tasks. The runner still runs one stage
+per task with its budget, so row i of the matrix is the performance after ``i + 1`` stages'
+worth of interleaved training, and the last row is the upper bound. With the oracle task id the
+runner reads each episode's task from ``info["task_index"]``.
 """
 
 from __future__ import annotations
@@ -37,12 +27,9 @@ from hope_envs.curriculum import TaskSpec, make_env
 class MultiTaskEnv(gym.Env[np.ndarray, np.ndarray]):
     """One env slot that plays a different task of the curriculum at each episode.
 
-    Each task's env is built on first use with :func:`hope_envs.curriculum.make_env` (common
-    spaces, the task's own time limit) and wrapped in an
-    :class:`~hope_agent.train.faults.EnvFaultGuard`, so a simulator blow-up ends that episode
-    (``info["env_fault"]``) and the next reset moves on. ``reset(seed=s)`` reseeds the task order
-    and, on their next first use, the task envs; ``info["task_index"]`` names the current
-    episode's task.
+    Each task's env is built on first use (common spaces, its own time limit) inside an
+    :class:`~hope_agent.rollout.guard.EnvFaultGuard`. ``reset(seed=s)`` reseeds the task order
+    and, on their next first use, the task envs; ``info["task_index"]`` names the episode's task.
 
     Args:
         specs: the curriculum's tasks.

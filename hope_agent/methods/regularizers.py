@@ -27,7 +27,7 @@ from torch import Tensor
 from hope_agent.agents.actor import AgentOutput
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
-from hope_agent.methods.base import Method
+from hope_agent.methods.base import Method, check_rules
 from hope_agent.methods.replay import (
     sample_sequences,
     select_rows,
@@ -120,9 +120,7 @@ class L2Config:
             "gamma null or in (0, 1]": self.gamma is None or 0 < self.gamma <= 1,
             **more,
         }
-        bad = [rule for rule, ok in rules.items() if not ok]
-        if bad:
-            raise ValueError(f"{type(self).__name__}: need {', '.join(bad)} (got {self})")
+        check_rules(type(self).__name__, rules, self)
 
 
 @dataclass

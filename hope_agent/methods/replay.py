@@ -36,12 +36,12 @@ from hope_agent.agents.actor import AgentOutput
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
 from hope_agent.algos.ppo import masked_mean
-from hope_agent.methods.base import Method, require_keys
+from hope_agent.methods.base import Method, check_rules, require_keys
 from hope_agent.models.state import State
 from hope_envs.curriculum import TaskSpec
 
 # The stored inputs of a sequence, in SequenceBatch's field names.
-_INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
+INPUTS = ("obs", "prev_action", "prev_reward", "is_first", "task", "valid")
 _TARGETS = ("mean", "log_std", "value")
 
 
@@ -69,6 +69,51 @@ def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Te
     var_p, var_q = (2.0 * log_std_p).exp(), (2.0 * log_std_q).exp()
     kl = log_std_q - log_std_p + (var_p + (mean_p - mean_q).square()) / (2.0 * var_q) - 0.5
     return kl.sum(-1)
+
+
+@dataclass
+class PolicyTargets:
+    """What one model answered on a batch of sequences: the targets of a consistency loss."""
+
+    mean: Tensor  # (B, L, act_dim)
+    log_std: Tensor  # (B, L, act_dim)
+    value: Tensor  # (B, L)
+
+    @classmethod
+    def of(cls, out: AgentOutput) -> PolicyTargets:
+        """The detached policy and value of ``out``."""
+        return cls(out.mean.detach(), out.log_std.detach(), out.value.detach())
+
+    def rows(self, rows: Tensor, device: torch.device) -> PolicyTargets:
+        """The targets of sequences ``rows``, on ``device``."""
+        return PolicyTargets(
+            self.mean[rows].to(device), self.log_std[rows].to(device), self.value[rows].to(device)
+        )
+
+    @classmethod
+    def cat(cls, parts: list[PolicyTargets]) -> PolicyTargets:
+        """The targets of ``parts`` one after the other (on the CPU)."""
+        return cls(
+            *(torch.cat([getattr(p, k).cpu() for p in parts]) for k in ("mean", "log_std", "value"))
+        )
+
+
+def consistency_loss(
+    target: PolicyTargets, out: AgentOutput, mask: Tensor, value_coef: float
+) -> Tensor:
+    """``KL(π_target ‖ π_out) + value_coef · (V_out − V_target)²``, averaged over ``mask``."""
+    kl = gaussian_kl(target.mean, target.log_std, out.mean, out.log_std)
+    loss = masked_mean(kl, mask)
+    if value_coef > 0:
+        loss = loss + value_coef * masked_mean((out.value - target.value).square(), mask)
+    return loss
+
+
+def loss_mask(valid: Tensor, burn_in: int) -> Tensor:
+    """``valid`` without the first ``burn_in`` steps of each sequence (memory warm-up)."""
+    mask = valid.clone()
+    mask[:, :burn_in] = False
+    return mask
 
 
 def state_from_leaves(template: State, leaves: Sequence[Tensor]) -> State:
@@ -114,19 +159,14 @@ class BCReplayConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [
-            rule
-            for rule, ok in (
-                ("coef >= 0", self.coef >= 0),
-                ("value_coef >= 0", self.value_coef >= 0),
-                ("sequences_per_task >= 1", self.sequences_per_task >= 1),
-                ("batch_size >= 1", self.batch_size >= 1),
-                ("burn_in >= 0", self.burn_in >= 0),
-            )
-            if not ok
-        ]
-        if bad:
-            raise ValueError(f"bc_replay options: need {', '.join(bad)} (got {self})")
+        rules = {
+            "coef >= 0": self.coef >= 0,
+            "value_coef >= 0": self.value_coef >= 0,
+            "sequences_per_task >= 1": self.sequences_per_task >= 1,
+            "batch_size >= 1": self.batch_size >= 1,
+            "burn_in >= 0": self.burn_in >= 0,
+        }
+        check_rules("bc_replay options", rules, self)
 
 
 class BCReplay(Method):
@@ -178,30 +218,23 @@ class BCReplay(Method):
         ]
         self.source_task = torch.cat([self.source_task, source])
 
-    def stored(
-        self, agent: Agent, rows: Tensor
-    ) -> tuple[dict[str, Tensor], State, dict[str, Tensor]]:
+    def stored(self, agent: Agent, rows: Tensor) -> tuple[dict[str, Tensor], State, PolicyTargets]:
         """Stored sequences ``rows`` on the agent's device: ``(inputs, memory, targets)``."""
         dev = agent.log_std.device
         template = agent.backbone.init_state(1, dev)
         memory = state_from_leaves(template, [t[rows].to(dev) for t in self.memory_leaves])
-        inputs = {k: self.store[k][rows].to(dev) for k in _INPUTS}
+        inputs = {k: self.store[k][rows].to(dev) for k in INPUTS}
         if self.config.renormalize:
             inputs["obs"] = agent.normalize_obs(inputs["obs"])
-        targets = {k: self.store[k][rows].to(dev) for k in _TARGETS}
+        targets = PolicyTargets(*(self.store[k][rows].to(dev) for k in _TARGETS))
         return inputs, memory, targets
 
     def distillation_loss(self, agent: Agent, rows: Tensor) -> Tensor:
         """The distillation loss (without ``coef``) on stored sequences ``rows``."""
         inputs, memory, old = self.stored(agent, rows)
         out = sequence_outputs(agent, inputs, memory)
-        mask = inputs["valid"].clone()
-        mask[:, : self.config.burn_in] = False
-        loss = masked_mean(gaussian_kl(old["mean"], old["log_std"], out.mean, out.log_std), mask)
-        if self.config.value_coef > 0:
-            value_err = masked_mean((out.value - old["value"]).square(), mask)
-            loss = loss + self.config.value_coef * value_err
-        return loss
+        mask = loss_mask(inputs["valid"], self.config.burn_in)
+        return consistency_loss(old, out, mask, self.config.value_coef)
 
     def extra_loss(self, agent: Agent, batch: SequenceBatch, outputs: AgentOutput) -> Tensor | None:
         """``coef`` x the distillation loss on a fresh random minibatch of stored sequences."""
@@ -226,16 +259,16 @@ class BCReplay(Method):
         self.memory_leaves = list(state["memory_leaves"])
         self.source_task = state["source_task"]
         self.generator.set_state(state["generator"].cpu())
-        if self.source_task is not None and set(self.store) != {*_INPUTS, *_TARGETS}:
+        if self.source_task is not None and set(self.store) != {*INPUTS, *_TARGETS}:
             raise ValueError(
                 f"bc_replay state holds fields {sorted(self.store)}, expected "
-                f"{sorted({*_INPUTS, *_TARGETS})}"
+                f"{sorted({*INPUTS, *_TARGETS})}"
             )
 
 
 def sequence_inputs(batch: SequenceBatch) -> dict[str, Tensor]:
     """The token inputs and ``valid`` mask of a batch of sequences, by field name."""
-    return {name: getattr(batch, name) for name in _INPUTS}
+    return {name: getattr(batch, name) for name in INPUTS}
 
 
 def sequence_outputs(agent: Agent, inputs: Mapping[str, Tensor], memory: State) -> AgentOutput:

@@ -1,21 +1,14 @@
 """The one episode driver: steps an :class:`~hope_agent.agents.actor.Actor` through a batch of
 envs, one env step per call.
 
-Training rollouts, evaluation, video recording and the SB3 baselines all act through
-:class:`EpisodeDriver`, so the acting sequence (observation in, policy, env step, reward and
-episode bookkeeping, carry out) is written once. Two kinds of batch:
-
-- a Gymnasium vector env with next-step autoreset (training): episodes follow one another; the
-  step after an episode's end is the autoreset step, which carries no transition
-  (``valid == False``), and the step after it is the next episode's first;
-- a list of single envs, one episode each (evaluation, videos): a finished env is no longer
-  stepped and its row stays invalid until :meth:`EpisodeDriver.reset`.
-
-The driver keeps, per row, the raw observation, whether the next step starts an episode, the raw
-previous reward (the actor scales it), the task index (``info["task_index"]`` where an env
-reports one, e.g. the multi-task env, so the oracle task id follows the episode) and the current
-episode's return, length and any-step success; finished episodes are appended to
-:attr:`EpisodeDriver.finished`. What to do with a step (store it, learn from it) is the caller's.
+Training rollouts, evaluation, videos and the SB3 baselines all act through
+:class:`EpisodeDriver`. Two kinds of batch: a Gymnasium vector env with next-step autoreset
+(training; the step after an episode's end carries no transition, ``valid == False``), or a list
+of single envs, one episode each (evaluation, videos; a finished env is no longer stepped). Per
+row the driver keeps the raw observation, the first-step flag, the raw previous reward, the task
+index (``info["task_index"]`` where an env reports one) and the episode's return, length and
+success; finished episodes go to :attr:`EpisodeDriver.finished`. What a step is for is the
+caller's business.
 """
 
 from __future__ import annotations

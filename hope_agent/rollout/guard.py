@@ -1,19 +1,12 @@
 """Environment-side fault handling: simulator blow-ups and crashed env workers.
 
-- :class:`EnvFaultGuard` wraps one env. A step that raises a simulator error, returns a
-  non-finite or huge observation or reward, or makes MuJoCo count an instability warning (MuJoCo
-  then silently resets the simulation itself) ends the episode as *truncated*, with the last good
-  observation and a zero reward, and sets ``info["env_fault"]``. The vector env's next-step
-  autoreset then resets that env; the others keep running.
-- :class:`RestartingVectorEnv` wraps a vector env. A step that raises (a dead
-  ``AsyncVectorEnv`` worker surfaces as ``BrokenPipeError`` or ``EOFError``, an error inside a
-  worker as its own type) or returns non-finite values closes it, builds a new one and resets
-  it; every env reports a truncation, then the reset observation on the following
-  (autoreset) step, exactly like Gymnasium's next-step autoreset, so the trainer needs no
-  special case.
+- :class:`EnvFaultGuard` wraps one env: a step that blows up ends the episode as truncated
+  (``info["env_fault"]``), and the vector env's next-step autoreset resets that env.
+- :class:`RestartingVectorEnv` wraps a vector env: a step that raises (a dead worker) or returns
+  non-finite values rebuilds it, reported as a truncation of every env followed by an autoreset
+  step, so the trainer needs no special case.
 
-The trainer's own checks (non-finite weights and updates) live in :mod:`hope_agent.train.faults`;
-see ``docs/reliability.md``.
+The trainer's own checks live in :mod:`hope_agent.train.faults`; see ``docs/reliability.md``.
 """
 
 from __future__ import annotations
@@ -47,12 +40,10 @@ class EnvRestartError(RuntimeError):
 class EnvFaultGuard(gym.Wrapper[Any, Any, Any, Any]):
     """Ends an episode whose simulation blew up instead of letting NaNs into training.
 
-    A step is a fault when the wrapped env raises one of :data:`SIMULATOR_ERRORS`, returns a
-    non-finite observation or reward, an observation entry above ``obs_limit`` in absolute value,
-    or when a MuJoCo env counted an instability warning (bad qpos, qvel or qacc: MuJoCo then
-    resets ``mjData`` on its own, so the episode would continue from a teleported state). The
-    faulty step returns the last good observation, reward 0, ``truncated=True`` and
-    ``info["env_fault"] = True``; the next ``reset`` (a vector env's autoreset) restores the env.
+    A step is a fault when the env raises one of :data:`SIMULATOR_ERRORS`, returns a non-finite
+    observation or reward or one above ``obs_limit`` in absolute value, or when MuJoCo counted
+    an instability warning (it then resets ``mjData`` itself). The faulty step returns the last
+    good observation, reward 0, ``truncated=True`` and ``info["env_fault"] = True``.
 
     Args:
         env: the env to guard.

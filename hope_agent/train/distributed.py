@@ -1,21 +1,10 @@
 """Data-parallel training: the ``World`` a run lives in (one process, or ``torchrun`` ranks).
 
 A run of ``N`` ranks is one run of ``N x num_envs`` envs split over processes (docs/scaling.md):
-
-- every rank builds the same agent from the same seed, steps its own envs (rank ``r``'s env
-  ``i`` takes the seed a single process would give env ``r * num_envs + i``) and fills its own
-  rollout buffer;
-- PPO averages the gradients of each minibatch over the ranks, weighted by their valid steps,
-  and normalises advantages with the moments of all ranks: the update is the one a single
-  process makes on the concatenated rollout, so the weights and the multi-timescale
-  accumulators (which follow from the gradients alone) stay identical across ranks;
-- the observation and reward normalisers merge each batch's moments (count, mean, M2) over the
-  ranks before updating, so their statistics stay identical too;
-- evaluation is split by task over the ranks and gathered; rank 0 alone logs, writes results,
-  videos and checkpoints (which hold every rank's own carry and RNG states, for resume).
-
-A single process uses :data:`LOCAL`, whose operations are identities: its runs are exactly the
-runs of a program without this module.
+every rank builds the same agent and steps its own envs; PPO averages each minibatch's gradients
+over the ranks weighted by their valid steps, and the normalisers merge their batch moments, so
+weights and statistics stay identical across ranks; rank 0 alone logs and writes. A single
+process uses :data:`LOCAL`, whose operations are identities.
 """
 
 from __future__ import annotations

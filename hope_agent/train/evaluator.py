@@ -1,25 +1,16 @@
 """Evaluation of an agent on every curriculum task, without any training step.
 
 The protocol (CONTINUAL_RL.md): per task, ``episodes`` stochastic episodes plus one deterministic
-episode, the episodes of every task run side by side as one batch; fresh memory at each episode
-start; the env of
-episode e of task j always starts from seed ``seed + 1000 * j + e`` and the action noise of task
-j comes from a generator seeded with ``seed + 1000 * j``, so every checkpoint meets the same
-starts and an evaluation is a deterministic function of the checkpoint. Normalisers stay
-frozen. Only the ``online_cms`` mode changes weights, on a copy of the agent.
+one, every task's episodes side by side as one batch, fresh memory at each episode start and
+frozen normalisers. Episode e of task j starts from seed ``seed + 1000 * j + e`` and task j's
+action noise comes from a generator seeded ``seed + 1000 * j``, so an evaluation is a
+deterministic function of the checkpoint. Only ``online_cms`` changes weights, on a copy.
 
-Performance of a task: the success rate of the stochastic episodes where the task defines
-success (``info["success"]`` at any step); else the mean stochastic return normalised with the
-task's stored ``(R_random, R_reference)`` (the shipped files, or a user's ``reference_dir``) and
-clipped to [0, 1]; else NaN here, and the run's report normalises the raw returns with what the
-run measured itself (:meth:`Evaluator.random_returns` at its start, its own best evaluation:
-:mod:`hope_agent.train.report`). With ``episodes == 0`` the deterministic episode alone gives the
-performance.
-
-World-model error: the squared error of the predicted (normalised) next-observation delta and
-(scaled) reward, summed over the episodes' steps, divided by the same sum for the "nothing
-changes" prediction (zero delta, zero reward). 0 is a perfect model, 1 is no better than that
-baseline.
+Performance of a task: its success rate where it defines success; else the mean stochastic return
+normalised with stored ``(R_random, R_reference)`` and clipped to [0, 1]; else NaN here, filled
+by the run's report (:mod:`hope_agent.train.report`). World-model error: the squared error of the
+predicted next-observation delta and reward over the episodes' steps, divided by that of the
+"nothing changes" prediction (0 is perfect, 1 no better than that baseline).
 """
 
 from __future__ import annotations

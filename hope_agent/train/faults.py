@@ -44,19 +44,16 @@ class FaultSettings:
     max_env_restarts: int = 3
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_nonfinite_in_a_row < 1:
-            problems.append(
-                f"faults.max_nonfinite_in_a_row must be >= 1 (got {self.max_nonfinite_in_a_row})"
-            )
-        if not 0.0 < self.lr_factor <= 1.0:
-            problems.append(f"faults.lr_factor must lie in (0, 1] (got {self.lr_factor})")
-        if self.max_rollbacks < 0:
-            problems.append(f"faults.max_rollbacks must be >= 0 (got {self.max_rollbacks})")
-        if not self.obs_limit > 0:
-            problems.append(f"faults.obs_limit must be > 0 (got {self.obs_limit})")
-        if self.max_env_restarts < 0:
-            problems.append(f"faults.max_env_restarts must be >= 0 (got {self.max_env_restarts})")
+        rules = (
+            ("max_nonfinite_in_a_row", self.max_nonfinite_in_a_row >= 1, "must be >= 1"),
+            ("lr_factor", 0.0 < self.lr_factor <= 1.0, "must lie in (0, 1]"),
+            ("max_rollbacks", self.max_rollbacks >= 0, "must be >= 0"),
+            ("obs_limit", self.obs_limit > 0, "must be > 0"),
+            ("max_env_restarts", self.max_env_restarts >= 0, "must be >= 0"),
+        )
+        problems = [
+            f"faults.{k} {rule} (got {getattr(self, k)})" for k, ok, rule in rules if not ok
+        ]
         if problems:
             raise ValueError("; ".join(problems))
 

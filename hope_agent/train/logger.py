@@ -1,15 +1,10 @@
 """Run logging: TensorBoard events, a CSV of training scalars, a rich progress bar and a summary.
 
 Metric keys are namespaced the cleanrl way (``charts/episodic_return``, ``losses/policy``,
-``eval/<task>/perf``, ``faults/nonfinite_updates``); the loop's throughput and clock
-(``charts/SPS``, ``charts/wall_time``, ``time/<phase>``) come from
-:class:`hope_agent.train.timing.LoopTimer`. The CSV is kept in memory and rewritten
-atomically at each :meth:`flush` (the runner's, at evaluations and checkpoints, and at least
-every ``flush_every_s`` of logging), so a crash never leaves a half-written row and a killed
-run keeps its rows up to the last half minute. A resumed run
-(:meth:`Logger.restore`) cuts the CSV back to the rows its checkpoint had written and tells
-TensorBoard to drop the events logged after it (``purge_step``), so no step appears twice. The
-restored rows keep the wall-clock figures they were logged with.
+``eval/<task>/perf``, ``faults/nonfinite_updates``). The CSV is kept in memory and rewritten
+atomically at each :meth:`Logger.flush` (and at least every ``flush_every_s`` of logging), so a
+crash never leaves a half-written row. A resumed run (:meth:`Logger.restore`) cuts the CSV back
+to its checkpoint's rows and has TensorBoard drop the later events, so no step appears twice.
 """
 
 from __future__ import annotations

@@ -1,26 +1,17 @@
 """Results of a curriculum run: the evaluation table, the matrices, the metrics and their files.
 
-One evaluation event evaluates every task; :class:`RunRecord` keeps one row per (event, task).
-Stage i's *window* is the events taken while training task i, the last of which is its task-end
-evaluation; ``perf[i, j]`` is task j's performance at that task-end evaluation, or, with
-``smooth_last=k``, the mean of the window's last k evaluations (Continual World's smoothing).
+:class:`RunRecord` keeps one :class:`EvalEvent` (every task evaluated) per evaluation. Stage i's
+*window* is the events taken while training task i, the last its task-end evaluation;
+``perf[i, j]`` is task j's performance there, or with ``smooth_last=k`` the mean of the window's
+last k evaluations (Continual World's smoothing).
 
 Each task is normalised one way for the whole run (``metrics.json`` key ``normalisation``):
-``success`` (its success rate) where the task defines success, else ``reference`` (stored
-reference returns, :func:`hope_envs.curriculum.reference_returns`), else ``run``: the evaluator
-leaves such a task's performance NaN, and the record fills it from the raw mean returns with
-``R_random``, the random-policy return the run measured at its start
-(:attr:`RunRecord.random_returns`), and the task's own best evaluation in the run as the
-reference (:func:`hope_agent.metrics.run_normalized_score`). "Best in the run" is only known at
-the end, so every matrix, curve and metric is computed from the raw returns whenever they are
-written.
-
-Files (all written atomically): ``perf_matrix.csv`` (always the task-end matrix),
-``perf_matrix_smoothed.csv`` (with ``smooth_last``: the matrix the metrics used),
-``perf_matrix_deterministic.csv``, ``wm_error_matrix.csv``, ``return_matrix.csv``,
-``in_context_perf_matrix.csv`` (when measured), ``curves.csv``, ``metrics.json`` and the plots
-``plots/perf_matrix.png`` (``plots/perf_matrix_smoothed.png`` with ``smooth_last``),
-``plots/curves.png``, ``plots/wm_error_matrix.png``, ``plots/wm_error_curves.png``.
+``success``, ``reference`` (stored reference returns) or ``run``: the record fills such a task's
+performance from its raw returns with ``R_random`` measured at the run start
+(:attr:`RunRecord.random_returns`) and the task's best evaluation in the run as the reference.
+The best is only known at the end, so everything is recomputed from the raw returns whenever it
+is written. Files (atomic): the ``*matrix*.csv`` files, ``curves.csv``, ``metrics.json`` and
+the plots under ``plots/`` (:func:`write_results`).
 """
 
 from __future__ import annotations
@@ -42,6 +33,9 @@ from hope_agent.io import atomic_write_text
 from hope_agent.train.evaluator import TaskEvaluation
 from hope_agent.train.logger import rows_to_csv
 from hope_agent.viz import plot_curves, plot_perf_matrix
+
+# The continual-learning metrics of a run, as metrics.json names them.
+METRICS = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
 
 
 @dataclass
@@ -193,10 +187,6 @@ def _num(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def compute_metrics(
     record: RunRecord,
     smooth_last: int | None = None,
@@ -225,8 +215,7 @@ def compute_metrics(
         for name, n in zip(record.task_names, norms, strict=False)
         if n is not None
     }
-    keys = ("average_performance", "forgetting", "backward_transfer", "forward_transfer")
-    out.update(dict.fromkeys(keys))
+    out.update(dict.fromkeys(METRICS))
     out.update(world_model_error=None, world_model_forgetting=None, in_context_gain=None, auc=None)
     out["perf_matrix"] = _json_matrix(record.matrix("perf"))
     if smooth_last is not None:
@@ -304,21 +293,18 @@ def compute_metrics(
         out["in_context_gain"] = M.in_context_gain(final, reset[-1])
     elif not np.any(np.isfinite(reset)):
         notes.append("in-context gain not measured (set eval.in_context_gain=true)")
-    gains = [r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None]
-    if gains:
+    trials = [r for r in ends[-1].results[:k] if r.trial_gain is not None]
+    if trials:
         # Trials of K sub-episodes: how much later attempts gain on the first, at the end.
-        out["trial_gain"] = float(np.mean([g[0] for g in gains]))
-        out["trial_gain_per_task"] = {
-            r.task: r.trial_gain for r in ends[-1].results[:k] if r.trial_gain is not None
-        }
-        out["sub_episode_success"] = {
-            r.task: r.sub_episode_success for r in ends[-1].results[:k] if r.trial_gain is not None
-        }
+        gains = [r.trial_gain[0] for r in trials if r.trial_gain is not None]
+        out["trial_gain"] = float(np.mean(gains))
+        out["trial_gain_per_task"] = {r.task: r.trial_gain for r in trials}
+        out["sub_episode_success"] = {r.task: r.sub_episode_success for r in trials}
     return out
 
 
 def _json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
-    return [[_finite_or_none(float(v)) for v in row] for row in matrix]
+    return [[float(v) if math.isfinite(v) else None for v in row] for row in matrix]
 
 
 def matrix_csv(matrix: np.ndarray, task_names: Sequence[str]) -> str:

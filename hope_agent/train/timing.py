@@ -1,32 +1,16 @@
 """Where the training loop's wall-clock time goes: throughput, run clock and a phase breakdown.
 
-:class:`LoopTimer` is injected into the runner (:class:`hope_agent.train.runner.TrainingParts`).
-It gives every ``train.csv`` / TensorBoard row of an update
+:class:`LoopTimer` is injected into the runner and gives every row of an update ``charts/SPS``
+(env steps per second of the last rollout + update: the current rate, which a slow evaluation
+does not drag down; the run average is ``global_step / charts/wall_time``),
+``charts/wall_time`` (seconds since the run started, continued over a resume) and, with the
+breakdown on, ``time/<phase>`` for each of :data:`PHASES`: cumulative seconds, charged to the
+innermost open phase only, so the phases never add up to more than the wall time.
 
-- ``charts/SPS``: env steps per second of the last rollout + update (the span between
-  :meth:`LoopTimer.start_iteration` and :meth:`LoopTimer.sps`). CleanRL logs the run average
-  ``global_step / elapsed`` under this name; here that average is ``global_step /
-  charts/wall_time``, and ``charts/SPS`` shows the current rate, which a slow evaluation or
-  checkpoint does not drag down;
-- ``charts/wall_time``: seconds since the run started (a resumed run continues its
-  checkpoint's clock, so the column stays monotonic over a resume);
-- with the breakdown on, ``time/<phase>`` for each of :data:`PHASES`: cumulative seconds spent in
-  that phase. Phases nest: time goes to the innermost open phase only, so env stepping inside a
-  rollout counts as ``env_step`` and not also as ``rollout_inference``, and the phases never
-  add up to more than the wall time. What no phase claims (building envs, resets, the method's
-  hooks) is ``charts/wall_time`` minus their sum.
-
-On CUDA, kernels run asynchronously: a phase that only launched work would end before the work
-did, and the next phase to wait on the device would be charged for it. With the breakdown on, the
-timer therefore synchronises the device when a phase opens or closes (once per phase, never per
-env step: ``env_step`` skips it, because the rollout already waits for the GPU when it copies the
-action to the host before stepping). With the breakdown off (``logger.timing=false``) the timer
-adds no synchronisation and no per-step work: only ``charts/SPS`` and ``charts/wall_time`` are
-logged, from two clock reads per update. On the CPU the breakdown costs two clock reads per
-phase, so it is on by default.
-
-Every figure is a wall-clock time: no two runs share them, so resume and behaviour comparisons
-leave out columns whose names contain ``time``, ``sps`` or ``wall`` (:func:`is_timing_key`).
+On CUDA the timer synchronises the device when a phase opens or closes (never per env step), so
+that a phase is not charged for work another launched. With the breakdown off
+(``logger.timing=false``) it adds no synchronisation and no per-step work. Every figure is a
+wall-clock time: comparisons leave out such columns (:func:`is_timing_key`).
 """
 
 from __future__ import annotations
