@@ -28,11 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
+from hope_agent.build import compile_backbone
 from hope_agent.io import atomic_write_text
 from hope_agent.models.base import Backbone
 from hope_agent.models.factory import make_backbone
 from hope_agent.models.graphs import GraphedStep
-from hope_agent.models.hope import Hope
 
 PRESETS = {
     "gpu": dict(batch=16, seq=1024, d_model=256, n_heads=4, n_layers=1, step_batch=64, repeats=10),
@@ -123,17 +123,11 @@ def _graphed_step_us(model: Backbone[Any], batch: int, device: torch.device, rep
 # ----------------------------------------------------------------------------- backbones
 
 
-def _compile(model: Backbone[Any]) -> None:
-    if not isinstance(model, Hope):
-        raise ValueError(f"--compile applies to hope only, got {type(model).__name__}")
-    model.compile_fast_paths()
-
-
 def _hope(cfg: dict, device: torch.device, compiled: bool, **kwargs: Any) -> Backbone[Any]:
     torch.manual_seed(0)
     model = make_backbone("hope", cfg["d_model"], n_heads=cfg["n_heads"], **kwargs).to(device)
     if compiled:
-        _compile(model)
+        compile_backbone(model, device)
     return model
 
 
@@ -142,12 +136,13 @@ def bench_backbone(
 ) -> Row:
     """Forward+backward tokens/s over (B, T); latency of one ``step`` at ``step_batch`` rows.
 
-    ``compiled``: HOPE with :meth:`Hope.compile_fast_paths` (the warm-up call compiles).
+    ``compiled``: HOPE compiled as ``compile=true`` compiles it in training
+    (:func:`hope_agent.build.compile_backbone`; the warm-up call compiles).
     """
     torch.manual_seed(0)
     model = make_backbone(name, cfg["d_model"], **extra).to(device)
     if compiled:
-        _compile(model)
+        compile_backbone(model, device)
     b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
     x = torch.randn(b, t, d, device=device, requires_grad=True)
 
