@@ -3,12 +3,15 @@
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from hope_agent.build import ConfigError, build_runner
+from hope_agent.build import ConfigError, build_runner, compile_backbone
 from hope_agent.cli import check_overrides, evaluate, record
+from hope_agent.models.factory import make_backbone
+from hope_agent.models.hope import Hope
 
 TINY = ["model=mlp", "steps_per_task=64", "logger.progress=false", "device=cpu"]
 
@@ -81,6 +84,22 @@ def test_bad_values_fail_at_build_with_one_line(tmp_path: Path, override: str, n
         build_runner(_compose("config", *TINY, override), tmp_path)
     assert named in _one_line(error)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("device", "mode"), [("cpu", None), ("cuda", "reduce-overhead")])
+def test_compile_backbone_replays_training_segments_from_graphs_only_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, device: str, mode: str | None
+) -> None:
+    seen: list[str | None] = []
+    monkeypatch.setattr(Hope, "compile_fast_paths", lambda self, m=None: seen.append(m))
+    compile_backbone(make_backbone("hope", 16, n_heads=2, chunk_size=4), torch.device(device))
+    assert seen == [mode]
+
+
+def test_compile_true_builds_a_runner_with_compiled_hope(tmp_path: Path) -> None:
+    runner = build_runner(_compose("config", *TINY, "model=hope", "compile=true"), tmp_path)
+    mixer = runner.agent.backbone.stack.block_list()[0].mixer
+    assert mixer._compiled_segment is not mixer._segment  # compiled lazily, at the first call
 
 
 def test_compile_refuses_a_backbone_without_a_compiled_path(tmp_path: Path) -> None:
