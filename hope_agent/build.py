@@ -253,15 +253,20 @@ def build_agent(cfg: DictConfig, curriculum: Curriculum) -> Agent:
     return agent
 
 
-def compile_backbone(backbone: Backbone[Any], device: torch.device) -> None:
-    """``compile=true``: HOPE's fast paths through ``torch.compile``, the training segments
-    replayed from CUDA graphs on CUDA; one :class:`ConfigError` for a backbone without them."""
+def compile_backbone(backbone: Backbone[Any]) -> None:
+    """``compile=true``: HOPE's fast paths through ``torch.compile`` in the default mode, on every
+    device; one :class:`ConfigError` for a backbone without them.
+
+    Not ``"reduce-overhead"`` for the training segments on CUDA: a training run with it (H100,
+    2026-12-07) died of ``CUDA error: unspecified launch failure`` in a rollout, and in isolation
+    it beat the default mode by 1.04-1.37x only (results/cpu_2026-12-07_compile/README.md).
+    """
     if not isinstance(backbone, Hope):
         raise ConfigError(
             f"compile=true applies to the HOPE backbones (model=hope, hope_no_cms); "
             f"{type(backbone).__name__} has no compiled path: drop compile=true"
         )
-    backbone.compile_fast_paths("reduce-overhead" if device.type == "cuda" else None)
+    backbone.compile_fast_paths()
 
 
 def build_optimizer(agent: Agent, cfg: DictConfig) -> MultiTimescaleOptimizer | OptimizerChain:
@@ -347,7 +352,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
     torch.manual_seed(int(cfg.seed))
     agent = build_agent(cfg, curriculum).to(device)
     if cfg.get("compile", False):
-        compile_backbone(agent.backbone, device)
+        compile_backbone(agent.backbone)
     options = OmegaConf.to_container(cfg.method_options, resolve=True)
     assert isinstance(options, dict)
     try:

@@ -127,7 +127,7 @@ def _hope(cfg: dict, device: torch.device, compiled: bool, **kwargs: Any) -> Bac
     torch.manual_seed(0)
     model = make_backbone("hope", cfg["d_model"], n_heads=cfg["n_heads"], **kwargs).to(device)
     if compiled:
-        compile_backbone(model, device)
+        compile_backbone(model)
     return model
 
 
@@ -142,7 +142,7 @@ def bench_backbone(
     torch.manual_seed(0)
     model = make_backbone(name, cfg["d_model"], **extra).to(device)
     if compiled:
-        compile_backbone(model, device)
+        compile_backbone(model)
     b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
     x = torch.randn(b, t, d, device=device, requires_grad=True)
 

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ScriptRunner
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
@@ -86,14 +85,12 @@ def test_bad_values_fail_at_build_with_one_line(tmp_path: Path, override: str, n
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize(("device", "mode"), [("cpu", None), ("cuda", "reduce-overhead")])
-def test_compile_backbone_replays_training_segments_from_graphs_only_on_cuda(
-    monkeypatch: pytest.MonkeyPatch, device: str, mode: str | None
-) -> None:
+def test_compile_backbone_uses_the_default_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # reduce-overhead (CUDA-graph trees) crashed a GPU training run: compile=true must not use it
     seen: list[str | None] = []
     monkeypatch.setattr(Hope, "compile_fast_paths", lambda self, m=None: seen.append(m))
-    compile_backbone(make_backbone("hope", 16, n_heads=2, chunk_size=4), torch.device(device))
-    assert seen == [mode]
+    compile_backbone(make_backbone("hope", 16, n_heads=2, chunk_size=4))
+    assert seen == [None]
 
 
 def test_compile_true_builds_a_runner_with_compiled_hope(tmp_path: Path) -> None:

@@ -75,8 +75,9 @@ def bench(
     device: torch.device,
     reps: int,
     modes: list[str],
-) -> list[dict]:
-    rows = []
+    rows: list[dict],
+    save: Callable[[], None],
+) -> None:
     ref = _model(d, chunk, layers, device)
     for label in ("gru", "lstm"):
         torch.manual_seed(0)
@@ -105,39 +106,51 @@ def bench(
             )
         )
     for mode in modes:
-        m = _model(d, chunk, layers, device)
-        if mode != "eager":
-            m.compile_fast_paths(None if mode == "default" else mode)
-        x, first = _inputs(b, t, d, device, 1)
-        t0 = time.perf_counter()
-        _fwd_bwd(m, x, first)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        first_s = time.perf_counter() - t0
-        # fresh inputs (other reset pattern) for the check: both paths must agree on any input
-        errs_y, errs_g = [], []
-        for seed in (2, 3):
-            xc, fc = _inputs(b, t, d, device, seed)
-            y = _fwd_bwd(m, xc, fc).clone()
-            g = [p.grad.clone() for p in m.parameters() if p.grad is not None]
-            y_ref = _fwd_bwd(ref, xc, fc)
-            g_ref = [p.grad for p in ref.parameters() if p.grad is not None]
-            errs_y.append(_rel(y, y_ref))
-            errs_g.append(max(_rel(a, r) for a, r in zip(g, g_ref, strict=True)))
-        sec = _time(lambda m=m, x=x, first=first: _fwd_bwd(m, x, first), device, reps)
-        rows.append(
-            dict(
-                shape=f"d{d} C{chunk} L{layers} B{b} T{t}",
-                path=f"hope {mode}",
-                compile_s=first_s,
-                ms=sec * 1e3,
-                tokens_s=b * t / sec,
-                rel_y=max(errs_y),
-                rel_g=max(errs_g),
-            )
-        )
+        row: dict[str, Any] = dict(shape=f"d{d} C{chunk} L{layers} B{b} T{t}", path=f"hope {mode}")
+        try:
+            row |= _bench_mode(ref, mode, (d, chunk, layers, b, t), device, reps)
+        except Exception as e:  # a failing mode is a row that says why; the others still run
+            row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+        rows.append(row)
         print(rows[-1], flush=True)
-    return rows
+        save()
+
+
+def _bench_mode(
+    ref: Hope,
+    mode: str,
+    shape: tuple[int, int, int, int, int],
+    device: torch.device,
+    reps: int,
+) -> dict:
+    d, chunk, layers, b, t = shape
+    m = _model(d, chunk, layers, device)
+    if mode != "eager":
+        m.compile_fast_paths(None if mode == "default" else mode)
+    x, first = _inputs(b, t, d, device, 1)
+    t0 = time.perf_counter()
+    _fwd_bwd(m, x, first)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    first_s = time.perf_counter() - t0
+    # fresh inputs (other reset pattern) for the check: both paths must agree on any input
+    errs_y, errs_g = [], []
+    for seed in (2, 3):
+        xc, fc = _inputs(b, t, d, device, seed)
+        y = _fwd_bwd(m, xc, fc).clone()
+        g = [p.grad.clone() for p in m.parameters() if p.grad is not None]
+        y_ref = _fwd_bwd(ref, xc, fc)
+        g_ref = [p.grad for p in ref.parameters() if p.grad is not None]
+        errs_y.append(_rel(y, y_ref))
+        errs_g.append(max(_rel(a, r) for a, r in zip(g, g_ref, strict=True)))
+    sec = _time(lambda: _fwd_bwd(m, x, first), device, reps)
+    return dict(
+        compile_s=first_s,
+        ms=sec * 1e3,
+        tokens_s=b * t / sec,
+        rel_y=max(errs_y),
+        rel_g=max(errs_g),
+    )
 
 
 def main() -> None:
@@ -150,19 +163,26 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     rows: list[dict] = []
+
+    def save() -> None:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+
     for spec in args.shapes.split(","):
         d, c, layers, b, t = (int(v) for v in spec.split(":"))
-        rows += bench(d, c, layers, b, t, dev, args.reps, args.modes.split(","))
+        bench(d, c, layers, b, t, dev, args.reps, args.modes.split(","), rows, save)
     print("| shape | path | first call s | ms | tokens/s | rel err y | rel err grads |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
+        if "error" in r:
+            print(f"| {r['shape']} | {r['path']} | failed: {r['error'][:120]} |||||")
+            continue
         print(
             f"| {r['shape']} | {r['path']} | {r['compile_s']:.1f} | {r['ms']:.1f} | "
             f"{r['tokens_s']:,.0f} | {r['rel_y']:.1e} | {r['rel_g']:.1e} |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save()
 
 
 if __name__ == "__main__":
