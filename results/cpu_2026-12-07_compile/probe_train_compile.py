@@ -3,7 +3,10 @@ segment iteration, default mode and ``mode="reduce-overhead"`` (CUDA-graph trees
 GRU / LSTM of the same width as the anchor of the same run, and the equality check of each
 compiled path against eager (outputs and every parameter's gradient, fresh random inputs).
 
-Usage: python probe_train_compile.py [--device cuda] [--json out.json]
+Usage: python probe_train_compile.py [--device cuda] [--json out.json] [--profile DIR]
+
+``--profile DIR`` also writes, for every HOPE mode and shape, the profiler's table of one timed
+call (CPU and CUDA time per op and kernel, launches counted) to ``DIR``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from hope_agent.models import make_backbone
 from hope_agent.models.hope import Hope
@@ -77,6 +82,7 @@ def bench(
     modes: list[str],
     rows: list[dict],
     save: Callable[[], None],
+    profile_to: Path | None = None,
 ) -> None:
     ref = _model(d, chunk, layers, device)
     for label in ("gru", "lstm"):
@@ -108,7 +114,7 @@ def bench(
     for mode in modes:
         row: dict[str, Any] = dict(shape=f"d{d} C{chunk} L{layers} B{b} T{t}", path=f"hope {mode}")
         try:
-            row |= _bench_mode(ref, mode, (d, chunk, layers, b, t), device, reps)
+            row |= _bench_mode(ref, mode, (d, chunk, layers, b, t), device, reps, profile_to)
         except Exception as e:  # a failing mode is a row that says why; the others still run
             row["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         rows.append(row)
@@ -122,6 +128,7 @@ def _bench_mode(
     shape: tuple[int, int, int, int, int],
     device: torch.device,
     reps: int,
+    profile_to: Path | None,
 ) -> dict:
     d, chunk, layers, b, t = shape
     m = _model(d, chunk, layers, device)
@@ -144,6 +151,15 @@ def _bench_mode(
         errs_y.append(_rel(y, y_ref))
         errs_g.append(max(_rel(a, r) for a, r in zip(g, g_ref, strict=True)))
     sec = _time(lambda: _fwd_bwd(m, x, first), device, reps)
+    if profile_to is not None:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            _fwd_bwd(m, x, first)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        name = f"d{d}_C{chunk}_L{layers}_B{b}_T{t}_{mode}.txt"
+        (profile_to / name).write_text(prof.key_averages().table(sort_by=key, row_limit=40))
     return dict(
         compile_s=first_s,
         ms=sec * 1e3,
@@ -159,8 +175,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--modes", default="eager,default,reduce-overhead")
+    ap.add_argument("--profile", type=Path, default=None)
     ap.add_argument("--shapes", default="64:8:1:16:120,64:8:1:128:120,256:64:1:16:1024")
     args = ap.parse_args()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     dev = torch.device(args.device)
     rows: list[dict] = []
 
@@ -171,7 +190,7 @@ def main() -> None:
 
     for spec in args.shapes.split(","):
         d, c, layers, b, t = (int(v) for v in spec.split(":"))
-        bench(d, c, layers, b, t, dev, args.reps, args.modes.split(","), rows, save)
+        bench(d, c, layers, b, t, dev, args.reps, args.modes.split(","), rows, save, args.profile)
     print("| shape | path | first call s | ms | tokens/s | rel err y | rel err grads |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
