@@ -632,9 +632,10 @@ class SelfModifyingTitans(nn.Module):
 
         ``segment_mode`` is the compile mode of the segment iteration while autograd is on (the
         training path); ``"reduce-overhead"`` replays each compiled segment, forward and backward,
-        from CUDA graphs (CUDA only). Without autograd the segment runs in the default mode, and
-        the step core always does, so that :class:`~hope_agent.models.graphs.GraphedStep` can
-        capture it.
+        from CUDA graphs (CUDA only; for benchmarks: it crashed a GPU training run, so
+        ``compile=true`` uses the default mode). Without autograd the segment runs in the default
+        mode, and the step core always does, so that
+        :class:`~hope_agent.models.graphs.GraphedStep` can capture it.
         """
         self._compiled_segment = torch.compile(self._segment, dynamic=False)
         self._training_segment = (
