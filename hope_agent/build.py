@@ -259,7 +259,7 @@ def compile_backbone(backbone: Backbone[Any]) -> None:
 
     Not ``"reduce-overhead"`` for the training segments on CUDA: a training run with it (H100,
     2026-12-07) died of ``CUDA error: unspecified launch failure`` in a rollout, and in isolation
-    it beat the default mode by 1.04-1.37x only (results/cpu_2026-12-07_compile/README.md).
+    it beat the default mode by 1.04-1.37x only (results/h100_2026-12-07_compile/README.md).
     """
     if not isinstance(backbone, Hope):
         raise ConfigError(
