@@ -85,6 +85,7 @@ def bench(
     profile_to: Path | None = None,
 ) -> None:
     ref = _model(d, chunk, layers, device)
+    shape = f"d{d} C{chunk} L{layers} B{b} T{t}"
     for label in ("gru", "lstm"):
         torch.manual_seed(0)
         a = make_backbone(label, d) if label == "gru" else torch.nn.LSTM(d, d, batch_first=True)
@@ -102,7 +103,7 @@ def bench(
         sec = _time(run, device, reps)
         rows.append(
             dict(
-                shape=f"d{d} C{chunk} L{layers} B{b} T{t}",
+                shape=shape,
                 path=f"anchor {label}",
                 compile_s=0.0,
                 ms=sec * 1e3,
@@ -112,7 +113,7 @@ def bench(
             )
         )
     for mode in modes:
-        row: dict[str, Any] = dict(shape=f"d{d} C{chunk} L{layers} B{b} T{t}", path=f"hope {mode}")
+        row: dict[str, Any] = dict(shape=shape, path=f"hope {mode}")
         try:
             row |= _bench_mode(ref, mode, (d, chunk, layers, b, t), device, reps, profile_to)
         except Exception as e:  # a failing mode is a row that says why; the others still run
