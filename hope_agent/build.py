@@ -375,6 +375,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         np.random.default_rng(int(cfg.seed)),
         extra_loss=method.extra_loss,
         sync=world if world.size > 1 else None,
+        graph_update=bool(cfg.get("graph_update", False)),
     )
     share_normalizers(agent, world)
     settings = RunnerSettings(

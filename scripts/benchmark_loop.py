@@ -129,8 +129,9 @@ def _overrides(args: argparse.Namespace, backbone: str) -> list[str]:
 
 
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
-    """One ``hope-train`` run of ``spec`` (a model config, ``:eager`` for ``cuda_graphs=false``,
-    ``:compile`` for ``compile=true``); the breakdown from its ``metrics.json``."""
+    """One ``hope-train`` run of ``spec`` (a model config; ``:eager`` for ``cuda_graphs=false``,
+    ``:compile`` for ``compile=true``, ``:graph`` for ``graph_update=true``, ``:compile-graph``
+    for both); the breakdown from its ``metrics.json``."""
     backbone, _, mode = spec.partition(":")
     graphs = mode != "eager"
     run_dir = out / "runs" / spec.replace(":", "_")
@@ -139,7 +140,8 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
         args,
         *_overrides(args, backbone),
         f"cuda_graphs={str(graphs).lower()}",
-        f"compile={str(mode == 'compile').lower()}",
+        f"compile={str(mode in ('compile', 'compile-graph')).lower()}",
+        f"graph_update={str(mode in ('graph', 'compile-graph')).lower()}",
     )
     run_dir.mkdir(parents=True)
     # The run's tables go to a file: the benchmark's own table is the output.
@@ -150,7 +152,12 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     # The runner's wall time: the loop from its first env to its last file, without building
     # the agent (SB3's row leaves out building its model likewise).
     wall = summary.wall_time_s
-    name = f"ppo {backbone}" + {"eager": " (eager)", "compile": " (compiled)"}.get(mode, "")
+    name = f"ppo {backbone}" + {
+        "eager": " (eager)",
+        "compile": " (compiled)",
+        "graph": " (graphed update)",
+        "compile-graph": " (compiled, graphed update)",
+    }.get(mode, "")
     note = f"device {args.device}" + (", CUDA graphs" if graphs and args.device == "cuda" else "")
     return Row(name, summary.env_steps, wall, seconds, note=note)
 
@@ -380,7 +387,8 @@ def main() -> None:
         "--backbones",
         default="mlp,gru,hope",
         help="model configs; NAME:eager acts without CUDA graphs (cuda_graphs=false), "
-        "NAME:compile compiles HOPE's fast paths (compile=true)",
+        "NAME:compile compiles HOPE's fast paths (compile=true), NAME:graph replays the PPO "
+        "minibatches from CUDA graphs (graph_update=true), NAME:compile-graph does both",
     )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
@@ -398,9 +406,13 @@ def main() -> None:
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
-    modes = sorted({b.partition(":")[2] for b in backbones} - {"", "eager", "compile"})
+    known_modes = {"", "eager", "compile", "graph", "compile-graph"}
+    modes = sorted({b.partition(":")[2] for b in backbones} - known_modes)
     if modes:
-        problems.append(f"--backbones: unknown mode(s) {modes} (NAME, NAME:eager or NAME:compile)")
+        problems.append(
+            f"--backbones: unknown mode(s) {modes} "
+            "(NAME, NAME:eager, NAME:compile, NAME:graph or NAME:compile-graph)"
+        )
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
         ("--backbones", "model", [b.partition(":")[0] for b in backbones]),

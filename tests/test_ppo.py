@@ -11,6 +11,7 @@ from rollouts import fill_rollout
 from hope_agent.agents import Agent, AgentConfig, gaussian_entropy
 from hope_agent.agents.normalize import RunningMeanStd
 from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss, value_loss
+from hope_agent.algos.graphed import GraphedLossGrad, max_resets
 from hope_agent.algos.ppo import bound_loss, masked_mean, normalize_advantages, world_model_loss
 from hope_agent.models.factory import make_backbone
 from hope_agent.optim import MultiTimescaleOptimizer
@@ -195,3 +196,91 @@ def test_bad_settings_raise() -> None:
     _fill(_agent("mlp"), buffer)
     with pytest.raises(ValueError, match="num_minibatches"):
         next(buffer.minibatches(5, np.random.default_rng(0)))
+
+
+def test_max_resets_counts_episode_starts_after_the_first_step() -> None:
+    first = torch.zeros(3, 6, dtype=torch.bool)
+    first[:, 0] = True  # a start at t = 0 adds no segment
+    first[1, [2, 4]] = True
+    first[2, 5] = True
+    assert max_resets(first) == 2
+    assert max_resets(first[:, :1]) == 0
+    with pytest.raises(ValueError, match=r"must be \(B, L\)"):
+        max_resets(first[0])
+
+
+def test_graph_update_runs_eagerly_where_it_cannot_capture() -> None:
+    """On the CPU ``graph_update`` changes nothing: the update is the eager one, bit for bit
+    (the graphed path refuses a CPU batch)."""
+    results = []
+    for graph_update in (False, True):
+        agent = _agent("hope", **SMALL["hope"])
+        opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
+        ppo = PPO(
+            agent,
+            opt,
+            PPOConfig(epochs=1, num_minibatches=2),
+            np.random.default_rng(0),
+            graph_update=graph_update,
+        )
+        assert not ppo.graphed
+        buffer = RolloutBuffer(8, 2, OBS, ACT, seq_len=4)
+        _fill(agent, buffer)
+        ppo.update(buffer)
+        results.append([p.detach().clone() for p in agent.parameters()])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    example = next(buffer.minibatches(2, np.random.default_rng(0)))
+    with pytest.raises(ValueError, match="needs the batch on an available CUDA device"):
+        GraphedLossGrad(ppo.loss, list(agent.parameters()), example, max_resets=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("name", ["hope", "mlp"])
+def test_graphed_update_equals_the_eager_update_on_cuda(name: str) -> None:
+    """Three updates over rollouts with episode starts inside the sequences (the reset bound
+    grows between them, so graphs are recaptured): weights and stats match the eager update."""
+    runs = []
+    for graph_update in (False, True):
+        agent = _agent(name, **SMALL[name])
+        opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
+        ppo = PPO(
+            agent.cuda(),
+            opt,
+            PPOConfig(epochs=2, num_minibatches=3),
+            np.random.default_rng(0),
+            graph_update=graph_update,
+        )
+        assert ppo.graphed == graph_update
+        stats = []
+        for it, done_prob in enumerate((0.05, 0.2, 0.4)):
+            cpu_agent = _agent(name, **SMALL[name])
+            cpu_agent.load_state_dict({k: v.cpu() for k, v in agent.state_dict().items()})
+            buffer = RolloutBuffer(16, 5, OBS, ACT, seq_len=8)
+            fill_rollout(
+                cpu_agent,
+                buffer,
+                it,
+                lambda res, valid, _: (res.action[:, 0] > 0).float() * valid,
+                done_prob,
+            )
+            buffer = _to(buffer, "cuda")
+            stats.append(ppo.update(buffer))
+        runs.append(([p.detach().cpu() for p in agent.parameters()], stats))
+    (w_eager, s_eager), (w_graph, s_graph) = runs
+    for a, b in zip(w_eager, w_graph, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for a, b in zip(s_eager, s_graph, strict=True):
+        assert a.keys() == b.keys() and a["updates"] == b["updates"]
+        for k in ("policy", "value", "entropy", "approx_kl"):
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5)
+
+
+def _to(buffer: RolloutBuffer, device: str) -> RolloutBuffer:
+    """A copy of a filled buffer on ``device``."""
+    out = RolloutBuffer(buffer.num_steps, buffer.num_envs, OBS, ACT, buffer.seq_len, device=device)
+    for name, value in vars(buffer).items():
+        if isinstance(value, torch.Tensor):
+            setattr(out, name, value.to(device))
+    out.memories = [m.to(device) for m in buffer.memories if m is not None]
+    return out

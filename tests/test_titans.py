@@ -18,9 +18,11 @@ from hope_agent.models.titans import (
     clip_factors,
     dgd_chunk,
     dgd_token,
+    max_segments,
     memory_read,
     read_and_inner_grad,
     segment_layout,
+    static_segments,
 )
 
 F64 = torch.float64
@@ -407,6 +409,50 @@ def test_static_segment_count_under_tracing_gives_the_same_result(
             for a, c in zip(s.leaves(), s_ref.leaves(), strict=True):
                 torch.testing.assert_close(a, c, rtol=0, atol=0)
     assert segment_layout(torch.zeros(2, dtype=torch.long), 8, 4).n == 3  # the bound, not 2
+
+
+def test_max_segments_bounds_every_layout() -> None:
+    """The host-known segment count of ``static_segments`` is never below the data's."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        t_len, chunk = (
+            int(torch.randint(1, 30, (1,), generator=gen)),
+            int(torch.randint(1, 9, (1,), generator=gen)),
+        )
+        first = torch.rand(3, t_len, generator=gen) < 0.3 * torch.rand(1, generator=gen)
+        pos0 = torch.randint(0, chunk, (3,), generator=gen)
+        resets = int(first[:, 1:].sum(1).max())
+        assert segment_layout(pos0, t_len, chunk, first).n <= max_segments(t_len, chunk, resets)
+    # tight: 8 tokens, C = 4, a row entering at phase 3 that resets at t = 2 and 3 needs 5
+    first = torch.zeros(1, 8, dtype=torch.bool)
+    first[0, 2:4] = True
+    assert segment_layout(torch.tensor([3]), 8, 4, first).n == max_segments(8, 4, 2) == 5
+    assert max_segments(8, 4, 0) == 1 + (8 + 4 - 2) // 4  # the traced bound without resets
+
+
+@pytest.mark.parametrize("mem_chunk_size", [3, 4], ids=["two_pass", "one_pass"])
+def test_static_segments_with_resets_give_the_same_outputs_and_gradients(
+    mem_chunk_size: int,
+) -> None:
+    """Inside ``static_segments`` a call with resets runs the bound's segments, masking resets in
+    each: outputs, state and gradients equal the data-dependent layout's."""
+    layer = _layer(8, 2, chunk_size=4, mem_chunk_size=mem_chunk_size).double()
+    u = torch.randn(3, 20, 8, dtype=F64, requires_grad=True)
+    first = _resets(3, 20)
+    with torch.no_grad():
+        _, start = layer(torch.randn(3, 3, 8, dtype=F64), layer.initial_state(3))
+    params = [u, *layer.parameters()]
+    y_ref, s_ref = layer(u, start, first)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), params)
+    for bound in (2, 5):
+        with static_segments(bound):
+            y, s = layer(u, start, first)
+        g = torch.autograd.grad(y.square().sum(), params)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        for a, c in zip([*s.leaves(), *g], [*s_ref.leaves(), *g_ref], strict=True):
+            torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="max_resets must be an int >= 0"), static_segments(-1):
+        pass
 
 
 def test_forward_equals_step_fp32() -> None:

@@ -149,6 +149,13 @@ class RolloutBuffer:
         x = x.reshape(k, self.seq_len, n, *x.shape[2:]).transpose(1, 2)
         return x.reshape(k * n, self.seq_len, *x.shape[3:])
 
+    def sequences(self, name: str) -> Tensor:
+        """A per-step field (e.g. ``"is_first"``) cut into the ``(K * N, L, ...)`` chunks that
+        :meth:`minibatches` draws from."""
+        if name not in _STEP_FIELDS:
+            raise ValueError(f"RolloutBuffer.sequences: {name!r} is not one of {_STEP_FIELDS}")
+        return self._chunks(getattr(self, name))
+
     def minibatches(
         self, num_minibatches: int, rng: np.random.Generator
     ) -> Iterator[SequenceBatch]:
@@ -161,7 +168,7 @@ class RolloutBuffer:
                 f"ppo.num_minibatches must lie in [1, {n_seq}] (rollout chunks x envs), "
                 f"got {num_minibatches}"
             )
-        data = {name: self._chunks(getattr(self, name)) for name in _STEP_FIELDS}
+        data = {name: self.sequences(name) for name in _STEP_FIELDS}
         data["advantages"] = self._chunks(self.advantages)
         data["returns"] = self._chunks(self.returns)
         # Stacked memories have leaves (K, N, ...): flatten to the (K*N,) chunk order above.

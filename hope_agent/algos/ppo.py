@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from hope_agent.agents.actor import AgentOutput
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.algos.graphed import GraphedLossGrad, max_resets
 
 ExtraLoss = Callable[[Agent, SequenceBatch, AgentOutput], "Tensor | None"]
 
@@ -223,6 +224,11 @@ class PPO:
             normalised and its early-stop KL taken over all ranks, and a non-finite loss on one
             rank skips the step on all; the update is then the one of a single process on the
             ranks' rollouts together. ``None``: one process.
+        graph_update: on CUDA, replay each minibatch's loss and gradients from a CUDA graph
+            (:class:`~hope_agent.algos.graphed.GraphedLossGrad`, one capture per minibatch
+            shape) where that is possible: a backbone with ``capturable_forward``, one process,
+            no ``extra_loss``. Elsewhere the update runs eagerly (:attr:`graphed` says which).
+            The result equals the eager update to fp32 rounding.
     """
 
     def __init__(
@@ -233,10 +239,39 @@ class PPO:
         rng: np.random.Generator,
         extra_loss: ExtraLoss | None = None,
         sync: GradientSync | None = None,
+        graph_update: bool = False,
     ) -> None:
         self.agent, self.optimizer, self.config, self.rng = agent, optimizer, config, rng
         self.extra_loss = extra_loss
         self.sync = sync
+        self.graph_update = graph_update
+        self._graphs: dict[int, GraphedLossGrad] = {}
+        self._max_resets = 0
+
+    @property
+    def graphed(self) -> bool:
+        """Whether :meth:`update` replays the minibatches from CUDA graphs (``graph_update``
+        asked for it and the agent, device and options allow it)."""
+        return (
+            self.graph_update
+            and self.agent.device.type == "cuda"
+            and self.sync is None
+            and self.extra_loss is None
+            and self.agent.backbone.capturable_forward
+        )
+
+    def _graph_for(self, batch: SequenceBatch, resets: int) -> GraphedLossGrad:
+        """The captured loss of ``batch``'s shape, for at most ``resets`` episode starts per
+        sequence: the bound only grows, so that a run captures a few graphs, not one per rollout."""
+        if resets > self._max_resets:
+            self._max_resets = resets
+            self._graphs.clear()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        key = batch.obs.shape[0]
+        graph = self._graphs.get(key)
+        if graph is None or [id(p) for p in graph.params] != [id(p) for p in params]:
+            graph = self._graphs[key] = GraphedLossGrad(self.loss, params, batch, self._max_resets)
+        return graph
 
     def loss(self, batch: SequenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Total loss of one minibatch of chunks and its detached diagnostics."""
@@ -316,12 +351,19 @@ class PPO:
         """
         cfg = self.config
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        graphed = self.graphed
+        resets = max_resets(buffer.sequences("is_first")) if graphed else 0
+        graph: GraphedLossGrad | None = None
         totals: dict[str, float] = {}
         n = skipped = 0
         stop = False
         for _ in range(cfg.epochs):
             for batch in buffer.minibatches(cfg.num_minibatches, self.rng):
-                loss, stats = self.loss(batch)
+                if graphed:
+                    graph = self._graph_for(batch, resets)
+                    loss, stats = graph(batch)
+                else:
+                    loss, stats = self.loss(batch)
                 finite = bool(torch.isfinite(loss))
                 weight = float(batch.valid.sum())
                 if self.sync is not None:
@@ -330,8 +372,9 @@ class PPO:
                 if not finite:
                     skipped += 1
                     continue
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if graph is None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 if self.sync is not None:
                     self.sync.average_gradients(params, weight)
                 # An infinite bound still returns the norm, and scales every gradient by 1.
@@ -356,6 +399,8 @@ class PPO:
                     break
             if stop:
                 break
+        if graph is not None:
+            graph.release_grads()
         result = {k: v / n for k, v in totals.items()}
         result["explained_variance"] = explained_variance(
             buffer.value, buffer.returns, buffer.valid

@@ -30,6 +30,10 @@ class Backbone(nn.Module, Generic[StateT]):
     """
 
     d_model: int
+    # True when ``forward`` (with ``is_first``, inside ``models.titans.static_segments``) runs
+    # without host synchronisation and data-dependent control flow, so that a training step
+    # through it can be captured in a CUDA graph (``hope_agent.algos.graphed``).
+    capturable_forward: bool = False
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> StateT:
         """A fresh state for ``batch_size`` rows (the state at an episode start)."""

@@ -363,6 +363,9 @@ class Hope(HopeStack):
     state before keeping it across optimizer steps.
     """
 
+    # forward syncs with the host only to size its segment loop, which static_segments fixes
+    capturable_forward = True
+
     def __init__(self, config: HopeConfig) -> None:
         super().__init__(config, lambda c: SelfModifyingTitans(c.titans))
 

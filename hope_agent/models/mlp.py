@@ -55,6 +55,8 @@ class MLPBlock(nn.Module):
 class MLPBackbone(Backbone[MLPState]):
     """Per-token residual MLP backbone (no memory; ``is_first`` has nothing to reset)."""
 
+    capturable_forward = True
+
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
         self.config = config

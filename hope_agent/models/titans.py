@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -390,6 +391,44 @@ def _tracing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+# The resets bound of :func:`static_segments`, None outside it.
+_MAX_RESETS: ContextVar[int | None] = ContextVar("max_resets", default=None)
+
+
+@contextmanager
+def static_segments(max_resets: int) -> Iterator[None]:
+    """Inside, every ``forward`` with ``is_first`` runs a number of segments known on the host:
+    no device-to-host copy, so the call can be captured in a CUDA graph.
+
+    ``max_resets`` must bound, for every row of every call inside, the number of ``is_first``
+    at ``t >= 1`` (a reset at ``t = 0`` adds no segment). :func:`segment_layout` then takes
+    :func:`max_segments` iterations and masks the resets in each; a row that needs fewer sees
+    empty, no-op segments. The results equal the data-dependent layout's to rounding.
+    """
+    if isinstance(max_resets, bool) or not isinstance(max_resets, int) or max_resets < 0:
+        raise ValueError(f"static_segments: max_resets must be an int >= 0, got {max_resets!r}")
+    token = _MAX_RESETS.set(max_resets)
+    try:
+        yield
+    finally:
+        _MAX_RESETS.reset(token)
+
+
+def max_segments(t_len: int, chunk: int, max_resets: int) -> int:
+    """The most segments a row of ``t_len`` tokens can need with chunk ``chunk`` and at most
+    ``max_resets`` resets at ``t >= 1``, whatever its carried position.
+
+    ``r`` resets cut the row into ``r + 1`` runs of lengths ``L_i``; each run starts a segment.
+    After its first token the first run crosses at most ``ceil((L_0 - 1) / C)`` chunk starts
+    (its phase is carried), a later run, starting at phase 0, ``floor((L_i - 1) / C)``; so
+    ``n <= r + 1 + ceil((T - r - 1) / C)``, never more than ``T``. (Without resets this is
+    ``1 + (T + C - 2) // C``, the traced bound of :func:`segment_layout`.)
+    """
+    runs = max_resets + 1
+    after_first = max(0, t_len - runs)
+    return max(1, min(t_len, runs + (after_first + chunk - 1) // chunk))
+
+
 def segment_layout(
     pos0: Tensor, t_len: int, chunk: int, is_first: Tensor | None = None
 ) -> Segments:
@@ -402,7 +441,8 @@ def segment_layout(
     resets, together with the per-segment "any row resets" flags), which skips empty segments.
     Under ``torch.compile`` or a CUDA-graph capture, a call without resets takes the bound
     ``1 + (T + C - 2) // C`` instead, known on the host (no sync, no graph break; a row that
-    needs fewer segments sees empty, no-op ones).
+    needs fewer segments sees empty, no-op ones); a call with resets does the same inside
+    :func:`static_segments`, which names the bound on the resets.
     """
     b = pos0.shape[0]
     dev = pos0.device
@@ -414,7 +454,11 @@ def segment_layout(
         phase = torch.where(last_reset >= 0, t - last_reset, t + pos0.unsqueeze(1)) % chunk
     start = (phase == 0) | (t == 0)
     seg_id = start.long().cumsum(1) - 1  # (B, T)
-    if is_first is None and _tracing(dev):
+    max_resets = _MAX_RESETS.get()
+    if is_first is not None and max_resets is not None:
+        n = max_segments(t_len, chunk, max_resets)
+        any_reset = [True] * n
+    elif is_first is None and _tracing(dev):
         n = 1 + (t_len + chunk - 2) // chunk
         any_reset = [False] * n
     elif is_first is None:
@@ -561,7 +605,8 @@ class SelfModifyingTitans(nn.Module):
     ``forward(u (B, T, D), state, is_first (B, T))`` and ``step(u_t (B, D), state, is_first (B,))``
     give identical outputs for the same stream. ``u`` is the already normalised block input.
     ``step`` has no host synchronisation and no data-dependent control flow, so it can be
-    captured in a CUDA graph; so can ``forward`` when ``is_first`` is None.
+    captured in a CUDA graph; so can ``forward`` when ``is_first`` is None, or inside
+    :func:`static_segments`.
     """
 
     chunk_sizes: Tensor
@@ -1012,5 +1057,7 @@ __all__: list[str] = [
     "memory_read",
     "positive_int",
     "read_and_inner_grad",
+    "max_segments",
     "segment_layout",
+    "static_segments",
 ]

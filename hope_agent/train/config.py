@@ -205,9 +205,14 @@ class TrainConfig:
     # On CUDA, act (rollouts, evaluation, video) by replaying the backbone's step from a CUDA
     # graph: the same kernels, one launch (hope_agent.models.graphs); ignored on the CPU.
     cuda_graphs: bool = True
-    # torch.compile HOPE's segment iteration and step core (fused kernels; on CUDA the training
-    # segments also replay from CUDA graphs): same results to fp32 rounding, minutes of compiling
-    # per shape on first use, so it pays on long runs. HOPE backbones only.
+    # On CUDA, replay each PPO minibatch's forward, loss and backward from one CUDA graph per
+    # minibatch shape (hope_agent.algos.graphed): same results to fp32 rounding. Backbones with a
+    # capturable forward (HOPE, MLP), one process, methods without an extra loss; elsewhere, and
+    # on the CPU, the update runs eagerly.
+    graph_update: bool = False
+    # torch.compile HOPE's segment iteration and step core (fused kernels, default mode): same
+    # results to fp32 rounding, a minute or more of compiling per shape on first use, so it pays
+    # on long runs. HOPE backbones only.
     compile: bool = False
     # Continue the run in the run directory from its newest valid checkpoint (a fresh start when
     # it has none); without it, a run directory that already holds checkpoints is refused.
@@ -256,6 +261,7 @@ RESUMABLE_CHANGES = (
     "device",
     "torch_threads",
     "cuda_graphs",
+    "graph_update",
     "compile",
     "logger",
     "faults",

@@ -1,7 +1,10 @@
 """HOPE forward+backward at PPO's minibatch shapes: eager against ``torch.compile`` of the
-segment iteration, default mode and ``mode="reduce-overhead"`` (CUDA-graph trees), with a cuDNN
-GRU / LSTM of the same width as the anchor of the same run, and the equality check of each
-compiled path against eager (outputs and every parameter's gradient, fresh random inputs).
+segment iteration, default mode and ``mode="reduce-overhead"`` (CUDA-graph trees), and against
+the whole forward+backward captured in one CUDA graph (``graph``: eager kernels;
+``graph-default``: the default-mode compiled segments; both inside ``static_segments``, as
+``graph_update=true`` trains), with a cuDNN GRU / LSTM of the same width as the anchor of the
+same run, and the equality check of each path against eager (outputs and every parameter's
+gradient, fresh random inputs).
 
 Usage: python probe_train_compile.py [--device cuda] [--json out.json] [--profile DIR]
 
@@ -22,8 +25,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from hope_agent.algos.graphed import max_resets
 from hope_agent.models import make_backbone
 from hope_agent.models.hope import Hope
+from hope_agent.models.titans import static_segments
 
 
 def _model(d: int, chunk: int, layers: int, device: torch.device) -> Hope:
@@ -43,15 +48,50 @@ def _inputs(b: int, t: int, d: int, device: torch.device, seed: int) -> tuple[An
     return x, first.to(device)
 
 
+def _readout(y: torch.Tensor) -> torch.Tensor:
+    # a fixed random readout: the square of the final RMSNorm's output would be about constant,
+    # and its tiny gradients would be rounding noise
+    return torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device)
+
+
 def _fwd_bwd(m: torch.nn.Module, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
     m.zero_grad(set_to_none=True)
     state = m.init_state(x.shape[0], x.device)
     y, _ = m(x, state, first)
-    # a fixed random readout: the square of the final RMSNorm's output would be about constant,
-    # and its tiny gradients would be rounding noise
-    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(7)).to(y.device)
-    (y * r).mean().backward()
+    (y * _readout(y)).mean().backward()
     return y.detach()
+
+
+class _GraphedFwdBwd:
+    """:func:`_fwd_bwd` as one CUDA-graph replay (inputs copied into static buffers)."""
+
+    def __init__(self, m: torch.nn.Module, x: torch.Tensor, first: torch.Tensor, resets: int):
+        self.m, self.params, self.resets = m, list(m.parameters()), resets
+        self.x, self.first = x.clone(), first.clone()
+        self.r = _readout(x[..., : m.d_model])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.y, self.grads = self._run()
+
+    def _run(self) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        with static_segments(self.resets):
+            y, _ = self.m(self.x, self.m.init_state(self.x.shape[0], self.x.device), self.first)
+            grads = torch.autograd.grad((y * self.r).mean(), self.params, allow_unused=True)
+        return y.detach(), grads
+
+    def __call__(self, m: torch.nn.Module, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        self.x.copy_(x)
+        self.first.copy_(first)
+        self.graph.replay()
+        for p, g in zip(self.params, self.grads, strict=True):
+            p.grad = g
+        return self.y
 
 
 def _time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
@@ -133,11 +173,15 @@ def _bench_mode(
 ) -> dict:
     d, chunk, layers, b, t = shape
     m = _model(d, chunk, layers, device)
-    if mode != "eager":
-        m.compile_fast_paths(None if mode == "default" else mode)
+    if mode not in ("eager", "graph"):
+        m.compile_fast_paths(None if mode in ("default", "graph-default") else mode)
     x, first = _inputs(b, t, d, device, 1)
     t0 = time.perf_counter()
-    _fwd_bwd(m, x, first)
+    fb: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] = _fwd_bwd
+    if mode.startswith("graph"):
+        resets = max(max_resets(_inputs(b, t, d, device, s)[1]) for s in (1, 2, 3))
+        fb = _GraphedFwdBwd(m, x, first, resets)
+    fb(m, x, first)
     if device.type == "cuda":
         torch.cuda.synchronize()
     first_s = time.perf_counter() - t0
@@ -145,17 +189,17 @@ def _bench_mode(
     errs_y, errs_g = [], []
     for seed in (2, 3):
         xc, fc = _inputs(b, t, d, device, seed)
-        y = _fwd_bwd(m, xc, fc).clone()
+        y = fb(m, xc, fc).clone()
         g = [p.grad.clone() for p in m.parameters() if p.grad is not None]
         y_ref = _fwd_bwd(ref, xc, fc)
         g_ref = [p.grad for p in ref.parameters() if p.grad is not None]
         errs_y.append(_rel(y, y_ref))
         errs_g.append(max(_rel(a, r) for a, r in zip(g, g_ref, strict=True)))
-    sec = _time(lambda: _fwd_bwd(m, x, first), device, reps)
+    sec = _time(lambda: fb(m, x, first), device, reps)
     if profile_to is not None:
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=acts) as prof:
-            _fwd_bwd(m, x, first)
+            fb(m, x, first)
             if device.type == "cuda":
                 torch.cuda.synchronize()
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
