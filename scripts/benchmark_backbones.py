@@ -166,17 +166,15 @@ class _FromFreshState(nn.Module):
         return self.backbone(x, self.backbone.init_state(x.shape[0], x.device))[0]
 
 
-def bench_graphed_train(cfg: dict, device: torch.device, chunk: int) -> Row:
+def bench_graphed_train(cfg: dict, device: torch.device, chunk: int, compiled: bool = False) -> Row:
     """HOPE fwd+bwd with forward and backward each replayed from a CUDA graph
-    (``torch.cuda.make_graphed_callables``): what is left once launches cost nothing."""
-    name = f"hope (C={chunk}), fwd+bwd as CUDA graphs"
+    (``torch.cuda.make_graphed_callables``): what is left once launches cost nothing;
+    ``compiled``: the graphs hold the ``torch.compile``'d segment kernels (``compile=true``)."""
+    name = f"hope (C={chunk}), fwd+bwd as CUDA graphs" + (", compiled" if compiled else "")
     if device.type != "cuda":
         return Row(name, note="needs CUDA")
     b, t, d = cfg["batch"], cfg["seq"], cfg["d_model"]
-    torch.manual_seed(0)
-    model = make_backbone(
-        "hope", d, n_layers=cfg["n_layers"], n_heads=cfg["n_heads"], chunk_size=chunk
-    ).to(device)
+    model = _hope(cfg, device, compiled, n_layers=cfg["n_layers"], chunk_size=chunk)
     eager = _FromFreshState(model)
     x = torch.randn(b, t, d, device=device, requires_grad=True)
     y_ref = eager(x).detach()  # before the capture: make_graphed_callables replaces its forward
@@ -444,6 +442,8 @@ def main() -> None:
     anchors = {r.name: r for r in rows}
     if "hope" in args.models.split(","):
         rows += [bench_graphed_train(cfg, device, c) for c in args.chunk]
+        if args.compile:
+            rows += [bench_graphed_train(cfg, device, c, compiled=True) for c in args.chunk]
     for name in args.models.split(","):
         common: dict[str, Any] = dict(n_layers=cfg["n_layers"])
         if name.startswith("hope") and name != "hope_attention":
