@@ -14,6 +14,7 @@ from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss,
 from hope_agent.algos.graphed import GraphedLossGrad, max_resets
 from hope_agent.algos.ppo import bound_loss, masked_mean, normalize_advantages, world_model_loss
 from hope_agent.models.factory import make_backbone
+from hope_agent.models.titans import static_segments
 from hope_agent.optim import MultiTimescaleOptimizer
 
 OBS, ACT = 4, 2
@@ -284,3 +285,39 @@ def _to(buffer: RolloutBuffer, device: str) -> RolloutBuffer:
             setattr(out, name, value.to(device))
     out.memories = [m.to(device) for m in buffer.memories if m is not None]
     return out
+
+
+class _HostRead(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("name", ["hope", "mlp"])
+def test_a_capturable_loss_never_reads_a_tensor_on_the_host(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``graph_update`` captures (the loss and its gradients, inside ``static_segments``)
+    must not copy a tensor to the host: on a GPU that is a sync, which breaks the capture. On
+    the CPU every Python-level read is made to raise; HOPE's data-dependent segment loop is the
+    control that the trap works."""
+    agent = _agent(name, **SMALL[name])
+    assert agent.backbone.capturable_forward
+    opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
+    ppo = PPO(agent, opt, PPOConfig(), np.random.default_rng(0))
+    buffer = RolloutBuffer(16, 3, OBS, ACT, seq_len=8)
+    _fill(agent, buffer)
+    resets = max_resets(buffer.sequences("is_first"))
+    batch = next(buffer.minibatches(1, np.random.default_rng(0)))
+    params = [p for g in opt.param_groups for p in g["params"]]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise _HostRead("a tensor read on the host")
+
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, method, refuse)
+    with static_segments(resets):
+        loss, _ = ppo.loss(batch)
+        torch.autograd.grad(loss, params, allow_unused=True)
+    if name == "hope":
+        assert resets > 0
+        with pytest.raises(_HostRead):
+            ppo.loss(batch)
