@@ -236,45 +236,74 @@ def test_graph_update_runs_eagerly_where_it_cannot_capture() -> None:
         GraphedLossGrad(ppo.loss, list(agent.parameters()), example, max_resets=0)
 
 
+def _three_updates(name: str, graph_update: bool, device: str) -> tuple[list, list]:
+    """Three PPO updates over rollouts whose episodes shorten, so that the reset bound grows."""
+    agent = _agent(name, **SMALL[name])
+    opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
+    ppo = PPO(
+        agent.to(device),
+        opt,
+        PPOConfig(epochs=2, num_minibatches=3),
+        np.random.default_rng(0),
+        graph_update=graph_update,
+    )
+    stats = []
+    for it, done_prob in enumerate((0.05, 0.2, 0.4)):
+        cpu_agent = _agent(name, **SMALL[name])
+        cpu_agent.load_state_dict({k: v.cpu() for k, v in agent.state_dict().items()})
+        buffer = RolloutBuffer(16, 5, OBS, ACT, seq_len=8)
+        fill_rollout(
+            cpu_agent,
+            buffer,
+            it,
+            lambda res, valid, _: (res.action[:, 0] > 0).float() * valid,
+            done_prob,
+        )
+        stats.append(ppo.update(_to(buffer, device)))
+    if graph_update:  # the graph's gradient buffers are let go after each update
+        assert all(p.grad is None for p in agent.parameters())
+    return [p.detach().cpu() for p in agent.parameters()], stats
+
+
+def _assert_same_updates(eager: tuple[list, list], graphed: tuple[list, list], tol: float) -> None:
+    for a, b in zip(eager[0], graphed[0], strict=True):
+        torch.testing.assert_close(b, a, rtol=tol, atol=tol / 10)
+    for a, b in zip(eager[1], graphed[1], strict=True):
+        assert a.keys() == b.keys() and a["updates"] == b["updates"]
+        for k in ("policy", "value", "entropy", "approx_kl"):
+            assert b[k] == pytest.approx(a[k], rel=10 * tol, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hope", "mlp"])
+def test_graphed_update_bookkeeping_equals_the_eager_update(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PPO's graphed path on the CPU, the capture replaced by an eager call through the same
+    buffers: one graph per minibatch shape, recaptured when the reset bound grows, gradients
+    handed to the optimizer through ``.grad``; the weights end where the eager update's do."""
+    built: list[int] = []
+
+    def uncaptured(*args: object, **kwargs: object) -> GraphedLossGrad:
+        built.append(args[3])  # type: ignore[arg-type]
+        return GraphedLossGrad(*args, **kwargs, capture=False)  # type: ignore[arg-type]
+
+    eager = _three_updates(name, False, "cpu")
+    monkeypatch.setattr(PPO, "graphed", property(lambda self: self.graph_update))
+    monkeypatch.setattr("hope_agent.algos.ppo.GraphedLossGrad", uncaptured)
+    graphed = _three_updates(name, True, "cpu")
+    _assert_same_updates(eager, graphed, 1e-5)
+    # minibatches of 4, 3 and 3 sequences: two captures (shapes) per bound, the bound only grows
+    bounds = sorted(set(built))
+    assert len(bounds) >= 2 and built == [b for b in bounds for _ in range(2)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("name", ["hope", "mlp"])
 def test_graphed_update_equals_the_eager_update_on_cuda(name: str) -> None:
-    """Three updates over rollouts with episode starts inside the sequences (the reset bound
-    grows between them, so graphs are recaptured): weights and stats match the eager update."""
-    runs = []
-    for graph_update in (False, True):
-        agent = _agent(name, **SMALL[name])
-        opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
-        ppo = PPO(
-            agent.cuda(),
-            opt,
-            PPOConfig(epochs=2, num_minibatches=3),
-            np.random.default_rng(0),
-            graph_update=graph_update,
-        )
-        assert ppo.graphed == graph_update
-        stats = []
-        for it, done_prob in enumerate((0.05, 0.2, 0.4)):
-            cpu_agent = _agent(name, **SMALL[name])
-            cpu_agent.load_state_dict({k: v.cpu() for k, v in agent.state_dict().items()})
-            buffer = RolloutBuffer(16, 5, OBS, ACT, seq_len=8)
-            fill_rollout(
-                cpu_agent,
-                buffer,
-                it,
-                lambda res, valid, _: (res.action[:, 0] > 0).float() * valid,
-                done_prob,
-            )
-            buffer = _to(buffer, "cuda")
-            stats.append(ppo.update(buffer))
-        runs.append(([p.detach().cpu() for p in agent.parameters()], stats))
-    (w_eager, s_eager), (w_graph, s_graph) = runs
-    for a, b in zip(w_eager, w_graph, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
-    for a, b in zip(s_eager, s_graph, strict=True):
-        assert a.keys() == b.keys() and a["updates"] == b["updates"]
-        for k in ("policy", "value", "entropy", "approx_kl"):
-            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-5)
+    """The same three updates with the minibatches replayed from CUDA graphs."""
+    _assert_same_updates(
+        _three_updates(name, False, "cuda"), _three_updates(name, True, "cuda"), 1e-4
+    )
 
 
 def _to(buffer: RolloutBuffer, device: str) -> RolloutBuffer:

@@ -66,6 +66,8 @@ class GraphedLossGrad:
             batch this object will be called with (see :func:`max_resets`).
         warmup: eager calls on a side stream before the capture (lazy initialisation, and the
             first-call compilation of a ``torch.compile``'d backbone).
+        capture: False runs ``loss_fn`` eagerly at every call, through the same buffers, on any
+            device: the object's bookkeeping without CUDA (for tests and debugging).
 
     A call copies the batch into the graph's input buffers, replays, and points each
     parameter's ``.grad`` at the graph's gradient buffer (None for a parameter the loss does not
@@ -81,9 +83,10 @@ class GraphedLossGrad:
         example: SequenceBatch,
         max_resets: int,
         warmup: int = 2,
+        capture: bool = True,
     ) -> None:
         dev = example.obs.device
-        if dev.type != "cuda" or not torch.cuda.is_available():
+        if capture and (dev.type != "cuda" or not torch.cuda.is_available()):
             raise ValueError(
                 f"GraphedLossGrad needs the batch on an available CUDA device, got {str(dev)!r}"
             )
@@ -92,16 +95,23 @@ class GraphedLossGrad:
         self._batch = _batch_map(example, lambda t: t.detach().clone())
         self._shapes = [tuple(t.shape) for t in _batch_leaves(self._batch)]
         self._grads = [torch.zeros_like(p) for p in self.params]
+        if not capture:
+            self._loss, self._stats, self._used = self._run(loss_fn)
+            self._replay = lambda: self._rerun(loss_fn)
+            return
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 self._run(loss_fn)
         torch.cuda.current_stream(dev).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph):
-            self._loss, self._stats, used = self._run(loss_fn)
-        self._used = used
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._loss, self._stats, self._used = self._run(loss_fn)
+        self._replay = graph.replay
+
+    def _rerun(self, loss_fn: LossFn) -> None:
+        self._loss, self._stats, _ = self._run(loss_fn)
 
     def _run(self, loss_fn: LossFn) -> tuple[Tensor, dict[str, Tensor], list[bool]]:
         with static_segments(self.max_resets):
@@ -123,7 +133,7 @@ class GraphedLossGrad:
             )
         for dst, src in zip(_batch_leaves(self._batch), leaves, strict=True):
             dst.copy_(src)
-        self._graph.replay()
+        self._replay()
         for p, buf, used in zip(self.params, self._grads, self._used, strict=True):
             p.grad = buf if used else None
         return self._loss, dict(self._stats)
