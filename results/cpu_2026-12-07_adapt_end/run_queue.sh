@@ -6,7 +6,7 @@ set -u
 runs=$1; shift
 mkdir -p "$runs"
 for job in "$@"; do
-  name=$(echo "$job" | tr ' =' '_-')
+  name=$(echo "$job" | tr ' =' '_-' | tr -d '[]{},:')
   echo "$(date -u +%FT%T) start $name"
   python -m torch.distributed.run --nproc_per_node 2 scripts/train_curriculum.py $job \
     ppo.num_envs=64 ppo.seq_len=120 ppo.rollout_len=120 device=cpu torch_threads=1 \
