@@ -260,13 +260,15 @@ class PPO:
             and self.agent.backbone.capturable_forward
         )
 
-    def _graph_for(self, batch: SequenceBatch, resets: int) -> GraphedLossGrad:
-        """The captured loss of ``batch``'s shape, for at most ``resets`` episode starts per
-        sequence: the bound only grows, so that a run captures a few graphs, not one per rollout."""
+    def _graph_for(
+        self, batch: SequenceBatch, resets: int, params: list[Tensor]
+    ) -> GraphedLossGrad:
+        """The captured loss of ``batch``'s shape over ``params``, for at most ``resets`` episode
+        starts per sequence: the bound only grows, so that a run captures a few graphs, not one
+        per rollout."""
         if resets > self._max_resets:
             self._max_resets = resets
             self._graphs.clear()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         key = batch.obs.shape[0]
         graph = self._graphs.get(key)
         if graph is None or [id(p) for p in graph.params] != [id(p) for p in params]:
@@ -360,7 +362,7 @@ class PPO:
         for _ in range(cfg.epochs):
             for batch in buffer.minibatches(cfg.num_minibatches, self.rng):
                 if graphed:
-                    graph = self._graph_for(batch, resets)
+                    graph = self._graph_for(batch, resets, params)
                     loss, stats = graph(batch)
                 else:
                     loss, stats = self.loss(batch)

@@ -459,7 +459,7 @@ def segment_layout(
         n = max_segments(t_len, chunk, max_resets)
         any_reset = [True] * n
     elif is_first is None and _tracing(dev):
-        n = 1 + (t_len + chunk - 2) // chunk
+        n = max_segments(t_len, chunk, 0)
         any_reset = [False] * n
     elif is_first is None:
         n = int(seg_id[:, -1].amax()) + 1
