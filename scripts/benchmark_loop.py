@@ -128,6 +128,16 @@ def _overrides(args: argparse.Namespace, backbone: str) -> list[str]:
     ]
 
 
+# a backbone spec's mode (NAME:MODE) and the suffix of its row's name
+MODE_LABELS = {
+    "": "",
+    "eager": " (eager)",
+    "compile": " (compiled)",
+    "graph": " (graphed update)",
+    "compile-graph": " (compiled, graphed update)",
+}
+
+
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     """One ``hope-train`` run of ``spec`` (a model config; ``:eager`` for ``cuda_graphs=false``,
     ``:compile`` for ``compile=true``, ``:graph`` for ``graph_update=true``, ``:compile-graph``
@@ -152,12 +162,7 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     # The runner's wall time: the loop from its first env to its last file, without building
     # the agent (SB3's row leaves out building its model likewise).
     wall = summary.wall_time_s
-    name = f"ppo {backbone}" + {
-        "eager": " (eager)",
-        "compile": " (compiled)",
-        "graph": " (graphed update)",
-        "compile-graph": " (compiled, graphed update)",
-    }.get(mode, "")
+    name = f"ppo {backbone}" + MODE_LABELS[mode]
     note = f"device {args.device}" + (", CUDA graphs" if graphs and args.device == "cuda" else "")
     return Row(name, summary.env_steps, wall, seconds, note=note)
 
@@ -406,8 +411,7 @@ def main() -> None:
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
-    known_modes = {"", "eager", "compile", "graph", "compile-graph"}
-    modes = sorted({b.partition(":")[2] for b in backbones} - known_modes)
+    modes = sorted({b.partition(":")[2] for b in backbones} - set(MODE_LABELS))
     if modes:
         problems.append(
             f"--backbones: unknown mode(s) {modes} "
