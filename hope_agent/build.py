@@ -373,7 +373,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         optimizer,
         ppo_cfg,
         np.random.default_rng(int(cfg.seed)),
-        extra_loss=method.extra_loss,
+        extra_loss=method.loss_hook(),
         sync=world if world.size > 1 else None,
         graph_update=bool(cfg.get("graph_update", False)),
     )

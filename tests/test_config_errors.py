@@ -99,6 +99,18 @@ def test_compile_true_builds_a_runner_with_compiled_hope(tmp_path: Path) -> None
     assert mixer._compiled_segment is not mixer._segment  # compiled lazily, at the first call
 
 
+@pytest.mark.parametrize(("method", "adds_loss"), [("finetune", False), ("ewc", True)])
+def test_graph_update_reaches_ppo_unless_the_method_adds_a_loss(
+    tmp_path: Path, method: str, adds_loss: bool
+) -> None:
+    """A method that keeps the base ``extra_loss`` hands PPO no extra loss, so that
+    ``graph_update=true`` can replay its minibatches from CUDA graphs (a bound no-op hook once
+    made every training run eager)."""
+    cfg = _compose("config", *TINY, "model=hope", f"method={method}", "graph_update=true")
+    ppo = build_runner(cfg, tmp_path).ppo
+    assert ppo.graph_update and (ppo.extra_loss is not None) == adds_loss
+
+
 def test_compile_refuses_a_backbone_without_a_compiled_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         build_runner(_compose("config", *TINY, "model=gru", "compile=true"), tmp_path)

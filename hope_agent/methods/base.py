@@ -18,6 +18,7 @@ from torch import Tensor
 from hope_agent.agents.actor import AgentOutput
 from hope_agent.agents.agent import Agent
 from hope_agent.algos.buffer import RolloutBuffer, SequenceBatch
+from hope_agent.algos.ppo import ExtraLoss
 from hope_agent.rollout.vec import VecEnvFactory
 from hope_envs.curriculum import TaskSpec
 
@@ -47,6 +48,11 @@ class Method:
     def extra_loss(self, agent: Agent, batch: SequenceBatch, outputs: AgentOutput) -> Tensor | None:
         """A loss added to the PPO loss of each minibatch (``None``: nothing to add)."""
         return None
+
+    def loss_hook(self) -> ExtraLoss | None:
+        """:meth:`extra_loss` for PPO, or ``None`` where the method keeps the base hook: a PPO
+        with no extra loss may replay its minibatches from CUDA graphs (``graph_update``)."""
+        return None if type(self).extra_loss is Method.extra_loss else self.extra_loss
 
     def after_update(self, agent: Agent, buffer: RolloutBuffer) -> None:
         """Called after every PPO update (all epochs over one rollout), including a stage's last
