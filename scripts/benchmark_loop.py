@@ -128,31 +128,24 @@ def _overrides(args: argparse.Namespace, backbone: str) -> list[str]:
     ]
 
 
-# a backbone spec's mode (NAME:MODE) and the suffix of its row's name
-MODE_LABELS = {
-    "": "",
-    "eager": " (eager)",
-    "compile": " (compiled)",
-    "graph": " (graphed update)",
-    "compile-graph": " (compiled, graphed update)",
+# a backbone spec's mode (NAME:MODE): the suffix of its row's name and its config overrides
+MODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "": ("", ()),
+    "eager": (" (eager)", ("cuda_graphs=false", "graph_update=false")),
+    "eager-update": (" (eager update)", ("graph_update=false",)),
+    "compile": (" (compiled)", ("compile=true",)),
 }
 
 
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
-    """One ``hope-train`` run of ``spec`` (a model config; ``:eager`` for ``cuda_graphs=false``,
-    ``:compile`` for ``compile=true``, ``:graph`` for ``graph_update=true``, ``:compile-graph``
-    for both); the breakdown from its ``metrics.json``."""
+    """One ``hope-train`` run of ``spec`` (a model config with the defaults: CUDA graphs for acting
+    and for the PPO update; ``:eager`` for neither, ``:eager-update`` for graphs in acting only,
+    ``:compile`` for ``compile=true``); the breakdown from its ``metrics.json``."""
     backbone, _, mode = spec.partition(":")
-    graphs = mode != "eager"
+    label, overrides = MODES[mode]
     run_dir = out / "runs" / spec.replace(":", "_")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = _config(
-        args,
-        *_overrides(args, backbone),
-        f"cuda_graphs={str(graphs).lower()}",
-        f"compile={str(mode in ('compile', 'compile-graph')).lower()}",
-        f"graph_update={str(mode in ('graph', 'compile-graph')).lower()}",
-    )
+    cfg = _config(args, *_overrides(args, backbone), *overrides)
     run_dir.mkdir(parents=True)
     # The run's tables go to a file: the benchmark's own table is the output.
     with open(run_dir / "stdout.txt", "w") as f, contextlib.redirect_stdout(f):
@@ -162,8 +155,9 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     # The runner's wall time: the loop from its first env to its last file, without building
     # the agent (SB3's row leaves out building its model likewise).
     wall = summary.wall_time_s
-    name = f"ppo {backbone}" + MODE_LABELS[mode]
-    note = f"device {args.device}" + (", CUDA graphs" if graphs and args.device == "cuda" else "")
+    name = f"ppo {backbone}" + label
+    graphs = mode != "eager" and args.device == "cuda"
+    note = f"device {args.device}" + (", CUDA graphs" if graphs else "")
     return Row(name, summary.env_steps, wall, seconds, note=note)
 
 
@@ -391,9 +385,9 @@ def main() -> None:
     parser.add_argument(
         "--backbones",
         default="mlp,gru,hope",
-        help="model configs; NAME:eager acts without CUDA graphs (cuda_graphs=false), "
-        "NAME:compile compiles HOPE's fast paths (compile=true), NAME:graph replays the PPO "
-        "minibatches from CUDA graphs (graph_update=true), NAME:compile-graph does both",
+        help="model configs, run with the defaults; NAME:eager without CUDA graphs "
+        "(cuda_graphs=false graph_update=false), NAME:eager-update with them in acting only "
+        "(graph_update=false), NAME:compile compiles HOPE's fast paths (compile=true)",
     )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
@@ -411,11 +405,11 @@ def main() -> None:
         if getattr(args, k) < 1
     ]
     backbones = [b for b in args.backbones.split(",") if b]
-    modes = sorted({b.partition(":")[2] for b in backbones} - set(MODE_LABELS))
+    modes = sorted({b.partition(":")[2] for b in backbones} - set(MODES))
     if modes:
         problems.append(
             f"--backbones: unknown mode(s) {modes} "
-            "(NAME, NAME:eager, NAME:compile, NAME:graph or NAME:compile-graph)"
+            "(NAME, NAME:eager, NAME:eager-update or NAME:compile)"
         )
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
