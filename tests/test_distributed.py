@@ -251,6 +251,8 @@ def test_two_rank_run_keeps_ranks_identical_and_writes_once(two_rank_run: Path) 
     assert len(tree["ranks"]) == 2
     noise = [r["action_noise"] for r in tree["ranks"]]
     assert not torch.equal(noise[0], noise[1])
+    # each carry once: rank 0's is not written again at the top level
+    assert tree["carry"] is None and all(r["carry"] for r in tree["ranks"])
 
 
 def test_two_rank_resume_equals_uninterrupted_two_rank_run(

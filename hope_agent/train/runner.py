@@ -672,7 +672,8 @@ class CurriculumRunner:
                 # Read with a default: checkpoints of this format saved before it lack it.
                 "timing": self.timer.state_dict(),
             },
-            "carry": None if self.state is None else self.state.leaves(),
+            # A data-parallel checkpoint keeps each rank's carry under "ranks" only.
+            "carry": None if self.state is None or ranks is not None else self.state.leaves(),
             "record": [_encode_event(e) for e in self.record.events],
             "random_returns": self.record.random_returns,
             "faults": dataclasses.asdict(self.faults),
