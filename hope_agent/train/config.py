@@ -208,7 +208,8 @@ class TrainConfig:
     # On CUDA, replay each PPO minibatch's forward, loss and backward from one CUDA graph per
     # minibatch shape (hope_agent.algos.graphed): same results to fp32 rounding. Backbones with a
     # capturable forward (HOPE, MLP), one process, methods without an extra loss; elsewhere, and
-    # on the CPU, the update runs eagerly. HOPE's whole loop ran 1.65x faster with it on an H100
+    # on the CPU, the update runs eagerly; with compile=true too, until that pair has run on a
+    # GPU. HOPE's whole loop ran 1.65x faster with it on an H100
     # (results/h100_2026-12-07_graph/README.md).
     graph_update: bool = True
     # torch.compile HOPE's segment iteration and step core (fused kernels, default mode): same
