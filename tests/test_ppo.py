@@ -13,6 +13,7 @@ from hope_agent.agents.normalize import RunningMeanStd
 from hope_agent.algos import PPO, PPOConfig, RolloutBuffer, clipped_policy_loss, value_loss
 from hope_agent.algos.graphed import GraphedLossGrad, max_resets
 from hope_agent.algos.ppo import bound_loss, masked_mean, normalize_advantages, world_model_loss
+from hope_agent.build import compile_backbone
 from hope_agent.models.factory import make_backbone
 from hope_agent.models.titans import static_segments
 from hope_agent.optim import MultiTimescaleOptimizer
@@ -236,9 +237,14 @@ def test_graph_update_runs_eagerly_where_it_cannot_capture() -> None:
         GraphedLossGrad(ppo.loss, list(agent.parameters()), example, max_resets=0)
 
 
-def _three_updates(name: str, graph_update: bool, device: str) -> tuple[list, list]:
-    """Three PPO updates over rollouts whose episodes shorten, so that the reset bound grows."""
+def _three_updates(
+    name: str, graph_update: bool, device: str, compiled: bool = False
+) -> tuple[list, list]:
+    """Three PPO updates over rollouts whose episodes shorten, so that the reset bound grows;
+    ``compiled``: HOPE's segments through ``torch.compile`` (``compile=true``)."""
     agent = _agent(name, **SMALL[name])
+    if compiled:
+        compile_backbone(agent.backbone)
     opt = MultiTimescaleOptimizer(agent.param_groups(), lr=1e-3)
     ppo = PPO(
         agent.to(device),
@@ -303,6 +309,14 @@ def test_graphed_update_equals_the_eager_update_on_cuda(name: str) -> None:
     """The same three updates with the minibatches replayed from CUDA graphs."""
     _assert_same_updates(
         _three_updates(name, False, "cuda"), _three_updates(name, True, "cuda"), 1e-4
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_compiled_segments_inside_the_update_graph_equal_the_eager_update_on_cuda() -> None:
+    """``compile=true`` with the graphed update: the compiled segments captured in the graph."""
+    _assert_same_updates(
+        _three_updates("hope", False, "cuda"), _three_updates("hope", True, "cuda", True), 1e-4
     )
 
 
