@@ -30,12 +30,33 @@ _TABLE_HALF_WIDTH = 1.0
 DEFAULT_CAMERA_CONFIG: dict[str, float] = {"distance": 2.7, "elevation": -90.0, "azimuth": 90.0}
 
 
+def distances(positions: NDArray[np.float64], goals: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Row-wise distances between `(N, 2)` positions and `(N, 2)` (or `(1, 2)`) goals (m).
+
+    `np.vecdot` rounds as `np.linalg.norm` of one row does, so one env and a batch of envs
+    (`hope_agent.rollout.batched`) compute the same bits.
+    """
+    gap = positions - goals
+    return np.sqrt(np.vecdot(gap, gap))
+
+
+def ctrl_costs(weight: float, actions: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """`-weight * ||a||^2` per row of `actions`, the squares summed in the actions' precision."""
+    return -weight * np.sum(np.square(actions), axis=-1).astype(np.float64)
+
+
+def first_row(info: dict[str, NDArray[Any]]) -> dict[str, Any]:
+    """The first row of a batch's info arrays as Python scalars (one env's `info`)."""
+    return {key: value[0].item() for key, value in info.items()}
+
+
 class PointMassEnv(MujocoEnv, utils.EzPickle):
     """The point mass on its table: body, start pose, control cost, goal marker (not registered).
 
     A task subclass passes its own constructor arguments (`arguments`, recorded for pickling with
-    the shared ones) and its observation width; it computes rewards from `_distance_to` and
-    `_ctrl_cost`, and places the drawn goal with `_show_goal`.
+    the shared ones) and its observation width; it computes rewards for a batch of rows
+    (`batch_rewards`, from `distances` and `ctrl_costs`; its `step` is the one-row case) and
+    places the drawn goal with `_show_goal`.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 50}
@@ -96,10 +117,7 @@ class PointMassEnv(MujocoEnv, utils.EzPickle):
         self.model.site_pos[self.model.site("goal").id, :2] = goal
 
     def _distance_to(self, goal: NDArray[np.float64]) -> float:
-        return float(np.linalg.norm(self.data.qpos[:2] - goal))
-
-    def _ctrl_cost(self, action: NDArray[np.float32]) -> float:
-        return -self._ctrl_cost_weight * float(np.sum(np.square(action)))
+        return float(distances(self.data.qpos[None, :2], goal[None])[0])
 
     def _body_obs(self) -> NDArray[np.float64]:
         return np.concatenate([self.data.qpos, self.data.qvel]).astype(np.float64)
@@ -183,19 +201,32 @@ class PointReachEnv(PointMassEnv):
     def _distance(self) -> float:
         return self._distance_to(self._goal)
 
+    def batch_rewards(
+        self, positions: NDArray[np.float64], actions: NDArray[np.floating[Any]]
+    ) -> tuple[NDArray[np.float64], dict[str, NDArray[Any]]]:
+        """Rewards and infos of a batch of steps of this task (rows: envs), from the positions
+        after the physics step and the actions taken; `step` is its one-row case."""
+        distance = distances(positions, self._goal[None])
+        reward_distance = -self._distance_weight * distance
+        reward_ctrl = ctrl_costs(self._ctrl_cost_weight, actions)
+        info = {
+            "distance": distance,
+            "success": distance < self._success_radius,
+            "reward_distance": reward_distance,
+            "reward_ctrl": reward_ctrl,
+        }
+        return reward_distance + reward_ctrl, info
+
     def step(  # type: ignore[override]  # MujocoEnv's annotation allows float64 info values only
         self, action: NDArray[np.float32]
     ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
         """Apply the force `action` for one 0.02 s step; see the class docstring for the reward."""
         self.do_simulation(action, self.frame_skip)
-        reward_distance = -self._distance_weight * self._distance()
-        reward_info = {"reward_distance": reward_distance, "reward_ctrl": self._ctrl_cost(action)}
-        info = {"distance": self._distance(), "success": self._distance() < self._success_radius}
+        reward, info = self.batch_rewards(self.data.qpos[None, :2], np.asarray(action)[None])
         if self.render_mode == "human":
             self.render()
         # Truncation comes from the TimeLimit wrapper added by `gymnasium.make`.
-        reward = reward_distance + reward_info["reward_ctrl"]
-        return self._body_obs(), reward, False, False, {**info, **reward_info}
+        return self._body_obs(), float(reward[0]), False, False, first_row(info)
 
     def reset_model(self) -> NDArray[np.float64]:
         """Start near the table centre, at rest."""

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from hope_envs.point import PointMassEnv
+from hope_envs.point import PointMassEnv, ctrl_costs, distances, first_row
 
 
 class PointAdaptEnv(PointMassEnv):
@@ -184,6 +184,11 @@ class PointAdaptEnv(PointMassEnv):
         return self._goal_index
 
     @property
+    def goal_hint(self) -> bool:
+        """Whether the live goal is observed (the oracle control)."""
+        return self._goal_hint
+
+    @property
     def trial_episodes(self) -> int:
         """K, the number of sub-episodes of a trial."""
         return self._trial_episodes
@@ -223,42 +228,71 @@ class PointAdaptEnv(PointMassEnv):
         self._reset_body()
         return self._get_obs()
 
+    def batch_rewards(
+        self,
+        positions: NDArray[np.float64],
+        goal_index: NDArray[np.int64],
+        trial_episode: NDArray[np.int64],
+        sub_step: NDArray[np.int64],
+        reached: NDArray[np.bool_],
+        actions: NDArray[np.floating[Any]],
+    ) -> tuple[NDArray[np.float64], NDArray[np.bool_], dict[str, NDArray[Any]]]:
+        """Rewards, truncations and infos of a batch of steps of this task (rows: envs), from the
+        positions after the physics step, each row's goal index, sub-episode, steps taken in it
+        (this one included), whether it had reached the goal before, and the actions taken;
+        `step` is its one-row case."""
+        distance = distances(positions, self._goals[goal_index])
+        at_goal = distance < self._success_radius
+        end = sub_step == self._sub_episode_steps
+        if self._shaping == "goal":
+            shaped = distance
+        elif self._shaping == "set":
+            shaped = np.min([distances(positions, goal[None]) for goal in self._goals], axis=0)
+        else:
+            shaped = np.where(end, self._sub_episode_steps * distance, 0.0)
+        reward_distance = -self._distance_weight * shaped
+        reward_goal = np.where(at_goal, float(self._goal_bonus), 0.0)
+        reward_ctrl = ctrl_costs(self._ctrl_cost_weight, actions)
+        info = {
+            "trial_episode": trial_episode,
+            "sub_episode_step": sub_step,
+            "sub_episode_end": end,
+            "success": reached | at_goal,
+            "distance": distance,
+            "reward_distance": reward_distance,
+            "reward_goal": reward_goal,
+            "reward_ctrl": reward_ctrl,
+        }
+        truncated = end & (trial_episode == self._trial_episodes - 1)
+        # summed as `sum()` over the terms adds them: from 0, in this order
+        return 0.0 + reward_distance + reward_goal + reward_ctrl, truncated, info
+
     def step(
         self, action: NDArray[np.float32]
     ) -> tuple[NDArray[np.float64], float, bool, bool, dict[str, Any]]:
         """One 0.02 s step; at a sub-episode's last step the body is reset for the next one."""
         self.do_simulation(action, self.frame_skip)
         self._sub_step += 1
-        distance = self._distance_to(self._goals[self._goal_index])
-        at_goal = distance < self._success_radius
-        self._reached = self._reached or at_goal
-        end = self._sub_step == self._sub_episode_steps
-        if self._shaping == "goal":
-            shaped = distance
-        elif self._shaping == "set":
-            shaped = min(self._distance_to(candidate) for candidate in self._goals)
-        else:
-            shaped = self._sub_episode_steps * distance if end else 0.0
-        reward_info = {
-            "reward_distance": -self._distance_weight * shaped,
-            "reward_goal": self._goal_bonus if at_goal else 0.0,
-            "reward_ctrl": self._ctrl_cost(action),
-        }
-        info = {
-            "trial_episode": self._trial_episode,
-            "sub_episode_step": self._sub_step,
-            "sub_episode_end": end,
-            "success": self._reached,
-            "distance": distance,
-            **reward_info,
-        }
-        truncated = end and self._trial_episode == self._trial_episodes - 1
-        if end and not truncated:
-            self._trial_episode, self._sub_step, self._reached = self._trial_episode + 1, 0, False
-            self._reset_body()
+        reward, truncated, info = self.batch_rewards(
+            self.data.qpos[None, :2],
+            np.array([self._goal_index]),
+            np.array([self._trial_episode]),
+            np.array([self._sub_step]),
+            np.array([self._reached]),
+            np.asarray(action)[None],
+        )
+        row = first_row(info)
+        self._reached = row["success"]
+        if row["sub_episode_end"] and not truncated[0]:
+            self.next_sub_episode()
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), float(sum(reward_info.values())), False, truncated, info
+        return self._get_obs(), float(reward[0]), False, bool(truncated[0]), row
+
+    def next_sub_episode(self) -> None:
+        """Start the next sub-episode of the trial: the body back at a start pose, goal kept."""
+        self._trial_episode, self._sub_step, self._reached = self._trial_episode + 1, 0, False
+        self._reset_body()
 
     def _get_obs(self) -> NDArray[np.float64]:
         extra = [self._sub_step / self._sub_episode_steps]

@@ -32,6 +32,7 @@ from hope_agent.models.base import Backbone
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.models.hope import Hope
 from hope_agent.optim import M3, MultiTimescaleOptimizer, apply_group_settings, split_matrix_params
+from hope_agent.rollout.batched import BATCHED_IDS
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
 from hope_agent.train.config import (
     RESUMABLE_CHANGES,
@@ -55,7 +56,13 @@ from hope_agent.train.runner import (
     latest_checkpoint,
 )
 from hope_agent.train.timing import LoopTimer
-from hope_envs.curriculum import Curriculum, CurriculumError, reference_dirs, resolve_tasks
+from hope_envs.curriculum import (
+    Curriculum,
+    CurriculumError,
+    TaskSpec,
+    reference_dirs,
+    resolve_tasks,
+)
 
 
 class ConfigError(ValueError):
@@ -337,6 +344,27 @@ def build_evaluator(
     )
 
 
+def check_batched_envs(cfg: DictConfig, specs: Sequence[TaskSpec], own_envs: bool) -> None:
+    """``ppo.batched_envs=true`` needs the training envs of every task from
+    :func:`make_vector_env`, stepped in this process, and tasks that have batched envs."""
+    if own_envs:
+        raise ConfigError(
+            f"ppo.batched_envs=true: method={cfg.method} builds its own training envs; "
+            "drop ppo.batched_envs."
+        )
+    if cfg.ppo.async_envs:
+        raise ConfigError(
+            "ppo.batched_envs=true steps the envs in this process, ppo.async_envs=true in worker "
+            "processes: choose one."
+        )
+    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
+    if others:
+        raise ConfigError(
+            f"ppo.batched_envs=true: {', '.join(others)} have no batched envs (those that do: "
+            f"{', '.join(BATCHED_IDS)}); set ppo.batched_envs=false."
+        )
+
+
 def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> CurriculumRunner:
     """Every part of a training run, checked and wired; nothing has run yet.
 
@@ -360,8 +388,12 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
     except ValueError as e:
         raise ConfigError(f"method={cfg.method}: {e}") from e
     faults = fault_settings(cfg)
-    make_envs: VecEnvFactory = method.env_factory(curriculum.specs, faults.obs_limit) or partial(
-        make_vector_env, obs_limit=faults.obs_limit
+    own_envs = method.env_factory(curriculum.specs, faults.obs_limit)
+    batched = bool(cfg.ppo.get("batched_envs", False))
+    if batched:
+        check_batched_envs(cfg, curriculum.specs, own_envs is not None)
+    make_envs: VecEnvFactory = own_envs or partial(
+        make_vector_env, obs_limit=faults.obs_limit, batched=batched
     )
     ppo_cfg = PPOConfig(**{f.name: cfg.ppo[f.name] for f in fields(PPOConfig)})
     try:

@@ -134,13 +134,15 @@ MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "eager": (" (eager)", ("cuda_graphs=false", "graph_update=false")),
     "eager-update": (" (eager update)", ("graph_update=false",)),
     "compile": (" (compiled)", ("compile=true",)),
+    "batched": (" (batched envs)", ("ppo.batched_envs=true",)),
 }
 
 
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     """One ``hope-train`` run of ``spec`` (a model config with the defaults: CUDA graphs for acting
     and for the PPO update; ``:eager`` for neither, ``:eager-update`` for graphs in acting only,
-    ``:compile`` for ``compile=true``); the breakdown from its ``metrics.json``."""
+    ``:compile`` for ``compile=true``, ``:batched`` for ``ppo.batched_envs=true``); the
+    breakdown from its ``metrics.json``."""
     backbone, _, mode = spec.partition(":")
     label, overrides = MODES[mode]
     run_dir = out / "runs" / spec.replace(":", "_")
@@ -161,12 +163,18 @@ def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     return Row(name, summary.env_steps, wall, seconds, note=note)
 
 
-def bench_random(args: argparse.Namespace, asynchronous: bool) -> Row:
-    """The vector env of the first task stepped with random actions, as training steps it."""
+def bench_random(args: argparse.Namespace, kind: str) -> Row:
+    """The vector env of the first task stepped with random actions, as training steps it:
+    ``kind`` sync, async or batched (``ppo.batched_envs``)."""
     curriculum = _curriculum(args)
     spec = curriculum.specs[0]
     envs = make_vector_env(
-        spec, curriculum.obs_dim, curriculum.act_dim, args.num_envs, asynchronous
+        spec,
+        curriculum.obs_dim,
+        curriculum.act_dim,
+        args.num_envs,
+        asynchronous=kind == "async",
+        batched=kind == "batched",
     )
     envs.action_space.seed(args.seed)
     envs.reset(seed=args.seed)
@@ -177,7 +185,6 @@ def bench_random(args: argparse.Namespace, asynchronous: bool) -> Row:
         envs.step(a)
     wall = time.perf_counter() - start
     envs.close()
-    kind = "async" if asynchronous else "sync"
     return Row(f"random actions ({kind})", batches * args.num_envs, wall, {"env_step": wall})
 
 
@@ -387,7 +394,8 @@ def main() -> None:
         default="mlp,gru,hope",
         help="model configs, run with the defaults; NAME:eager without CUDA graphs "
         "(cuda_graphs=false graph_update=false), NAME:eager-update with them in acting only "
-        "(graph_update=false), NAME:compile compiles HOPE's fast paths (compile=true)",
+        "(graph_update=false), NAME:compile compiles HOPE's fast paths (compile=true), "
+        "NAME:batched steps the point-mass envs as one batch (ppo.batched_envs=true)",
     )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
@@ -409,7 +417,7 @@ def main() -> None:
     if modes:
         problems.append(
             f"--backbones: unknown mode(s) {modes} "
-            "(NAME, NAME:eager, NAME:eager-update or NAME:compile)"
+            "(NAME, NAME:eager, NAME:eager-update, NAME:compile or NAME:batched)"
         )
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
@@ -433,7 +441,10 @@ def main() -> None:
         atomic_write_text(args.out / "benchmark_eval.md", text + "\n")
         return
 
-    rows = [bench_random(args, asynchronous=False), bench_random(args, asynchronous=True)]
+    kinds = ["sync", "async"]
+    if any(b.partition(":")[2] == "batched" for b in backbones):
+        kinds.append("batched")
+    rows = [bench_random(args, kind) for kind in kinds]
     anchor = None
     if not args.no_sb3:
         anchor = bench_sb3(args)

@@ -23,7 +23,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Warnings MuJoCo raises when the simulation blows up; it then resets mjData by itself.
-_INSTABILITY_WARNINGS = (
+INSTABILITY_WARNINGS = (
     int(mujoco.mjtWarning.mjWARN_BADQACC),
     int(mujoco.mjtWarning.mjWARN_BADQPOS),
     int(mujoco.mjtWarning.mjWARN_BADQVEL),
@@ -60,7 +60,7 @@ class EnvFaultGuard(gym.Wrapper[Any, Any, Any, Any]):
         # MujocoEnv keeps one MjData for its lifetime: look its warning stats up once.
         data = getattr(env.unwrapped, "data", None)
         stats = getattr(data, "warning", None)
-        self._stats = [] if stats is None else [stats[w] for w in _INSTABILITY_WARNINGS]
+        self._stats = [] if stats is None else [stats[w] for w in INSTABILITY_WARNINGS]
         self._warnings = self._warning_counts()
 
     def _warning_counts(self) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
+from hope_agent.rollout.batched import PointBatchEnv
 from hope_agent.rollout.guard import EnvFaultGuard
 from hope_envs.curriculum import TaskSpec, make_env
 
@@ -50,9 +51,11 @@ def make_vector_env(
     num_envs: int,
     asynchronous: bool = False,
     obs_limit: float = 1e6,
+    batched: bool = False,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` guarded copies of ``spec``'s env with common spaces, autoresetting on the
-    next step.
+    next step; ``batched``: as one :class:`~hope_agent.rollout.batched.PointBatchEnv` (the same
+    transitions; point-mass tasks only).
 
     With next-step autoreset, the step that ends an episode returns its final observation and the
     following step (whose action is ignored) returns the reset observation; the trainer masks
@@ -61,5 +64,9 @@ def make_vector_env(
     """
     if num_envs < 1:
         raise ValueError(f"ppo.num_envs must be >= 1, got {num_envs}")
+    if batched:
+        if asynchronous:
+            raise ValueError("batched envs step in this process: drop asynchronous")
+        return PointBatchEnv(spec, obs_dim, act_dim, num_envs, obs_limit)
     fns = [partial(make_env, spec, obs_dim, act_dim) for _ in range(num_envs)]
     return vector_env(fns, asynchronous, obs_limit)

@@ -102,6 +102,10 @@ class PPOSection(PPOConfig):
     # process. Never switched on by itself, so that a config runs the same way on every
     # machine: choose it where there are spare cores and the physics is slow.
     async_envs: bool = False
+    # The point-mass tasks (PointReach, PointAdapt) stepped as one batch in this process
+    # (hope_agent.rollout.batched): the same transitions as the per-env envs, bit for bit, at
+    # several times their rate. Off by default: a task without batched envs is refused.
+    batched_envs: bool = False
     optimizer: OptimizerName = OptimizerName.adamw
     lr: float = 3e-4
     # Linear decay of every group's learning rate within each task, from its value at the task's
