@@ -407,8 +407,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         np.random.default_rng(int(cfg.seed)),
         extra_loss=method.loss_hook(),
         sync=world if world.size > 1 else None,
-        # compile=true inside the update's graph has not run on a GPU yet: it updates eagerly.
-        graph_update=bool(cfg.get("graph_update", True)) and not cfg.get("compile", False),
+        graph_update=bool(cfg.get("graph_update", True)),
     )
     share_normalizers(agent, world)
     settings = RunnerSettings(
