@@ -344,9 +344,20 @@ def build_evaluator(
     )
 
 
-def check_batched_envs(cfg: DictConfig, specs: Sequence[TaskSpec], own_envs: bool) -> None:
-    """``ppo.batched_envs=true`` needs the training envs of every task from
-    :func:`make_vector_env`, stepped in this process, and tasks that have batched envs."""
+def batched_envs(cfg: DictConfig, specs: Sequence[TaskSpec], own_envs: bool) -> bool:
+    """Whether the training envs step as one batch (:mod:`hope_agent.rollout.batched`).
+
+    ``ppo.batched_envs`` unset (null): wherever they can, since they give the same transitions:
+    every task has batched envs, ``ppo.async_envs`` is off and the method takes its envs from
+    :func:`make_vector_env`. ``true`` requires that (refused with the fix otherwise); ``false``
+    steps each env through its wrappers.
+    """
+    asked = cfg.ppo.get("batched_envs", None)
+    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
+    if asked is None:
+        return not (own_envs or cfg.ppo.async_envs or others)
+    if not asked:
+        return False
     if own_envs:
         raise ConfigError(
             f"ppo.batched_envs=true: method={cfg.method} builds its own training envs; "
@@ -357,12 +368,12 @@ def check_batched_envs(cfg: DictConfig, specs: Sequence[TaskSpec], own_envs: boo
             "ppo.batched_envs=true steps the envs in this process, ppo.async_envs=true in worker "
             "processes: choose one."
         )
-    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
     if others:
         raise ConfigError(
             f"ppo.batched_envs=true: {', '.join(others)} have no batched envs (those that do: "
             f"{', '.join(BATCHED_IDS)}); set ppo.batched_envs=false."
         )
+    return True
 
 
 def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> CurriculumRunner:
@@ -389,9 +400,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         raise ConfigError(f"method={cfg.method}: {e}") from e
     faults = fault_settings(cfg)
     own_envs = method.env_factory(curriculum.specs, faults.obs_limit)
-    batched = bool(cfg.ppo.get("batched_envs", False))
-    if batched:
-        check_batched_envs(cfg, curriculum.specs, own_envs is not None)
+    batched = batched_envs(cfg, curriculum.specs, own_envs is not None)
     make_envs: VecEnvFactory = own_envs or partial(
         make_vector_env, obs_limit=faults.obs_limit, batched=batched
     )

@@ -61,6 +61,7 @@ from omegaconf import DictConfig, OmegaConf
 from hope_agent.build import build_agent, build_curriculum, resolve_device
 from hope_agent.cli import train
 from hope_agent.io import atomic_write_text
+from hope_agent.rollout.batched import BATCHED_IDS
 from hope_agent.rollout.vec import make_vector_env
 from hope_agent.train.evaluator import Evaluator
 from hope_agent.train.timing import PHASES
@@ -134,14 +135,14 @@ MODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "eager": (" (eager)", ("cuda_graphs=false", "graph_update=false")),
     "eager-update": (" (eager update)", ("graph_update=false",)),
     "compile": (" (compiled)", ("compile=true",)),
-    "batched": (" (batched envs)", ("ppo.batched_envs=true",)),
+    "per-env": (" (per-env stepping)", ("ppo.batched_envs=false",)),
 }
 
 
 def bench_ours(args: argparse.Namespace, spec: str, out: Path) -> Row:
     """One ``hope-train`` run of ``spec`` (a model config with the defaults: CUDA graphs for acting
     and for the PPO update; ``:eager`` for neither, ``:eager-update`` for graphs in acting only,
-    ``:compile`` for ``compile=true``, ``:batched`` for ``ppo.batched_envs=true``); the
+    ``:compile`` for ``compile=true``, ``:per-env`` for ``ppo.batched_envs=false``); the
     breakdown from its ``metrics.json``."""
     backbone, _, mode = spec.partition(":")
     label, overrides = MODES[mode]
@@ -395,7 +396,8 @@ def main() -> None:
         help="model configs, run with the defaults; NAME:eager without CUDA graphs "
         "(cuda_graphs=false graph_update=false), NAME:eager-update with them in acting only "
         "(graph_update=false), NAME:compile compiles HOPE's fast paths (compile=true), "
-        "NAME:batched steps the point-mass envs as one batch (ppo.batched_envs=true)",
+        "NAME:per-env steps each env through its wrappers (ppo.batched_envs=false; the default "
+        "steps the point-mass tasks as one batch)",
     )
     parser.add_argument("--video", action="store_true", help="record the stage-end videos")
     parser.add_argument("--no-sb3", action="store_true")
@@ -417,7 +419,7 @@ def main() -> None:
     if modes:
         problems.append(
             f"--backbones: unknown mode(s) {modes} "
-            "(NAME, NAME:eager, NAME:eager-update, NAME:compile or NAME:batched)"
+            "(NAME, NAME:eager, NAME:eager-update, NAME:compile or NAME:per-env)"
         )
     for flag, group, names in (
         ("--curriculum", "curriculum", [args.curriculum]),
@@ -442,7 +444,7 @@ def main() -> None:
         return
 
     kinds = ["sync", "async"]
-    if any(b.partition(":")[2] == "batched" for b in backbones):
+    if _curriculum(args).specs[0].id in BATCHED_IDS:
         kinds.append("batched")
     rows = [bench_random(args, kind) for kind in kinds]
     anchor = None

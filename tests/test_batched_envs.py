@@ -94,7 +94,7 @@ def _run_files(tmp_path: Path, *overrides: str) -> dict[str, str]:
 
 def test_a_training_run_on_batched_envs_equals_the_run_on_sync_envs(tmp_path: Path) -> None:
     """Two `fast` tasks, the same seed: the same curves, matrix and training log."""
-    sync = _run_files(tmp_path / "sync")
+    sync = _run_files(tmp_path / "sync", "ppo.batched_envs=false")
     batched = _run_files(tmp_path / "batched", "ppo.batched_envs=true")
     assert sync == batched
 
@@ -115,3 +115,21 @@ def test_batched_envs_where_they_cannot_run_are_refused_before_work(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         build_runner(tiny_config(*overrides), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batched"),
+    [
+        ([], True),
+        (["ppo.batched_envs=false"], False),
+        (["ppo.async_envs=true"], False),
+        (["method=multitask"], None),
+        (["curriculum=locomotion"], False),
+    ],
+)
+def test_batched_envs_by_default_wherever_they_can_run(
+    overrides: list[str], batched: bool | None, tmp_path: Path
+) -> None:
+    """Unset, ``ppo.batched_envs`` steps the envs as one batch where every task has them."""
+    make_envs = build_runner(tiny_config(*overrides), tmp_path).make_envs
+    assert getattr(make_envs, "keywords", {}).get("batched") == batched

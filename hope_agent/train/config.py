@@ -104,8 +104,9 @@ class PPOSection(PPOConfig):
     async_envs: bool = False
     # The point-mass tasks (PointReach, PointAdapt) stepped as one batch in this process
     # (hope_agent.rollout.batched): the same transitions as the per-env envs, bit for bit, at
-    # several times their rate. Off by default: a task without batched envs is refused.
-    batched_envs: bool = False
+    # several times their rate. null (default): wherever every task has them and async_envs is
+    # off; true: required (refused otherwise); false: never.
+    batched_envs: bool | None = None
     optimizer: OptimizerName = OptimizerName.adamw
     lr: float = 3e-4
     # Linear decay of every group's learning rate within each task, from its value at the task's
