@@ -58,10 +58,11 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
+from hope_agent.baselines.sb3 import BatchedVecEnv
 from hope_agent.build import build_agent, build_curriculum, resolve_device
 from hope_agent.cli import train
 from hope_agent.io import atomic_write_text
-from hope_agent.rollout.batched import BATCHED_IDS
+from hope_agent.rollout.batched import BATCHED_IDS, PointBatchEnv
 from hope_agent.rollout.vec import make_vector_env
 from hope_agent.train.evaluator import Evaluator
 from hope_agent.train.timing import PHASES
@@ -232,12 +233,15 @@ def _curriculum(args: argparse.Namespace) -> Curriculum:
     return build_curriculum(_config(args))
 
 
-def bench_sb3(args: argparse.Namespace) -> Row:
-    """SB3 PPO ``MlpPolicy`` for the same steps per task, timed around ``learn``."""
+def bench_sb3(args: argparse.Namespace, batched: bool = False) -> Row:
+    """SB3 PPO ``MlpPolicy`` for the same steps per task, timed around ``learn``; ``batched``:
+    on our batched point-mass envs (:class:`~hope_agent.baselines.sb3.BatchedVecEnv`) instead of
+    ``DummyVecEnv`` / ``SubprocVecEnv``."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import (
         DummyVecEnv,
         SubprocVecEnv,
+        VecEnv,
         VecEnvWrapper,
         VecMonitor,
         VecNormalize,
@@ -273,7 +277,16 @@ def bench_sb3(args: argparse.Namespace) -> Row:
         fns: list[Callable[[], gym.Env]] = [
             partial(curriculum.make_env, stage) for _ in range(args.num_envs)
         ]
-        venv = VecNormalize(TimedSteps(VecMonitor(vec_cls(fns))))
+        inner: VecEnv = (
+            BatchedVecEnv(
+                PointBatchEnv(
+                    curriculum.specs[stage], curriculum.obs_dim, curriculum.act_dim, args.num_envs
+                )
+            )
+            if batched
+            else vec_cls(fns)
+        )
+        venv = VecNormalize(TimedSteps(VecMonitor(inner)))
         venv.seed(args.seed * 1_000_003 + 10_000 * stage)
         if model is None:
             model = PPO(
@@ -301,8 +314,9 @@ def bench_sb3(args: argparse.Namespace) -> Row:
         "env_step": clock["env_step"],
         "ppo_update": clock["ppo_update"],
     }
-    note = f"{vec_cls.__name__}, device {args.sb3_device}"
-    return Row("sb3 PPO MlpPolicy", steps, wall, seconds, note=note)
+    kind = "BatchedVecEnv" if batched else vec_cls.__name__
+    name = "sb3 PPO MlpPolicy" + (" (batched envs)" if batched else "")
+    return Row(name, steps, wall, seconds, note=f"{kind}, device {args.sb3_device}")
 
 
 def _time_method(obj: Any, name: str, clock: dict[str, float], key: str) -> None:
@@ -451,6 +465,8 @@ def main() -> None:
     if not args.no_sb3:
         anchor = bench_sb3(args)
         rows.append(anchor)
+        if "batched" in kinds:  # SB3 on the same batched envs as our default rows
+            rows.append(bench_sb3(args, batched=True))
     for backbone in backbones:
         rows.append(bench_ours(args, backbone, args.out))
         print(f"{rows[-1].name}: {rows[-1].whole_sps:,.0f} env steps/s", file=sys.stderr)

@@ -4,18 +4,21 @@ bit: observations, rewards, flags, infos (values, masks, dtypes), faults and ran
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
 from test_train_e2e import tiny_config
 
+from hope_agent.baselines.sb3 import BatchedVecEnv
 from hope_agent.build import ConfigError, build_runner
 from hope_agent.cli import train
 from hope_agent.rollout.batched import PointBatchEnv
 from hope_agent.rollout.vec import make_vector_env
-from hope_envs.curriculum import TaskSpec
+from hope_envs.curriculum import TaskSpec, make_env
 
 GOALS = [[0.6, 0.0], [0.0, 0.6], [-0.5, -0.5]]
 CASES: list[tuple[str, dict[str, Any]]] = [
@@ -133,3 +136,27 @@ def test_batched_envs_by_default_wherever_they_can_run(
     """Unset, ``ppo.batched_envs`` steps the envs as one batch where every task has them."""
     make_envs = build_runner(tiny_config(*overrides), tmp_path).make_envs
     assert getattr(make_envs, "keywords", {}).get("batched") == batched
+
+
+@pytest.mark.parametrize(("env_id", "kwargs"), [CASES[1], CASES[3]])
+def test_sb3_batched_vec_env_equals_dummy_vec_env(env_id: str, kwargs: dict[str, Any]) -> None:
+    """SB3's view: same-step autoreset, final observations in the infos, float32 rewards."""
+    spec = TaskSpec(id=env_id, kwargs=kwargs, steps=1, name="t")
+    n = 5
+    dummy = DummyVecEnv([partial(make_env, spec, 7, 3) for _ in range(n)])
+    batched = BatchedVecEnv(PointBatchEnv(spec, 7, 3, n))
+    for venv in (dummy, batched):
+        venv.seed(21)
+    assert np.array_equal(dummy.reset(), batched.reset())
+    rng = np.random.default_rng(0)
+    for t in range(260):
+        actions = rng.normal(0.0, 0.8, size=(n, 3)).astype(np.float32)
+        dummy.step_async(actions)
+        batched.step_async(actions)
+        (o1, r1, d1, i1), (o2, r2, d2, i2) = dummy.step_wait(), batched.step_wait()
+        assert np.array_equal(o1, o2) and np.array_equal(r1, r2) and r1.dtype == r2.dtype, t
+        assert np.array_equal(d1, d2), t
+        for a, b in zip(i1, i2, strict=True):
+            assert a.keys() == b.keys(), t
+            for key in a:
+                assert np.array_equal(a[key], b[key]), (t, key)

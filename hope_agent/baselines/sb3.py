@@ -39,6 +39,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import get_device
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import (
+    VecEnvIndices,
+    VecEnvObs,
+    VecEnvStepReturn,
+)
 from stable_baselines3.sac.policies import SACPolicy
 from torch import Tensor
 
@@ -46,6 +51,7 @@ from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs, 
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
 from hope_agent.options import config_value
+from hope_agent.rollout.batched import PointBatchEnv
 from hope_agent.train.config import (
     CurriculumSection,
     TrainConfig,
@@ -253,6 +259,74 @@ class _PeriodicEvaluation(BaseCallback):
             self.run.evaluate(self.stage, current, task_end=False)
         self.previous = current
         return True
+
+
+class BatchedVecEnv(VecEnv):
+    """SB3's ``VecEnv`` over a :class:`~hope_agent.rollout.batched.PointBatchEnv`: what
+    ``DummyVecEnv`` over the same tasks returns (same-step autoreset, the final observation in
+    ``info["terminal_observation"]``, float32 rewards), with the batch's stepping."""
+
+    def __init__(self, batch: PointBatchEnv) -> None:
+        super().__init__(batch.num_envs, batch.single_observation_space, batch.single_action_space)
+        self.batch = batch
+        self._actions: np.ndarray | None = None
+
+    def reset(self) -> VecEnvObs:
+        """Reset every env with the seeds given to :meth:`seed` (once)."""
+        seeds = self._seeds if any(s is not None for s in self._seeds) else None
+        obs, infos = self.batch.reset(seed=seeds)
+        self.reset_infos = _rows(infos, self.num_envs)
+        self._reset_seeds()
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        assert self._actions is not None
+        obs, reward, terminated, truncated, info = self.batch.step(self._actions)
+        dones = terminated | truncated
+        infos = _rows(info, self.num_envs)
+        for i, row in enumerate(infos):
+            row["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = obs[i].copy()
+            obs[i], self.reset_infos[i] = self.batch.reset_one(int(i))
+        return obs, reward.astype(np.float32), dones, infos
+
+    def close(self) -> None:
+        self.batch.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self.batch.envs[i], attr_name) for i in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        for i in self._get_indices(indices):
+            setattr(self.batch.envs[i], attr_name, value)
+
+    def env_method(
+        self, method_name: str, *args: Any, indices: VecEnvIndices = None, **kwargs: Any
+    ) -> list[Any]:
+        return [
+            getattr(self.batch.envs[i], method_name)(*args, **kwargs)
+            for i in self._get_indices(indices)
+        ]
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+
+def _rows(infos: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """A vector env's ``{key: values, "_key": present}`` infos as one dict per env."""
+    rows: list[dict[str, Any]] = [{} for _ in range(n)]
+    for key, values in infos.items():
+        if key.startswith("_"):
+            continue
+        for i in np.flatnonzero(infos[f"_{key}"]):
+            rows[i][key] = values[i].item()
+    return rows
 
 
 class _SB3Run:

@@ -113,6 +113,12 @@ class PointBatchEnv(gym.vector.VectorEnv):
         self._autoreset[:] = False
         return obs, infos
 
+    def reset_one(self, i: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset env ``i`` now (same-step autoreset, as SB3's ``VecEnv`` does it): its next
+        step is a real one."""
+        self._autoreset[i] = False
+        return self._reset_env(i)
+
     def _reset_env(
         self, i: int, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
