@@ -248,3 +248,17 @@ def test_bad_inputs_fail_with_one_clear_error(tmp_path: Path) -> None:
         save_checkpoint(tmp_path / "other", {"meta": {"format": "hope_agent.train/1"}})
         load_actor(tmp_path / "other")
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_sb3_on_batched_envs_trains_as_on_dummy_vec_env(ppo_run: Path, tmp_path: Path) -> None:
+    """The default (batched point-mass envs) and ``batched_envs=false`` give the same run."""
+    train_sb3(_config("batched_envs=false", "video.enabled=false"), tmp_path)
+    for name in ("perf_matrix.csv", "return_matrix.csv", "curves.csv"):
+        assert (tmp_path / name).read_text() == (ppo_run / name).read_text(), name
+
+
+def test_batched_envs_with_a_task_that_has_none_is_one_line(tmp_path: Path) -> None:
+    cheetah = "curriculum.tasks=[{id: hope/CheetahRun-v0, kwargs: {}, name: run}]"
+    cfg = _config("batched_envs=true", cheetah, "steps_per_task=64")
+    with pytest.raises(ValueError, match=r"run \(hope/CheetahRun-v0\).*set batched_envs=false"):
+        train_sb3(cfg, tmp_path)
