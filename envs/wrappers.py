@@ -63,12 +63,13 @@ def pad_observation(obs: ArrayLike, obs_dim: int) -> NDArray[np.float32]:
 def to_task_action(
     action: ArrayLike, low: NDArray[np.floating[Any]], high: NDArray[np.floating[Any]]
 ) -> NDArray[np.floating[Any]]:
-    """Map a common action in [-1, 1]^A to a task's bounds: first `len(low)` dims, rescaled.
+    """Map common actions in [-1, 1]^A (`(A,)` or a batch `(B, A)`) to a task's bounds: the
+    first `len(low)` dims of each, rescaled.
 
     Values outside [-1, 1] are clipped first (a Gaussian policy's samples can leave the box).
     """
     n = low.shape[0]
-    a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[:n], -1.0, 1.0)
+    a = np.clip(np.atleast_1d(np.asarray(action, dtype=np.float64))[..., :n], -1.0, 1.0)
     task_action = low + (a + 1.0) * 0.5 * (high - low)
     # Rounding in the affine map must not step outside the task's own bounds.
     return np.clip(task_action, low, high).astype(low.dtype)

@@ -32,7 +32,7 @@ from hope_agent.models.base import Backbone
 from hope_agent.models.factory import BACKBONES, make_backbone
 from hope_agent.models.hope import Hope
 from hope_agent.optim import M3, MultiTimescaleOptimizer, apply_group_settings, split_matrix_params
-from hope_agent.rollout.batched import BATCHED_IDS
+from hope_agent.rollout.batched import use_batched_envs
 from hope_agent.rollout.vec import VecEnvFactory, make_vector_env
 from hope_agent.train.config import (
     RESUMABLE_CHANGES,
@@ -345,35 +345,26 @@ def build_evaluator(
 
 
 def batched_envs(cfg: DictConfig, specs: Sequence[TaskSpec], own_envs: bool) -> bool:
-    """Whether the training envs step as one batch (:mod:`hope_agent.rollout.batched`).
-
-    ``ppo.batched_envs`` unset (null): wherever they can, since they give the same transitions:
-    every task has batched envs, ``ppo.async_envs`` is off and the method takes its envs from
-    :func:`make_vector_env`. ``true`` requires that (refused with the fix otherwise); ``false``
-    steps each env through its wrappers.
-    """
+    """Whether the training envs step as one batch (:func:`use_batched_envs`): unset, only
+    where also ``ppo.async_envs`` is off and the method takes its envs from
+    :func:`make_vector_env`; ``true`` with either is refused with the fix."""
     asked = cfg.ppo.get("batched_envs", None)
-    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
-    if asked is None:
-        return not (own_envs or cfg.ppo.async_envs or others)
-    if not asked:
+    if asked is None and (own_envs or cfg.ppo.async_envs):
         return False
-    if own_envs:
+    if asked and own_envs:
         raise ConfigError(
             f"ppo.batched_envs=true: method={cfg.method} builds its own training envs; "
             "drop ppo.batched_envs."
         )
-    if cfg.ppo.async_envs:
+    if asked and cfg.ppo.async_envs:
         raise ConfigError(
             "ppo.batched_envs=true steps the envs in this process, ppo.async_envs=true in worker "
             "processes: choose one."
         )
-    if others:
-        raise ConfigError(
-            f"ppo.batched_envs=true: {', '.join(others)} have no batched envs (those that do: "
-            f"{', '.join(BATCHED_IDS)}); set ppo.batched_envs=false."
-        )
-    return True
+    try:
+        return use_batched_envs(asked, specs, "ppo.batched_envs")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> CurriculumRunner:

@@ -62,7 +62,7 @@ from hope_agent.baselines.sb3 import BatchedVecEnv
 from hope_agent.build import build_agent, build_curriculum, resolve_device
 from hope_agent.cli import train
 from hope_agent.io import atomic_write_text
-from hope_agent.rollout.batched import BATCHED_IDS, PointBatchEnv
+from hope_agent.rollout.batched import BATCHED_IDS
 from hope_agent.rollout.vec import make_vector_env
 from hope_agent.train.evaluator import Evaluator
 from hope_agent.train.timing import PHASES
@@ -279,9 +279,7 @@ def bench_sb3(args: argparse.Namespace, batched: bool = False) -> Row:
         ]
         inner: VecEnv = (
             BatchedVecEnv(
-                PointBatchEnv(
-                    curriculum.specs[stage], curriculum.obs_dim, curriculum.act_dim, args.num_envs
-                )
+                curriculum.specs[stage], curriculum.obs_dim, curriculum.act_dim, args.num_envs
             )
             if batched
             else vec_cls(fns)

@@ -144,7 +144,7 @@ def test_sb3_batched_vec_env_equals_dummy_vec_env(env_id: str, kwargs: dict[str,
     spec = TaskSpec(id=env_id, kwargs=kwargs, steps=1, name="t")
     n = 5
     dummy = DummyVecEnv([partial(make_env, spec, 7, 3) for _ in range(n)])
-    batched = BatchedVecEnv(PointBatchEnv(spec, 7, 3, n))
+    batched = BatchedVecEnv(spec, 7, 3, n)
     for venv in (dummy, batched):
         venv.seed(21)
     assert np.array_equal(dummy.reset(), batched.reset())

@@ -18,7 +18,7 @@ import dataclasses
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,7 +51,7 @@ from hope_agent.agents.actor import Actor, AgentOutput, AgentState, StepInputs, 
 from hope_agent.io import atomic_write_text, load_checkpoint, save_checkpoint
 from hope_agent.models.state import State
 from hope_agent.options import config_value
-from hope_agent.rollout.batched import BATCHED_IDS, PointBatchEnv
+from hope_agent.rollout.batched import PointBatchEnv, use_batched_envs
 from hope_agent.train.config import (
     CurriculumSection,
     TrainConfig,
@@ -265,12 +265,14 @@ class _PeriodicEvaluation(BaseCallback):
 
 
 class BatchedVecEnv(VecEnv):
-    """SB3's ``VecEnv`` over a :class:`~hope_agent.rollout.batched.PointBatchEnv`: what
+    """SB3's ``VecEnv`` over a :class:`~hope_agent.rollout.batched.PointBatchEnv` of
+    ``num_envs`` copies of ``spec`` with the curriculum's widths: what
     ``DummyVecEnv`` over the same tasks returns (same-step autoreset, the final observation in
     ``info["terminal_observation"]``, float32 rewards), with the batch's stepping."""
 
-    def __init__(self, batch: PointBatchEnv) -> None:
-        super().__init__(batch.num_envs, batch.single_observation_space, batch.single_action_space)
+    def __init__(self, spec: TaskSpec, obs_dim: int, act_dim: int, num_envs: int) -> None:
+        batch = PointBatchEnv(spec, obs_dim, act_dim, num_envs)
+        super().__init__(num_envs, batch.single_observation_space, batch.single_action_space)
         self.batch = batch
         self._actions: np.ndarray | None = None
 
@@ -350,17 +352,11 @@ class _SB3Run:
 
     def make_venv(self, stage: int) -> VecEnv:
         s = self.settings
-        fns: list[Callable[[], gym.Env]] = [
-            partial(self.curriculum.make_env, stage) for _ in range(s.n_envs)
-        ]
+        c = self.curriculum
         inner: VecEnv = (
-            BatchedVecEnv(
-                PointBatchEnv(
-                    self.specs[stage], self.curriculum.obs_dim, self.curriculum.act_dim, s.n_envs
-                )
-            )
+            BatchedVecEnv(self.specs[stage], c.obs_dim, c.act_dim, s.n_envs)
             if s.batched_envs
-            else DummyVecEnv(fns)
+            else DummyVecEnv([partial(c.make_env, stage) for _ in range(s.n_envs)])
         )
         venv: VecEnv = VecMonitor(inner)
         if s.normalize:
@@ -797,13 +793,10 @@ def train_sb3(cfg: DictConfig, run_dir: Path | str) -> RunSummary:
             f"invalid config: eval.reference_auc needs one AUC per task ({len(specs)}), "
             f"got {len(ref)}"
         )
-    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
-    if cfg.get("batched_envs") and others:
-        raise ValueError(
-            f"invalid config: batched_envs=true, but {', '.join(others)} have no batched envs "
-            f"(those that do: {', '.join(BATCHED_IDS)}); set batched_envs=false."
-        )
-    batched = not others if cfg.get("batched_envs") is None else bool(cfg.batched_envs)
+    try:
+        batched = use_batched_envs(cfg.get("batched_envs"), specs, "batched_envs")
+    except ValueError as e:
+        raise ValueError(f"invalid config: {e}") from e
     if cfg.torch_threads > 0:
         torch.set_num_threads(int(cfg.torch_threads))
     kwargs = OmegaConf.to_container(cfg[f"{algo}_kwargs"], resolve=True)

@@ -32,11 +32,27 @@ from hope_agent.rollout.guard import INSTABILITY_WARNINGS, SIMULATOR_ERRORS
 from hope_envs.curriculum import TaskSpec, make_env
 from hope_envs.point import PointReachEnv
 from hope_envs.point_adapt import PointAdaptEnv
+from hope_envs.wrappers import to_task_action
 
 log = logging.getLogger(__name__)
 
 # The task ids whose envs :class:`PointBatchEnv` steps.
 BATCHED_IDS: tuple[str, ...] = ("hope/PointReach-v0", "hope/PointAdapt-v0")
+
+
+def use_batched_envs(asked: bool | None, specs: Sequence[TaskSpec], key: str) -> bool:
+    """Whether a run whose config option ``key`` is ``asked`` steps its tasks as batches.
+
+    ``None``: wherever every task has batched envs (they give the same transitions); ``True``:
+    required, else one ValueError naming the tasks without them and the fix; ``False``: never.
+    """
+    others = [f"{s.name} ({s.id})" for s in specs if s.id not in BATCHED_IDS]
+    if asked and others:
+        raise ValueError(
+            f"{key}=true: {', '.join(others)} have no batched envs (those that do: "
+            f"{', '.join(BATCHED_IDS)}); set {key}=false."
+        )
+    return not others if asked is None else bool(asked)
 
 
 class PointBatchEnv(gym.vector.VectorEnv):
@@ -140,11 +156,7 @@ class PointBatchEnv(gym.vector.VectorEnv):
         resetting = self._autoreset.copy()
         stepping = ~resetting
         rows = np.flatnonzero(stepping)
-        # The common actions on the task's bounds (`hope_envs.wrappers.to_task_action`, by rows).
-        a = np.clip(np.asarray(actions, dtype=np.float64)[:, : self._low.shape[0]], -1.0, 1.0)
-        task_actions = np.clip(
-            self._low + (a + 1.0) * 0.5 * (self._high - self._low), self._low, self._high
-        ).astype(self._low.dtype)
+        task_actions = to_task_action(actions, self._low, self._high)
         errors: dict[int, str] = {}
         for i in rows:
             task = self.tasks[i]
