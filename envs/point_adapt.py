@@ -264,7 +264,7 @@ class PointAdaptEnv(PointMassEnv):
             "reward_ctrl": reward_ctrl,
         }
         truncated = end & (trial_episode == self._trial_episodes - 1)
-        # summed as `sum()` over the terms adds them: from 0, in this order
+        # in the order, and from the 0.0, that the single env's `sum()` of the terms used
         return 0.0 + reward_distance + reward_goal + reward_ctrl, truncated, info
 
     def step(

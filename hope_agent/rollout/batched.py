@@ -6,7 +6,8 @@ the task envs built by :func:`~hope_envs.curriculum.make_env` (their models, dat
 generators and reset rules) but steps them as one batch: the common actions mapped to the task's
 bounds at once, one ``mj_step`` per env, then observations, rewards, truncations and infos for
 every env from the task's own ``batch_rewards`` (the rule its single-env ``step`` applies to one
-row). Resets, sub-episode boundaries and faults go through the envs themselves.
+row). Resets, sub-episode boundaries and faults go through the envs themselves; the step
+counters of a trial live in the batch's arrays, not in the task envs, while they are batched.
 
 It returns what ``SyncVectorEnv`` with next-step autoreset over :func:`vector_env`'s guarded
 envs returns, bit for bit: the same observations, rewards, flags and infos, the same env faults
