@@ -64,6 +64,8 @@ class PointAdaptEnv(PointMassEnv):
     ## Info (every reset and step)
     The keys describe the step just taken; the observation returned with them is where the next
     action starts (at a boundary: the next sub-episode's start pose).
+    - `goal_index` (int): the index of the trial's hidden goal among `goals` (what an agent must
+      infer; training may use it as a label, `ppo.belief_coef`, never as an input),
     - `trial_episode` (int): the 0-based index of the sub-episode the step belongs to (0 at reset),
     - `sub_episode_step` (int): steps taken in that sub-episode, this one included (0 at reset),
     - `sub_episode_end` (bool): true at the last step of a sub-episode,
@@ -254,6 +256,7 @@ class PointAdaptEnv(PointMassEnv):
         reward_goal = np.where(at_goal, float(self._goal_bonus), 0.0)
         reward_ctrl = ctrl_costs(self._ctrl_cost_weight, actions)
         info = {
+            "goal_index": goal_index,
             "trial_episode": trial_episode,
             "sub_episode_step": sub_step,
             "sub_episode_end": end,
@@ -302,6 +305,7 @@ class PointAdaptEnv(PointMassEnv):
 
     def _get_reset_info(self) -> dict[str, Any]:
         return {
+            "goal_index": self._goal_index,
             "trial_episode": 0,
             "sub_episode_step": 0,
             "sub_episode_end": False,

@@ -173,6 +173,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     )
     need(m3.slow_every >= 1, "ppo.m3.slow_every", "must be >= 1")
     need(m3.ns_steps >= 1, "ppo.m3.ns_steps", "must be >= 1")
+    need(
+        ppo.belief_coef <= 0 or cfg.agent.belief_classes > 0,
+        "ppo.belief_coef",
+        "> 0 needs a belief head: set agent.belief_classes (e.g. 2 for PointAdapt with two goals)",
+    )
     need(cfg.agent.obs_clip > 0, "agent.obs_clip", "must be > 0")
     need(cfg.agent.reward_clip > 0, "agent.reward_clip", "must be > 0")
     need(cfg.checkpoint.every >= 0, "checkpoint.every", "must be >= 0 (0 = at task ends only)")
@@ -418,6 +423,7 @@ def build_runner(cfg: DictConfig, run_dir: Path, world: World = LOCAL) -> Curric
         async_envs=bool(cfg.ppo.async_envs),
         eval_every=int(cfg.eval.every),
         checkpoint_every=int(cfg.checkpoint.every),
+        belief_key=str(cfg.ppo.belief_key) if ppo_cfg.belief_coef > 0 else None,
         anneal_lr=bool(cfg.ppo.anneal_lr),
         carry_state_across_tasks=bool(cfg.agent.carry_state_across_tasks),
         in_context_gain=bool(cfg.eval.in_context_gain),

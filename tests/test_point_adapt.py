@@ -166,6 +166,7 @@ def test_info_contract_at_every_step() -> None:
     env = gym.make(ADAPT, trial_episodes=k, sub_episode_steps=t, goals=[[0.1, 0.0], [-0.6, 0.0]])
     obs, info = env.reset(seed=0, options={"goal_index": 0})
     assert info == {
+        "goal_index": 0,
         "trial_episode": 0,
         "sub_episode_step": 0,
         "sub_episode_end": False,
@@ -186,6 +187,7 @@ def test_info_contract_at_every_step() -> None:
     assert len(records) == k * t
     infos = [r[0] for r in records]
     assert [i["trial_episode"] for i in infos] == [e for e in range(k) for _ in range(t)]
+    assert [i["goal_index"] for i in infos] == [0] * (k * t)
     assert [i["sub_episode_step"] for i in infos] == list(range(1, t + 1)) * k
     assert [i["sub_episode_end"] for i in infos] == ([False] * (t - 1) + [True]) * k
     assert [r[2] for r in records] == [False] * (k * t - 1) + [True]

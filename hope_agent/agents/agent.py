@@ -52,6 +52,10 @@ class AgentOptions:
         wm_hidden: hidden width of the world-model MLP.
         obs_clip: clip of the normalised observations.
         reward_clip: clip of the scaled rewards.
+        belief_classes: with more than 0, a belief head: a linear classifier of the env's hidden
+            task parameter (e.g. ``PointAdapt``'s goal index) from the backbone features, trained
+            by ``ppo.belief_coef`` on labels the env reports (task-inference supervision,
+            Humplik et al. 2019). It is a training signal only: the policy never reads it.
     """
 
     task_id: bool = False
@@ -60,6 +64,7 @@ class AgentOptions:
     wm_hidden: int = 128
     obs_clip: float = 10.0
     reward_clip: float = 10.0
+    belief_classes: int = 0
 
 
 @dataclass(kw_only=True)
@@ -85,6 +90,11 @@ class AgentConfig(AgentOptions):
             raise ValueError(f"AgentConfig: num_tasks must be >= 1, got {self.num_tasks}")
         if self.wm_hidden < 1:
             raise ValueError(f"AgentConfig: wm_hidden must be >= 1, got {self.wm_hidden}")
+        if self.belief_classes < 0:
+            raise ValueError(
+                f"AgentConfig: belief_classes must be >= 0 (0: no belief head), got "
+                f"{self.belief_classes}"
+            )
         if self.task_heads and not self.task_id:
             raise ValueError(
                 "AgentConfig: task_heads needs the task id (set agent.task_id=true, or "
@@ -118,6 +128,9 @@ class Agent(nn.Module, Actor):
             nn.Linear(d + self.act_dim, config.wm_hidden),
             nn.SiLU(),
             nn.Linear(config.wm_hidden, self.obs_dim + 1),
+        )
+        self.belief_head = (
+            nn.Linear(d, config.belief_classes) if config.belief_classes > 0 else None
         )
         self.obs_norm = ObsNormalizer(self.obs_dim, clip=config.obs_clip)
         # Inference steps on CUDA replay the backbone's step from one graph per batch size
@@ -220,6 +233,15 @@ class Agent(nn.Module, Actor):
         """World model: ``(Δobs (..., obs_dim), reward (...))`` predicted from ``[y_t, a_t]``."""
         out = self.world_model(torch.cat([features, env_action], dim=-1))
         return out[..., : self.obs_dim], out[..., self.obs_dim]
+
+    def belief_logits(self, features: Tensor) -> Tensor:
+        """Belief head: logits ``(..., belief_classes)`` of the hidden task parameter."""
+        if self.belief_head is None:
+            raise ValueError(
+                "Agent has no belief head: set agent.belief_classes to the number of values the "
+                "hidden parameter takes (e.g. 2 for PointAdapt with two goals)"
+            )
+        return self.belief_head(features)
 
     def forward(
         self,

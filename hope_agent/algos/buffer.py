@@ -34,6 +34,7 @@ class SequenceBatch:
     value: Tensor
     reward: Tensor
     valid: Tensor
+    label: Tensor
     advantages: Tensor
     returns: Tensor
     memory: State  # backbone memory entering each chunk, batch B
@@ -54,6 +55,7 @@ _STEP_FIELDS = (
     "terminated",
     "truncated",
     "valid",
+    "label",
 )
 
 
@@ -109,13 +111,17 @@ class RolloutBuffer:
         self.terminated = z(dtype=torch.bool)
         self.truncated = z(dtype=torch.bool)
         self.valid = z(dtype=torch.bool)
+        # The env's hidden task parameter at each step (-1: none reported), for the belief loss.
+        self.label = z(dtype=torch.long) - 1
         self.advantages = z()
         self.returns = z()
         self.memories: list[State | None] = [None] * (num_steps // seq_len)
 
     def add(self, t: int, memory: State | None = None, **values: Tensor) -> None:
         """Write step ``t`` of every env. ``memory`` (the carry entering step t) is required at
-        chunk starts (``t % seq_len == 0``) and ignored elsewhere."""
+        chunk starts (``t % seq_len == 0``) and ignored elsewhere; ``label`` is optional (-1, no
+        label, when not given)."""
+        values.setdefault("label", self.label.new_full((self.num_envs,), -1))
         missing = set(_STEP_FIELDS) - set(values)
         extra = set(values) - set(_STEP_FIELDS)
         if missing or extra:

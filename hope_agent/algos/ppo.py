@@ -6,7 +6,7 @@ each chunk is replayed from its stored (detached) backbone memory with ``is_firs
 autoreset steps (``valid == False``) are masked out of every loss.
 
     L = -L_clip + vf_coef * L_value - ent_coef * H + bound_coef * L_bound
-        + wm_coef * L_world_model (+ method extra loss)
+        + wm_coef * L_world_model + belief_coef * L_belief (+ method extra loss)
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class PPOConfig:
         bound_coef: weight of the loss keeping the policy mean inside [-1, 1] (see
             :func:`bound_loss`).
         wm_coef: world-model auxiliary loss weight (0 disables it).
+        belief_coef: weight of the belief loss (:func:`belief_loss`: the agent's belief head
+            classifies the env's hidden task parameter from the backbone features; needs
+            ``agent.belief_classes``). 0 disables it.
         max_grad_norm: global gradient-norm clip (0 disables it).
         epochs: passes over each rollout.
         num_minibatches: minibatches per epoch (of the rollout's chunks).
@@ -102,6 +105,7 @@ class PPOConfig:
     ent_coef: float = 0.0
     bound_coef: float = 1.0
     wm_coef: float = 0.5
+    belief_coef: float = 0.0
     max_grad_norm: float = 0.5
     epochs: int = 4
     num_minibatches: int = 4
@@ -117,6 +121,7 @@ class PPOConfig:
             "ent_coef >= 0": self.ent_coef >= 0,
             "bound_coef >= 0": self.bound_coef >= 0,
             "wm_coef >= 0": self.wm_coef >= 0,
+            "belief_coef >= 0": self.belief_coef >= 0,
             "max_grad_norm >= 0": self.max_grad_norm >= 0,
             "epochs >= 1": self.epochs >= 1,
             "num_minibatches >= 1": self.num_minibatches >= 1,
@@ -198,6 +203,22 @@ def world_model_loss(
     """Mean squared error of the next-observation delta (averaged over dims) plus the reward's."""
     obs_err = (pred_delta - target_delta).square().mean(-1)
     return masked_mean(obs_err + (pred_reward - target_reward).square(), mask)
+
+
+def belief_loss(logits: Tensor, label: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of ``logits (..., classes)`` against ``label (...)`` over the masked steps
+    that have a label (``label >= 0``), and the accuracy there (detached).
+
+    Task-inference supervision (Humplik et al. 2019): the gradient reaches the memory writes of
+    earlier steps of the sequence, teaching the backbone to keep what identifies the hidden task.
+    """
+    has = mask & (label >= 0)
+    target = label.clamp_min(0)
+    ce = nn.functional.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none")
+    with torch.no_grad():
+        hit = (logits.argmax(-1) == target).to(logits.dtype)
+        accuracy = masked_mean(hit, has)
+    return masked_mean(ce.view_as(label), has), accuracy
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
@@ -313,6 +334,12 @@ class PPO:
                 pred_delta, pred_reward, batch.next_obs - batch.obs, batch.reward, mask
             )
             loss = loss + cfg.wm_coef * wm
+        if cfg.belief_coef > 0:
+            belief, stats["belief_accuracy"] = belief_loss(
+                agent.belief_logits(out.features), batch.label, mask
+            )
+            loss = loss + cfg.belief_coef * belief
+            stats["belief"] = belief.detach()
         if self.extra_loss is not None:
             extra = self.extra_loss(agent, batch, out)
             if extra is not None:

@@ -107,6 +107,9 @@ class PPOSection(PPOConfig):
     # several times their rate. null (default): wherever every task has them and async_envs is
     # off; true: required (refused otherwise); false: never.
     batched_envs: bool | None = None
+    # The info key that labels each step for the belief loss (belief_coef > 0; PointAdapt
+    # reports goal_index).
+    belief_key: str = "goal_index"
     optimizer: OptimizerName = OptimizerName.adamw
     lr: float = 3e-4
     # Linear decay of every group's learning rate within each task, from its value at the task's

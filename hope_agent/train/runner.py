@@ -80,7 +80,7 @@ from hope_agent.train.faults import (
 from hope_agent.train.logger import Logger
 from hope_agent.train.report import EvalEvent, RunRecord, compute_metrics, write_results
 from hope_agent.train.timing import LoopTimer
-from hope_envs.curriculum import Curriculum, TaskSpec
+from hope_envs.curriculum import Curriculum, CurriculumError, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ class RunnerSettings:
     smooth_last: int | None = None
     reference_auc: list[float] | None = None
     eval_seed: int = 100_000
+    # The info key whose values label each step for the belief loss (``ppo.belief_coef``); None:
+    # no labels are kept.
+    belief_key: str | None = None
     video: VideoSettings | None = None
     faults: FaultSettings = field(default_factory=FaultSettings)
 
@@ -466,6 +469,7 @@ class CurriculumRunner:
             self.faults.env_resets += count_flag(step.infos, "env_fault")
             self.faults.env_restarts += int("env_restart" in step.infos)
             act = step.act
+            labels = {} if s.belief_key is None else {"label": self._labels(step.infos, valid)}
             buf.add(
                 t,
                 memory=step.carry.memory,
@@ -483,6 +487,7 @@ class CurriculumRunner:
                 terminated=torch.as_tensor(step.terminated),
                 truncated=torch.as_tensor(step.truncated),
                 valid=torch.as_tensor(valid),
+                **labels,
             )
         # Bootstrap value of the next observation from the carried state (V(final obs) when the
         # last step ended an episode by truncation), without advancing the carry.
@@ -493,6 +498,31 @@ class CurriculumRunner:
             (e.ret, float(e.length), float(e.success)) for e in driver.finished if not e.faulty
         ]
         driver.finished.clear()
+
+    def _labels(self, infos: dict[str, Any], valid: np.ndarray) -> Tensor:
+        """The belief labels of a step: ``infos[belief_key]`` where an env reports it, else -1;
+        refused (one error naming the key) when no env reports one, or one is out of range."""
+        key, classes = self.settings.belief_key, self.agent.config.belief_classes
+        n = self.settings.num_envs
+        if key in infos:
+            reported = np.asarray(infos.get(f"_{key}", np.ones(n, bool)), dtype=bool)
+            labels = np.where(reported, np.asarray(infos[key]).astype(np.int64), -1)
+        else:
+            reported, labels = np.zeros(n, bool), np.full(n, -1, np.int64)
+        spec = self.specs[self.stage]
+        if valid.any() and not reported.any():
+            raise CurriculumError(
+                f"ppo.belief_coef > 0 needs a label info[{key!r}] at every step, and task "
+                f"{spec.name} ({spec.id}) reports none: use envs that report it (PointAdapt "
+                "reports goal_index), name its key in ppo.belief_key, or set ppo.belief_coef=0"
+            )
+        if ((labels < -1) | (labels >= classes)).any():
+            raise CurriculumError(
+                f"task {spec.name} reported info[{key!r}] = {labels.max()}, outside the belief "
+                f"head's {classes} classes: set agent.belief_classes to the number of values "
+                "(e.g. the task's number of goals)"
+            )
+        return torch.as_tensor(labels, device=self.device)
 
     def _anneal_lr(self, done: float) -> None:
         """Set every group's learning rate to its base x the rollback scale x ``1 - done``
