@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Issue 10, belief loss on the GPU machine: one adapt task (east/north, shaping=end), 128 envs in
+# one process, windows of 120, batched envs, no annealing: the setting of
+# ../cpu_2026-12-07_adapt_end/ but for the process layout (1 x 128 envs on CUDA there 2 x 64 on
+# the CPU). Runs given together share the GPU.
+# Usage: bash results/gpu_2026-12-08_belief/run_adapt.sh SECONDS STEPS "model=hope seed=0 ..." ...
+set -u
+secs=$1; steps=$2; shift 2
+runs=/tmp/runs; mkdir -p "$runs"
+for job in "$@"; do
+  name=$(echo "$job" | tr ' =' '_-' | tr -d '[]{},:')
+  timeout "$secs" python3 scripts/train_curriculum.py $job ppo.batched_envs=true \
+    ppo.num_envs=128 ppo.seq_len=120 ppo.rollout_len=120 device=cuda torch_threads=1 \
+    curriculum=adapt curriculum.name=adapt1 \
+    "curriculum.tasks=[{id:hope/PointAdapt-v0,kwargs:{goals:[[0.6,0.0],[0.0,0.6]],shaping:end},steps:$steps,name:adapt_en}]" \
+    eval.episodes=40 eval.every=500000 eval.in_context_gain=true video.enabled=false \
+    checkpoint.every=0 logger.tensorboard=false logger.progress=false \
+    hydra.run.dir="$runs/$name" > "$runs/$name.log" 2>&1 &
+done
+wait
+for d in "$runs"/*/; do
+  n=$(basename "$d"); echo "$n: $(tail -1 "$d/train.csv" | cut -c1-40)"
+  [ -d "$d/checkpoints" ] && tar czf "$OUT/ckpt_$n.tgz" -C "$d" checkpoints
+done
+tar czf "$OUT/runs.tgz" -C "$runs" --exclude=checkpoints --exclude=tb --exclude=plots .
+ls -la "$OUT"
