@@ -32,7 +32,8 @@ def main() -> None:
             r = row_at(Path(d), step)
             gain, low, high = (float(v) for v in r["trial_gain"].split(";"))
             sub = " / ".join(f"{float(s):.2f}" for s in r["sub_episode_success"].split(";"))
-            print(f"| {label} | {d} | {r['global_step']} | {sub} | {gain:.3f} [{low:.2f}, {high:.2f}] |")
+            ci = f"{gain:.3f} [{low:.2f}, {high:.2f}]"
+            print(f"| {label} | {d} | {r['global_step']} | {sub} | {ci} |")
             gains.append(gain)
             learned += gain >= 0.3
         mean, low, high = bootstrap_ci(gains)
