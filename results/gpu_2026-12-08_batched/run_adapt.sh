@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 10 on the GPU machine with batched envs: adapt shaping=end, anneal, 5M steps, 128 envs, concurrent runs.
-# Usage: bash results/gpu_2026-12-08_batched/run_adapt.sh SECONDS "model=hope seed=0" ...
+# Usage: [STEPS=N] [ANNEAL=false] bash results/gpu_2026-12-08_batched/run_adapt.sh SECONDS "model=hope seed=0" ...
 set -u
 secs=$1; shift
 runs=/tmp/runs; mkdir -p "$runs"
 for job in "$@"; do
   name=$(echo "$job" | tr ' =' '_-' | tr -d '[]{},:')
-  timeout "$secs" python3 scripts/train_curriculum.py $job ppo.anneal_lr=true ppo.batched_envs=true \
+  timeout "$secs" python3 scripts/train_curriculum.py $job ppo.anneal_lr=${ANNEAL:-true} ppo.batched_envs=true \
     ppo.num_envs=128 ppo.seq_len=120 ppo.rollout_len=120 device=cuda torch_threads=1 \
     curriculum=adapt curriculum.name=adapt1 \
-    "curriculum.tasks=[{id:hope/PointAdapt-v0,kwargs:{goals:[[0.6,0.0],[0.0,0.6]],shaping:end},steps:5000000,name:adapt_en}]" \
+    "curriculum.tasks=[{id:hope/PointAdapt-v0,kwargs:{goals:[[0.6,0.0],[0.0,0.6]],shaping:end},steps:${STEPS:-5000000},name:adapt_en}]" \
     eval.episodes=40 eval.every=500000 eval.in_context_gain=true video.enabled=false \
     checkpoint.every=0 logger.tensorboard=false logger.progress=false \
     hydra.run.dir="$runs/$name" > "$runs/$name.log" 2>&1 &
