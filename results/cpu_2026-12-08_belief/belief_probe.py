@@ -2,8 +2,9 @@
 
 Plays N whole trials of a checkpoint's (single, `adapt`) task with the run's stochastic policy
 and reads the belief head at every step: the accuracy of its argmax against the trial's goal
-(`info["goal_index"]`), per sub-episode, beside the success rate of each sub-episode. A memory
-that keeps the goal answers near 1 in sub-episodes 2 and 3 (0.5 is chance in sub-episode 1).
+(`info["goal_index"]`), per sub-episode, beside the success rate of each sub-episode, over all
+trials and per goal. A memory that keeps the goal answers near 1 in sub-episodes 2 and 3 (0.5 is
+chance in sub-episode 1); a policy that uses it succeeds for either goal.
 
 Usage: python belief_probe.py CHECKPOINT [--trials N] [--seed S]
 """
@@ -41,7 +42,8 @@ def main() -> None:
     k = int(spec.kwargs.get("trial_episodes", 3))
     hits = np.zeros(k)
     counts = np.zeros(k)
-    success = np.zeros(k)
+    success = np.zeros((2, k))
+    goal_of = np.full(args.trials, -1)
     ended = np.zeros(args.trials, dtype=bool)
     with torch.no_grad():
         while not ended.all():
@@ -50,17 +52,24 @@ def main() -> None:
             live = step.valid & ~ended
             guess = agent.belief_logits(step.act.output.features).argmax(-1).numpy()
             sub = np.asarray(infos["trial_episode"])
-            right = guess == np.asarray(infos["goal_index"])
+            goal = np.asarray(infos["goal_index"])
+            goal_of = np.where(live, goal, goal_of)
+            right = guess == goal
             np.add.at(hits, sub[live], right[live])
             np.add.at(counts, sub[live], 1)
             end = live & np.asarray(infos["sub_episode_end"], dtype=bool)
-            np.add.at(success, sub[end], np.asarray(infos["success"], dtype=bool)[end])
+            hit = np.asarray(infos["success"], dtype=bool)[end]
+            np.add.at(success, (goal[end], sub[end]), hit)
             ended |= live & step.truncated
     out = {
         "checkpoint": str(args.checkpoint),
         "trials": args.trials,
         "belief_accuracy_per_sub_episode": (hits / counts).round(3).tolist(),
-        "success_per_sub_episode": (success / args.trials).round(3).tolist(),
+        "success_per_sub_episode": (success.sum(0) / args.trials).round(3).tolist(),
+        "trials_per_goal": np.bincount(goal_of, minlength=2).tolist(),
+        "success_per_goal_and_sub_episode": (success / np.bincount(goal_of, minlength=2)[:, None])
+        .round(3)
+        .tolist(),
     }
     print(json.dumps(out))
 
