@@ -123,3 +123,29 @@ def test_belief_labels_from_envs_that_report_none_are_refused_naming_the_key(
     )  # fmt: skip
     with pytest.raises(CurriculumError, match=r"info\['goal_index'\].*ppo.belief_coef=0"):
         train(cfg, tmp_path)
+
+
+def test_with_belief_input_the_heads_read_the_belief_but_train_only_through_its_loss() -> None:
+    torch.manual_seed(0)
+    agent = Agent(
+        make_backbone("gru", 16),
+        AgentConfig(obs_dim=3, act_dim=2, belief_classes=2, belief_input=True),
+    )
+    assert agent.belief_head is not None
+    b, t = 4, 5
+    inputs = (torch.randn(b, t, 3), torch.zeros(b, t, 2), torch.randn(b, t))
+    is_first = torch.zeros(b, t, dtype=torch.bool)
+    is_first[:, 0] = True
+    out, _ = agent(*inputs, is_first, agent.backbone.init_state(b))
+    # The policy's and value's gradients stop at the belief: only its own loss trains it.
+    (out.mean.sum() + out.value.sum()).backward()
+    assert agent.belief_head.weight.grad is None
+    assert agent.policy_mean.weight.grad is not None
+    # Another belief answer, another policy.
+    with torch.no_grad():
+        agent.belief_head.bias.copy_(torch.tensor([5.0, -5.0]))
+        moved, _ = agent(*inputs, is_first, agent.backbone.init_state(b))
+    assert not torch.allclose(moved.mean, out.mean)
+    assert not torch.allclose(moved.value, out.value)
+    with pytest.raises(ValueError, match="belief_input needs a belief head"):
+        AgentConfig(obs_dim=3, act_dim=2, belief_input=True)

@@ -55,7 +55,10 @@ class AgentOptions:
         belief_classes: with more than 0, a belief head: a linear classifier of the env's hidden
             task parameter (e.g. ``PointAdapt``'s goal index) from the backbone features, trained
             by ``ppo.belief_coef`` on labels the env reports (task-inference supervision,
-            Humplik et al. 2019). It is a training signal only: the policy never reads it.
+            Humplik et al. 2019). It is a training signal only, unless ``belief_input``.
+        belief_input: the policy and value heads also read the belief head's class probabilities
+            (detached: only the belief loss trains the belief head), as Humplik et al.'s policy
+            reads its belief estimate; needs ``belief_classes``.
     """
 
     task_id: bool = False
@@ -65,6 +68,7 @@ class AgentOptions:
     obs_clip: float = 10.0
     reward_clip: float = 10.0
     belief_classes: int = 0
+    belief_input: bool = False
 
 
 @dataclass(kw_only=True)
@@ -95,6 +99,11 @@ class AgentConfig(AgentOptions):
                 f"AgentConfig: belief_classes must be >= 0 (0: no belief head), got "
                 f"{self.belief_classes}"
             )
+        if self.belief_input and self.belief_classes < 1:
+            raise ValueError(
+                "AgentConfig: belief_input needs a belief head (set agent.belief_classes, or "
+                "agent.belief_input=false)"
+            )
         if self.task_heads and not self.task_id:
             raise ValueError(
                 "AgentConfig: task_heads needs the task id (set agent.task_id=true, or "
@@ -121,9 +130,10 @@ class Agent(nn.Module, Actor):
         )
         self.embed = nn.Linear(self.token_dim, d)
         self.n_heads = config.num_tasks if config.task_heads else 1
-        self.policy_mean = nn.Linear(d, self.act_dim * self.n_heads)
+        head_in = d + (config.belief_classes if config.belief_input else 0)
+        self.policy_mean = nn.Linear(head_in, self.act_dim * self.n_heads)
         self.log_std = nn.Parameter(torch.full((self.act_dim,), float(config.log_std_init)))
-        self.value_head = nn.Linear(d, self.n_heads)
+        self.value_head = nn.Linear(head_in, self.n_heads)
         self.world_model = nn.Sequential(
             nn.Linear(d + self.act_dim, config.wm_hidden),
             nn.SiLU(),
@@ -213,8 +223,12 @@ class Agent(nn.Module, Actor):
 
     def heads(self, y: Tensor, task: Tensor | None = None) -> AgentOutput:
         """Policy and value heads on backbone outputs ``y: (..., d_model)``; with
-        ``task_heads``, the heads of ``task (...)``."""
-        mean, value = self.policy_mean(y), self.value_head(y)
+        ``task_heads``, the heads of ``task (...)``; with ``belief_input``, the heads read ``y``
+        and the belief's class probabilities."""
+        x = y
+        if self.config.belief_input:
+            x = torch.cat([y, self.belief_logits(y).detach().softmax(-1)], dim=-1)
+        mean, value = self.policy_mean(x), self.value_head(x)
         if self.n_heads > 1:
             if task is None:
                 raise ValueError("Agent built with task_heads=true needs the task index")
