@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_e2e import tiny_config
 
 from hope_agent.agents.agent import Agent, AgentConfig
 from hope_agent.algos.ppo import belief_loss
@@ -14,7 +15,6 @@ from hope_agent.build import ConfigError, build_runner
 from hope_agent.cli import train
 from hope_agent.models.factory import make_backbone
 from hope_envs.curriculum import CurriculumError
-from tests.test_train_e2e import tiny_config
 
 
 def test_belief_loss_is_the_cross_entropy_of_the_labelled_valid_steps() -> None:
