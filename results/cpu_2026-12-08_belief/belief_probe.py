@@ -44,6 +44,8 @@ def main() -> None:
     counts = np.zeros(k)
     success = np.zeros((2, k))
     goal_of = np.full(args.trials, -1)
+    mean_sum = np.zeros((2, agent.act_dim))  # the policy mean in sub-episodes 2.., per goal
+    mean_count = np.zeros(2)
     ended = np.zeros(args.trials, dtype=bool)
     with torch.no_grad():
         while not ended.all():
@@ -57,6 +59,9 @@ def main() -> None:
             right = guess == goal
             np.add.at(hits, sub[live], right[live])
             np.add.at(counts, sub[live], 1)
+            later = live & (sub > 0)
+            np.add.at(mean_sum, goal[later], step.act.output.mean.numpy()[later])
+            np.add.at(mean_count, goal[later], 1)
             end = live & np.asarray(infos["sub_episode_end"], dtype=bool)
             hit = np.asarray(infos["success"], dtype=bool)[end]
             np.add.at(success, (goal[end], sub[end]), hit)
@@ -68,6 +73,9 @@ def main() -> None:
         "success_per_sub_episode": (success.sum(0) / args.trials).round(3).tolist(),
         "trials_per_goal": np.bincount(goal_of, minlength=2).tolist(),
         "success_per_goal_and_sub_episode": (success / np.bincount(goal_of, minlength=2)[:, None])
+        .round(3)
+        .tolist(),
+        "policy_mean_after_sub_episode_1_per_goal": (mean_sum / mean_count[:, None])
         .round(3)
         .tolist(),
     }
