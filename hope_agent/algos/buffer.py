@@ -119,10 +119,9 @@ class RolloutBuffer:
 
     def add(self, t: int, memory: State | None = None, **values: Tensor) -> None:
         """Write step ``t`` of every env. ``memory`` (the carry entering step t) is required at
-        chunk starts (``t % seq_len == 0``) and ignored elsewhere; ``label`` is optional (-1, no
-        label, when not given)."""
-        values.setdefault("label", self.label.new_full((self.num_envs,), -1))
-        missing = set(_STEP_FIELDS) - set(values)
+        chunk starts (``t % seq_len == 0``) and ignored elsewhere; ``label`` is optional: a run
+        that never gives one keeps the buffer's -1 (no label), and no write is spent on it."""
+        missing = set(_STEP_FIELDS) - set(values) - {"label"}
         extra = set(values) - set(_STEP_FIELDS)
         if missing or extra:
             raise ValueError(

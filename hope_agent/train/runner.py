@@ -516,9 +516,10 @@ class CurriculumRunner:
                 f"{spec.name} ({spec.id}) reports none: use envs that report it (PointAdapt "
                 "reports goal_index), name its key in ppo.belief_key, or set ppo.belief_coef=0"
             )
-        if ((labels < -1) | (labels >= classes)).any():
+        bad = labels[(labels < -1) | (labels >= classes)]
+        if bad.size:
             raise CurriculumError(
-                f"task {spec.name} reported info[{key!r}] = {labels.max()}, outside the belief "
+                f"task {spec.name} reported info[{key!r}] = {bad[0]}, outside the belief "
                 f"head's {classes} classes: set agent.belief_classes to the number of values "
                 "(e.g. the task's number of goals)"
             )
